@@ -1,0 +1,86 @@
+"""Tests compose the real Hydra config and shrink it: tiny images, few of them, 1 epoch."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+HYMENOPTERA = (REPO / ".." / "shared" / "data" / "hymenoptera_data").resolve()
+
+
+def write_image_folder(root: Path, classes=("ants", "bees"), per_split=None, seed: int = 0) -> Path:
+    """A small ImageFolder of real PNG files whose classes differ in colour (so they are learnable)."""
+    rng = np.random.default_rng(seed)
+    per_split = per_split or {"train": 6, "val": 4}
+    for split, n in per_split.items():
+        for c, cls in enumerate(classes):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = rng.integers(28, 48, size=2)
+                img = rng.integers(0, 90, size=(h, w, 3), dtype=np.uint8)
+                img[..., c % 3] += 150
+                Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def store_uri(tmp_path_factory) -> str:
+    """One SQLite store for the session: creating one runs a schema migration that takes seconds."""
+    from tlsweep.tracking import setup_store
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    setup_store(uri)
+    return uri
+
+
+@pytest.fixture
+def make_cfg(tiny_root, store_uri):
+    """compose(overrides) -> the real config, shrunk to the tiny data and the session's store."""
+
+    def make(*overrides: str):
+        base = ["data=imagefolder", f"data.root={tiny_root}", "data.image_size=32", "data.num_workers=0",
+                "epochs=1", "batch_size=4", "device=cpu", f"tracking.uri={store_uri}"]
+        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+            return compose("config", overrides=base + list(overrides))
+
+    return make
+
+
+@pytest.fixture
+def fake_torchvision_download(monkeypatch):
+    """Stand in for the network: the torchvision weights "download" returns a random
+    ImageNet-shaped state dict of the requested architecture. Everything after the
+    download (key check, hash-free load, head drop) runs for real."""
+    import torchvision
+    import torchvision.models._api
+
+    from tlsweep.models import MODELS
+
+    by_url = {}
+    for name in MODELS:
+        try:
+            by_url[torchvision.models.get_model_weights(name).DEFAULT.url] = name
+        except ValueError:  # not a torchvision model
+            pass
+    calls = []
+
+    def fake(url, *args, **kwargs):
+        calls.append(url)
+        torch.manual_seed(1234)
+        return torchvision.models.get_model(by_url[url], weights=None).state_dict()
+
+    # the one function WeightsEnum.get_state_dict downloads with
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fake)
+    return calls

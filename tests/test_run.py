@@ -1,0 +1,149 @@
+"""run(cfg) end to end on tiny data: every model x strategy, MLflow records, failures."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tlsweep import run as run_mod
+from tlsweep.models import MODELS
+from tlsweep.run import run
+from tlsweep.strategies import NAMES
+from tests.conftest import REPO
+
+
+def _last_run(store_uri):
+    client = MlflowClient(store_uri)
+    exp = client.get_experiment_by_name("tlsweep")
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+
+
+@pytest.mark.parametrize("strategy", NAMES)
+@pytest.mark.parametrize("model", list(MODELS))
+def test_every_model_and_strategy_trains(make_cfg, store_uri, fake_torchvision_download, model, strategy):
+    # torchvision's ViT only accepts the image size it was built for
+    size = 224 if model == "vit_b_16" else 32
+    cfg = make_cfg(f"model={model}", f"strategy={strategy}", f"data.image_size={size}", "data.shots=2")
+    result = run(cfg)
+    assert 0.0 <= result["final_val_acc"] <= 1.0 and result["best_epoch"] == 1
+    r = _last_run(store_uri)
+    assert r.info.status == "FINISHED"
+    assert r.data.params["model.name"] == model and r.data.params["strategy.name"] == strategy
+    assert r.data.metrics["trainable_params"] == result["trainable_params"] <= r.data.metrics["total_params"]
+    if strategy == "probe":
+        head = MODELS[model].head_module(MODELS[model].build())
+        assert result["trainable_params"] == head.in_features * 2 + 2
+    expect_download = strategy != "scratch" and model != "efficientnet_lite0"
+    assert bool(fake_torchvision_download) == expect_download
+
+
+def test_a_run_records_what_a_reader_needs(make_cfg, store_uri):
+    cfg = make_cfg("model=efficientnet_lite0", "strategy=finetune", "epochs=2")
+    result = run(cfg)
+    r = _last_run(store_uri)
+    p, m, t = r.data.params, r.data.metrics, r.data.tags
+    assert {"seed", "optim.lr", "strategy.name", "model.name", "data.name", "strategy.backbone_lr_scale",
+            "data.shots", "epochs"} <= set(p)
+    assert p["optim.lr"] == "0.001" and p["strategy.backbone_lr_scale"] == "0.1"
+    for key in ("best_val_acc", "best_epoch", "final_val_acc", "trainable_params", "total_params", "train_seconds"):
+        assert key in m
+    client = MlflowClient(store_uri)
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr/backbone", "lr/head", "epoch_seconds"):
+        assert [h.step for h in client.get_metric_history(r.info.run_id, key)] == [1, 2], key
+    lrs = [h.value for h in client.get_metric_history(r.info.run_id, "lr/head")]
+    assert lrs == pytest.approx([1e-3, 5e-4])  # cosine over 2 epochs: full LR, then half
+    assert m["final_val_acc"] == result["final_val_acc"]
+    assert t["tlsweep.device"] == "cpu" and "tlsweep.weights" in t and "tlsweep.preprocess" in t
+    assert "tlsweep.overrides" in t
+    text = mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/config.yaml")
+    assert "name: efficientnet_lite0" in text
+
+
+def test_same_config_same_seed_same_numbers(make_cfg):
+    cfg = make_cfg("model=resnet18", "strategy=finetune", "model.weights=null", "epochs=2")
+    a, b = run(cfg), run(cfg)
+    drop = lambda r: {k: v for k, v in r.items() if k != "train_seconds"}  # noqa: E731
+    assert drop(a) == drop(b)
+    c = run(make_cfg("model=resnet18", "strategy=finetune", "model.weights=null", "epochs=2", "seed=1"))
+    assert drop(c) != drop(a)
+
+
+def test_nan_loss_ends_the_run_failed_with_the_error(make_cfg, store_uri):
+    cfg = make_cfg("model=resnet18", "strategy=scratch", "optim.lr=1e30", "optim=sgd", "batch_size=2")
+    with pytest.raises(FloatingPointError):
+        run(cfg)
+    r = _last_run(store_uri)
+    assert r.info.status == "FAILED" and "non-finite training loss" in r.data.tags["tlsweep.error"]
+
+
+def test_ctrl_c_marks_the_run_killed(make_cfg, store_uri, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg("model=resnet18", "model.weights=null"))
+    assert _last_run(store_uri).info.status == "KILLED"
+
+
+def _cli(*args, cwd, env=None):
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; the CLI must find its default store instead
+    clean = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "tlsweep", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**clean, **(env or {})}, timeout=600)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["model=resnet19"], "Available options in 'model'"),
+    (["strategy=probe2"], "Available options in 'strategy'"),
+    (["strategy=partial", "strategy.unfreeze=[layer5]"], "valid stages"),
+    (["data.root=/no/such/folder", "data.download=false"], "does not exist"),
+    (["data=imagefolder"], "data.root"),
+])
+def test_bad_input_exits_nonzero_and_says_what_to_fix(tmp_path, args, message):
+    p = _cli(*args, "model.weights=null", "epochs=1", cwd=tmp_path)
+    assert p.returncode != 0
+    assert message in p.stderr + p.stdout
+
+
+def test_multirun_makes_one_parent_with_every_child(tmp_path, tiny_root):
+    p = _cli("-m", "model=efficientnet_lite0", "strategy=probe,finetune", "seed=0,1", "data=imagefolder",
+             f"data.root={tiny_root}", "data.image_size=32", "data.shots=2", "data.num_workers=0", "epochs=1",
+             "batch_size=4", "device=cpu", "tracking.sweep_name=tiny-sweep", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"  # the default store lives under the launch directory
+    assert f"mlflow ui --backend-store-uri {uri}" in p.stdout
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tlsweep")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("tlsweep.role") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.run_name == "tiny-sweep"
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 == len(runs) - 1
+    assert {(r.data.params["strategy.name"], r.data.params["seed"]) for r in children} == \
+        {(s, k) for s in ("probe", "finetune") for k in ("0", "1")}
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert not math.isnan(r.data.metrics["final_val_acc"])
+        assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["config.yaml"]
+        assert "strategy=" in r.data.tags["tlsweep.overrides"]
+
+
+def test_a_failing_job_fails_alone(tmp_path, tiny_root):
+    """Hydra runs the other jobs, exits 1; the failed child is FAILED, the parent is closed FAILED."""
+    p = _cli("-m", "model=resnet18", "model.weights=null", "strategy=scratch", "optim=sgd",
+             "optim.lr=1e-3,1e30", "data=imagefolder", f"data.root={tiny_root}", "data.image_size=32",
+             "data.num_workers=0", "epochs=1", "batch_size=2", "device=cpu", cwd=tmp_path)
+    assert p.returncode != 0
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id])
+    status = {r.data.params.get("optim.lr", "parent"): r.info.status for r in runs}
+    assert status == {"0.001": "FINISHED", "1e+30": "FAILED", "parent": "FAILED"}
+    assert all(r.info.status != "RUNNING" for r in runs)

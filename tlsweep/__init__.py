@@ -1,0 +1,1 @@
+"""tlsweep: the transfer-learning ladder as Hydra sweeps, tracked in MLflow."""

@@ -1,0 +1,230 @@
+"""Datasets (hymenoptera, any ImageFolder, scikit-learn digits), their checks, and loaders.
+
+Every dataset becomes an `ImageData`: class names plus train/val `Split`s whose items are
+image file paths or uint8 [3,H,W] tensors. The plain loader below is the straightforward
+path (decode every image every epoch, torchvision v2 transforms per sample); the
+decode-once path in `fastdata` is chosen when `data.cache` is on and the data fits.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import v2
+
+from .models import Preprocess
+
+HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
+# sha256 over (relative path, sha256 of bytes) of every file under train/ and val/ of the
+# public archive, and the image counts ImageFolder finds (train/ants also holds one .gif,
+# which ImageFolder skips). Measured on the tutorial's files.
+HYMENOPTERA_SHA256 = "c415c930edc58a3d84c6f6b2c058ca7ea03038a196f05330aa86b3249cf557b7"
+HYMENOPTERA_COUNTS = {"train": {"ants": 123, "bees": 121}, "val": {"ants": 70, "bees": 83}}
+
+
+class DataError(ValueError):
+    """The data is missing or not laid out as expected; the message says what to fix."""
+
+
+@dataclass
+class Split:
+    items: list  # file paths (str) or uint8 [3,H,W] tensors
+    targets: list[int]
+
+
+@dataclass
+class ImageData:
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split
+
+
+def load_rgb(item) -> torch.Tensor:
+    """An image as uint8 [3,H,W] RGB (PIL decodes: torchvision.io's decoders are deprecated)."""
+    if isinstance(item, torch.Tensor):
+        return item
+    with Image.open(item) as img:
+        return v2.functional.pil_to_tensor(img.convert("RGB"))
+
+
+# --- datasets --------------------------------------------------------------------------
+
+def image_folder(root: str | Path, name: str = "imagefolder") -> ImageData:
+    """`root/train/<class>/*` and `root/val/<class>/*`, with the same classes in both."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root={str(root)!r} does not exist. Set data.root to the folder that holds train/ and val/.")
+    splits, classes = {}, {}
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir():
+            raise DataError(f"{folder} is missing: data.root must hold train/<class>/* and val/<class>/*.")
+        try:
+            classes[split], to_idx = find_classes(str(folder))
+        except FileNotFoundError as err:
+            raise DataError(f"{folder} has no class folders ({err}).") from None
+        for cls in classes[split]:
+            if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (folder / cls).iterdir()):
+                raise DataError(f"class folder {folder / cls} holds no images ({', '.join(IMG_EXTENSIONS)}). "
+                                f"Add images or remove the folder.")
+        samples = make_dataset(str(folder), to_idx, extensions=IMG_EXTENSIONS)
+        splits[split] = Split([p for p, _ in samples], [t for _, t in samples])
+    if classes["train"] != classes["val"]:
+        raise DataError(f"train and val classes differ under {root}: train={classes['train']} val={classes['val']}. "
+                        f"Both splits need the same class folders.")
+    return ImageData(name, classes["train"], splits["train"], splits["val"])
+
+
+def _folder_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(q for split in ("train", "val") for q in (root / split).rglob("*") if q.is_file()):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def safe_extract(archive: zipfile.ZipFile, target: Path) -> None:
+    """Extract, refusing any member that would land outside `target` (zip slip) or is a link."""
+    target = target.resolve()
+    for info in archive.infolist():
+        dest = (target / info.filename).resolve()
+        is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+        if is_link or not dest.is_relative_to(target):
+            raise DataError(f"refusing to extract {info.filename!r}: it would write outside {target}")
+    archive.extractall(target)
+
+
+def download_hymenoptera(root: Path, url: str = HYMENOPTERA_URL) -> None:
+    """Fetch the tutorial archive so that `root` (…/hymenoptera_data) holds train/ and val/."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
+        zpath = Path(tmp) / "hymenoptera_data.zip"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as resp, open(zpath, "wb") as f:
+                shutil.copyfileobj(resp, f)
+        except (urllib.error.URLError, OSError) as err:
+            raise DataError(
+                f"hymenoptera is not at {root} and could not be downloaded from {url} ({err}).\n"
+                f"Offline: unzip hymenoptera_data.zip so that {root}/train and {root}/val exist, "
+                f"or pass data.root=/path/to/hymenoptera_data."
+            ) from None
+        with zipfile.ZipFile(zpath) as archive:
+            bad = archive.testzip()  # CRC of every member
+            if bad is not None:
+                raise DataError(f"the downloaded archive is corrupt (bad CRC in {bad}); delete it and retry.")
+            safe_extract(archive, Path(tmp) / "x")
+        extracted = Path(tmp) / "x" / "hymenoptera_data"
+        if _folder_digest(extracted) != HYMENOPTERA_SHA256:
+            raise DataError(f"the archive from {url} does not hold the expected hymenoptera files (checksum mismatch).")
+        extracted.rename(root)
+
+
+def hymenoptera(root: str | Path, download: bool = True) -> ImageData:
+    """The torchvision tutorial's ants-vs-bees data, downloaded to `root` when missing."""
+    root = Path(root).expanduser()
+    if not (root / "train").is_dir() and download:
+        download_hymenoptera(root)
+    data = image_folder(root, name="hymenoptera")
+    counts = {s: {c: getattr(data, s).targets.count(i) for i, c in enumerate(data.classes)} for s in ("train", "val")}
+    if counts != HYMENOPTERA_COUNTS:
+        raise DataError(f"{root} does not look like the hymenoptera data: found {counts}, expected {HYMENOPTERA_COUNTS}. "
+                        f"Re-extract hymenoptera_data.zip there.")
+    return data
+
+
+def digits() -> ImageData:
+    """scikit-learn's bundled handwritten digits: 1,797 real 8x8 images, fixed stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    # 0..16 gray levels -> uint8, three channels so ImageNet backbones take them unchanged
+    images = torch.from_numpy(np.round(d.images * 255 / 16).astype(np.uint8))[:, None].expand(-1, 3, -1, -1)
+    idx = np.arange(len(images))
+    tr, va = train_test_split(idx, test_size=0.2, stratify=d.target, random_state=0)
+    split = lambda ids: Split([images[i].contiguous() for i in ids], [int(d.target[i]) for i in ids])  # noqa: E731
+    return ImageData("digits", [str(c) for c in d.target_names], split(tr), split(va))
+
+
+def few_shot(split: Split, shots: int, seed: int) -> Split:
+    """Keep `shots` training images per class, chosen with a fixed seed (not the run's seed,
+    so every run of a sweep sees the same subset)."""
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(split.targets)
+    keep = []
+    for c in np.unique(targets):
+        ids = np.flatnonzero(targets == c)
+        if len(ids) < shots:
+            raise DataError(f"data.shots={shots} but class {c} has only {len(ids)} training images.")
+        keep.extend(rng.choice(ids, shots, replace=False).tolist())
+    keep.sort()
+    return Split([split.items[i] for i in keep], [split.targets[i] for i in keep])
+
+
+def load(cfg) -> ImageData:
+    """The dataset a `data` config names, with `data.shots` applied."""
+    if cfg.name == "digits":
+        data = digits()
+    elif cfg.name == "hymenoptera":
+        data = hymenoptera(cfg.root, download=cfg.get("download", True))
+    elif cfg.name == "imagefolder":
+        if not cfg.get("root"):
+            raise DataError("data=imagefolder needs data.root=/path/to/folder holding train/ and val/.")
+        data = image_folder(cfg.root)
+    else:
+        raise DataError(f"unknown data.name {cfg.name!r}; valid: digits, hymenoptera, imagefolder")
+    if cfg.get("shots"):
+        data.train = few_shot(data.train, int(cfg.shots), int(cfg.get("shots_seed", 0)))
+    return data
+
+
+# --- the plain (streaming) path --------------------------------------------------------
+
+def train_transform(pp: Preprocess) -> v2.Transform:
+    return v2.Compose([
+        v2.RandomResizedCrop(pp.crop, scale=(0.6, 1.0), interpolation=pp.interpolation, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(pp.mean, pp.std),
+    ])
+
+
+def eval_transform(pp: Preprocess) -> v2.Transform:
+    return v2.Compose([
+        v2.Resize(pp.resize, interpolation=pp.interpolation, antialias=True),
+        v2.CenterCrop(pp.crop),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(pp.mean, pp.std),
+    ])
+
+
+class SplitDataset(Dataset):
+    def __init__(self, split: Split, transform):
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split.items)
+
+    def __getitem__(self, i):
+        return self.transform(load_rgb(self.split.items[i])), self.split.targets[i]
+
+
+def plain_loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_workers: int):
+    """DataLoaders that decode and transform every image every epoch."""
+    g = torch.Generator().manual_seed(seed)  # shuffling and (via worker seeds) augmentation follow the run's seed
+    common = dict(batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0)
+    train = DataLoader(SplitDataset(data.train, train_transform(pp)), shuffle=True, generator=g, **common)
+    val = DataLoader(SplitDataset(data.val, eval_transform(pp)), shuffle=False,
+                     generator=torch.Generator().manual_seed(seed), **common)
+    return train, val
