@@ -50,8 +50,10 @@ def make_cfg(tiny_root, store_uri):
     """compose(overrides) -> the real config, shrunk to the tiny data and the session's store."""
 
     def make(*overrides: str):
-        base = ["data=imagefolder", f"data.root={tiny_root}", "data.image_size=32", "data.num_workers=0",
-                "epochs=1", "batch_size=4", "device=cpu", f"tracking.uri={store_uri}"]
+        base = ["data.image_size=32", "data.num_workers=0", "epochs=1", "batch_size=4", "device=cpu",
+                f"tracking.uri={store_uri}", f"cache_dir={store_uri.removeprefix('sqlite:///')}.cache"]
+        if not any(o.startswith("data=") for o in overrides):
+            base = ["data=imagefolder", f"data.root={tiny_root}", *base]
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
             return compose("config", overrides=base + list(overrides))
 

@@ -117,3 +117,19 @@ def test_lite0_packaged_weights_load_strictly_into_timm():
     model = spec.build()
     model.load_state_dict(sd, strict=True)  # every key, head included: the rename is complete
     assert sd["conv_stem.weight"].shape == (32, 3, 3, 3)
+
+
+@pytest.mark.parametrize("name", [n for n, s in MODELS.items() if s.pieces])
+def test_pieces_chain_is_the_models_forward(name):
+    """The feature cache runs the chain in two halves; it must compute exactly model(x)."""
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    pieces = spec.pieces(model)
+    assert pieces[-1] == ("head", spec.head_module(model))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(nn.Sequential(*[m for _, m in pieces])(x), model(x), atol=1e-5)
+    for stage, module in pieces:  # each piece's parameters belong to the stage it is labelled with
+        names = {n for n, p in model.named_parameters() for q in module.parameters() if p is q}
+        assert {spec.stage_of(n) or "head" for n in names} <= {stage or "none"}, (stage, names)

@@ -220,6 +220,29 @@ class SplitDataset(Dataset):
         return self.transform(load_rgb(self.split.items[i])), self.split.targets[i]
 
 
+def loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, cfg, device: torch.device,
+            cache_dir: str | None):
+    """Train and val loaders, decode-once when `data.cache` is on and the images fit
+    `data.cache_budget_mb`, else the plain streaming loaders. Returns
+    (train, val, decoded (train, val) or None, how: a line for the run's tags)."""
+    from . import fastdata
+
+    if not cfg.cache:
+        return *plain_loaders(data, pp, batch_size, seed, cfg.num_workers), None, "off (data.cache=false)"
+    need = sum(fastdata.decoded_size_bytes(s.items, pp.resize) for s in (data.train, data.val)) / 2**20
+    if need > cfg.cache_budget_mb:
+        return (*plain_loaders(data, pp, batch_size, seed, cfg.num_workers), None,
+                f"off: {need:.0f} MB of decoded images exceed data.cache_budget_mb={cfg.cache_budget_mb}; streaming")
+    decoded = tuple(fastdata.decode_images(s.items, s.targets, pp.resize, pp.interpolation, load_rgb, cache_dir)
+                    for s in (data.train, data.val))
+    # the data lives where the model does: on a GPU, batches never cross the PCIe bus
+    common = dict(batch_size=batch_size, crop=pp.crop, mean=pp.mean, std=pp.std, device=device,
+                  channels_last=device.type == "cuda")
+    train = fastdata.TensorLoader(decoded[0], train=True, seed=seed, **common)
+    val = fastdata.TensorLoader(decoded[1], train=False, **common)
+    return train, val, decoded, f"on ({need:.0f} MB of uint8 images on {device.type})"
+
+
 def plain_loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_workers: int):
     """DataLoaders that decode and transform every image every epoch."""
     g = torch.Generator().manual_seed(seed)  # shuffling and (via worker seeds) augmentation follow the run's seed

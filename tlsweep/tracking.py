@@ -183,4 +183,5 @@ class SweepCallback(Callback):
             print(f"[tlsweep] no report for sweep {self.name}: {err}", flush=True)
             return
         client.log_artifacts(parent, str(rep.out_dir), "report")
+        print(rep.markdown, flush=True)
         print(f"[tlsweep] report: {rep.out_dir} (also logged to the parent run under report/)", flush=True)

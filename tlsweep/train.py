@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
+import sys
 import time
 from typing import Callable, Iterable
 
@@ -12,7 +14,26 @@ from torch import nn
 from .strategies import frozen_bn_eval
 
 
-def _autocast(device: torch.device, bf16: bool):
+def tune_allocator() -> None:
+    """Keep freed activation buffers in the process instead of handing them back to the OS.
+
+    glibc serves large tensors with mmap and returns them on free, so every conv output
+    costs page faults: on this project's 2-core CPU, an EfficientNet-Lite0 forward spent
+    more time in the kernel than in math (32.6 ms/image; 11.3 ms with this setting,
+    measured with a batch-32 forward loop). PyTorch's CPU tuning guide gives the
+    same advice (jemalloc/tcmalloc); this is the glibc-only equivalent. No-op elsewhere.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: allocations below 1 GiB come from the heap
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap for reuse
+
+
+def autocast(device: torch.device, bf16: bool):
     # bf16 needs no loss scaling, unlike fp16; on the CPU autocast would be slower, not faster
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -37,7 +58,7 @@ def run_epoch(model: nn.Module, loader: Iterable, device: torch.device, optimize
     with torch.set_grad_enabled(train):
         for x, y in loader:
             x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
-            with _autocast(device, bf16):
+            with autocast(device, bf16):
                 logits = model(x)
                 loss = nn.functional.cross_entropy(logits.float(), y)
             if train:

@@ -1,0 +1,229 @@
+"""The report's figures: one-column paper size, colour-blind-safe, each saved as PDF and PNG.
+
+Colour is the strategy (the first grouping key when there is no strategy key); each combination of
+the other grouping keys gets its own panel (curves, lr, shots) or marker (ladder). Accuracy axes
+stop at 0 and 100 %: a t-interval from two seeds can reach past them, and the tables keep its true
+ends. Uses matplotlib's object API, not pyplot, so making a report never touches the caller's
+backend or open figures.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from scipy import stats
+
+from tlsweep.report import STRATEGY_KEY, as_number
+
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]  # Okabe & Ito 2008
+MARKERS = ["o", "s", "^", "D", "v", "P"]
+NAMES = ("ladder", "curves", "lr", "shots")
+SIZE = (3.3, 2.4)  # inches: one column of a two-column paper
+RC = {"font.size": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7, "legend.fontsize": 6.5,
+      "axes.spines.top": False, "axes.spines.right": False, "lines.linewidth": 1.2,
+      "pdf.fonttype": 42}  # TrueType in the PDF: journals reject Type 3 fonts
+
+
+def make_all(out_dir: Path, data: pd.DataFrame, summary: pd.DataFrame, history: pd.DataFrame,
+             by: list[str], metric: str, fraction: bool) -> list[Path]:
+    """Draw every figure the sweep supports; returns the files written.
+
+    `data`: one row per run (index run_id) with the `by` columns, `value` and `trainable_params`;
+    `summary`: one row per group, in report order; `history`: run_id, step, value of val_acc.
+    """
+    scale = 100.0 if fraction else 1.0
+    ylabel = f"{metric} (%)" if fraction else metric
+    files = []
+    with matplotlib.rc_context(RC):
+        files += _save(ladder(data, summary, by, scale, ylabel), out_dir, "ladder", fraction)
+        if not history.empty:
+            files += _save(curves(data, summary, history, by), out_dir, "curves", True)
+        for last, name, xlabel in [("lr", "lr", "learning rate"), ("shots", "shots", "labelled images per class")]:
+            x_key = next((k for k in by if k.rsplit(".", 1)[-1] == last), None)
+            if x_key is not None and summary[x_key].nunique() > 1:
+                files += _save(versus(data, summary, by, x_key, xlabel, scale, ylabel), out_dir, name, fraction)
+    return files
+
+
+def _save(fig: Figure, out_dir: Path, name: str, percent: bool) -> list[Path]:
+    if percent:
+        for ax in fig.axes:
+            low, high = ax.get_ylim()
+            ax.set_ylim(max(low, 0.0), min(high, 100.0))
+    paths = [out_dir / f"{name}.pdf", out_dir / f"{name}.png"]
+    fig.savefig(paths[0])
+    fig.savefig(paths[1], dpi=300)
+    return paths
+
+
+class _Layout:
+    """Colour per strategy (else the first key); the other grouping keys pick a panel or a marker."""
+
+    def __init__(self, summary: pd.DataFrame, by: list[str], skip: str | None = None):
+        keys = [k for k in by if k != skip]
+        self.primary = STRATEGY_KEY if STRATEGY_KEY in keys else (keys[0] if keys else None)
+        self.others = [k for k in keys if k != self.primary]
+        self.primaries = list(dict.fromkeys(summary[self.primary])) if self.primary else ["all"]
+        self.combos = list(dict.fromkeys(map(tuple, summary[self.others].itertuples(index=False))))
+
+    def key(self, row) -> tuple[str, tuple]:
+        return (row[self.primary] if self.primary else "all"), tuple(row[k] for k in self.others)
+
+    def color(self, primary: str) -> str:
+        return OKABE_ITO[self.primaries.index(primary) % len(OKABE_ITO)]
+
+    def label(self, combo: tuple) -> str:
+        return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(self.others, combo))
+
+    def panels(self) -> tuple[Figure, dict]:
+        """One panel per combination of the other keys, sharing axes; the figure grows in height."""
+        n = len(self.combos)
+        cols = min(n, 3 if max(len(self.label(c)) for c in self.combos) <= 14 else 2)  # titles must fit
+        rows = math.ceil(n / cols)
+        height = SIZE[1] if n == 1 else 0.4 + 1.3 * rows
+        fig = Figure(figsize=(SIZE[0], height), layout="constrained")
+        grid = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
+        for ax in grid[n:]:
+            ax.set_visible(False)
+        for ax, combo in zip(grid, self.combos):
+            if combo:
+                ax.set_title(self.label(combo), fontsize=6.5, pad=2)
+        return fig, dict(zip(self.combos, grid))
+
+    def color_legend(self, fig: Figure, marker: str = "") -> None:
+        if not self.primary:
+            return
+        handles = [Line2D([], [], color=self.color(p), marker=marker, ms=3) for p in self.primaries]
+        if len(self.combos) == 1 and len(handles) <= 4:
+            fig.axes[0].legend(handles, self.primaries, frameon=False)
+        else:
+            fig.legend(handles, self.primaries, loc="outside upper center", ncols=min(len(handles), 4), frameon=False)
+
+
+def _members(data: pd.DataFrame, row, keys: list[str]) -> pd.DataFrame:
+    mask = np.ones(len(data), dtype=bool)
+    for k in keys:
+        mask &= (data[k] == row[k]).to_numpy()
+    return data[mask]
+
+
+def _human(n: float) -> str:
+    for div, unit in [(1e9, "G"), (1e6, "M"), (1e3, "k")]:
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def ladder(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], scale: float, ylabel: str) -> Figure:
+    """One point per group with its 95% CI, the seeds as small dots, trainable params under each tick.
+
+    Groups that share a strategy stand side by side, told apart by marker.
+    """
+    lay = _Layout(summary, by)
+    fig = Figure(figsize=SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.6 / len(lay.combos)
+    for _, row in summary.iterrows():
+        primary, combo = lay.key(row)
+        c = lay.combos.index(combo)
+        x = lay.primaries.index(primary) + (c - (len(lay.combos) - 1) / 2) * width
+        seeds = _members(data, row, by)["value"].to_numpy() * scale
+        jitter = np.linspace(-0.25, 0.25, len(seeds)) * width if len(seeds) > 1 else np.zeros(len(seeds))
+        ax.scatter(x + jitter, seeds, s=6, color=lay.color(primary), alpha=0.45, linewidths=0, zorder=2)
+        yerr = None
+        if row["n"] > 1:
+            yerr = [[(row["mean"] - row["ci95_low"]) * scale], [(row["ci95_high"] - row["mean"]) * scale]]
+        ax.errorbar([x], [row["mean"] * scale], yerr=yerr, color=lay.color(primary),
+                    marker=MARKERS[c % len(MARKERS)], ms=4, capsize=2, lw=1, zorder=3)
+    labels = [str(p) for p in lay.primaries]
+    if lay.primary:
+        ax.set_xlabel("strategy" if lay.primary == STRATEGY_KEY else lay.primary)
+        if "trainable_params" in data and data["trainable_params"].notna().any():
+            counts = data.groupby(lay.primary)["trainable_params"].median()
+            labels = [f"{p}\n{_human(counts[p])}" if pd.notna(counts.get(p)) else str(p) for p in lay.primaries]
+            ax.set_xlabel(ax.get_xlabel() + " (trainable parameters)")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_ylabel(ylabel)
+    if lay.others:  # colour already names the strategy: the legend only decodes the markers
+        handles = [Line2D([], [], color="0.35", marker=MARKERS[i % len(MARKERS)], linestyle="none", ms=4)
+                   for i in range(len(lay.combos))]
+        labels = [lay.label(c) for c in lay.combos]
+        if len(labels) <= 3:
+            ax.legend(handles, labels, frameon=False)
+        else:
+            fig.set_size_inches(SIZE[0], SIZE[1] + 0.13 * math.ceil(len(labels) / 2))
+            fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
+    return fig
+
+
+def _band(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95% t-interval of the non-NaN values (NaN interval for n < 2)."""
+    values = values[~np.isnan(values)]
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def curves(data: pd.DataFrame, summary: pd.DataFrame, history: pd.DataFrame, by: list[str]) -> Figure:
+    """Validation accuracy against epoch: mean over seeds and 95% CI band, one line per strategy."""
+    lay = _Layout(summary, by)
+    fig, panels = lay.panels()
+    for _, row in summary.iterrows():
+        primary, combo = lay.key(row)
+        runs = _members(data, row, by).index
+        table = history[history["run_id"].isin(runs)].pivot_table(index="step", columns="run_id", values="value")
+        if table.empty:
+            continue
+        bands = np.array([_band(v) for v in table.to_numpy()]) * 100
+        ax = panels[combo]
+        ax.plot(table.index, bands[:, 0], color=lay.color(primary))
+        ax.fill_between(table.index, bands[:, 1], bands[:, 2], color=lay.color(primary), alpha=0.2, linewidth=0)
+    for ax in panels.values():
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.supxlabel("epoch", fontsize=8)
+    fig.supylabel("val acc (%)", fontsize=8)
+    lay.color_legend(fig)
+    return fig
+
+
+def versus(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], x_key: str, xlabel: str,
+           scale: float, ylabel: str) -> Figure:
+    """The metric against a numeric key on a log axis: one line with a 95% CI band per strategy.
+
+    A non-numeric value (data.shots=None: every labelled image) is drawn right of the largest number.
+    """
+    raw = list(dict.fromkeys(summary[x_key]))
+    numbers = [as_number(v) for v in raw]
+    top = max((x for x in numbers if x is not None and x > 0), default=1.0)
+    extra = [v for v, x in zip(raw, numbers) if x is None or x <= 0]
+    pos = {v: x if x is not None and x > 0 else top * 3.0 ** (1 + extra.index(v)) for v, x in zip(raw, numbers)}
+    lay = _Layout(summary, by, skip=x_key)
+    line_keys = [k for k in by if k != x_key]
+    fig, panels = lay.panels()
+    for _, first in (summary.drop_duplicates(line_keys) if line_keys else summary.iloc[:1]).iterrows():
+        primary, combo = lay.key(first)
+        part = _members(summary, first, line_keys)
+        part = part.assign(x=part[x_key].map(pos)).sort_values("x")
+        runs = _members(data, first, line_keys)
+        ax, color = panels[combo], lay.color(primary)
+        ax.plot(part["x"], part["mean"] * scale, color=color, marker="o", ms=3)
+        ax.fill_between(part["x"], part["ci95_low"] * scale, part["ci95_high"] * scale,
+                        color=color, alpha=0.2, linewidth=0)
+        ax.scatter(runs[x_key].map(pos), runs["value"] * scale, s=5, color=color, alpha=0.4, linewidths=0)
+    for ax in panels.values():
+        ax.set_xscale("log")
+        ax.set_xticks([pos[v] for v in raw], ["all" if v == "None" else str(v) for v in raw])
+        ax.minorticks_off()
+    fig.supxlabel(xlabel, fontsize=8)
+    fig.supylabel(ylabel, fontsize=8)
+    lay.color_legend(fig, marker="o")
+    return fig
