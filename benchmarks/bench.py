@@ -114,9 +114,9 @@ def tlsweep_sweep(root, grid, epochs, launcher_args) -> dict:
             raise SystemExit(f"tlsweep failed:\n{p.stderr[-4000:]}")
         import mlflow
 
-        df = mlflow.search_runs(experiment_names=["tlsweep"], filter_string="tags.`tlsweep.role` = 'job'",
-                                tracking_uri=f"sqlite:///{tmp}/mlruns/mlflow.db")
-        client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlruns/mlflow.db")
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlruns/mlflow.db")
+        df = mlflow.search_runs(experiment_names=["tlsweep"], filter_string="tags.`tlsweep.role` = 'job'")
+        client = mlflow.MlflowClient()
         epoch_s = [[m.value for m in client.get_metric_history(r, "epoch_seconds")] for r in df.run_id]
         fast = sorted(set(df["tags.tlsweep.fast.features"].str.split(":").str[0]))
     return {"wall_s": wall, "command": " ".join(cmd[1:]),
@@ -173,6 +173,7 @@ def main() -> None:
     for name in chosen:
         grid, epochs = workloads[name]
         naive = naive_sweep(args.data, grid, epochs, device)
+        print(f"{name}: naive side {naive['wall_s']:.1f} s, accs {[r['final_val_acc'] for r in naive['runs']]}", flush=True)
         fast = tlsweep_sweep(args.data, grid, epochs, launcher)
         rows.append(summarize(name, naive, fast))
     if args.out:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import os
 import subprocess
 import sys
 
+import matplotlib.image
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -134,6 +136,15 @@ def test_multirun_makes_one_parent_with_every_child(tmp_path, tiny_root):
         assert not math.isnan(r.data.metrics["final_val_acc"])
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["config.yaml"]
         assert "strategy=" in r.data.tags["tlsweep.overrides"]
+    # the sweep's report is made at its end and logged to the parent run
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    for name in ("summary.csv", "gaps.csv", "summary.md", "summary.tex", "ladder.pdf", "ladder.png",
+                 "curves.pdf", "curves.png"):
+        assert f"report/{name}" in logged, (name, logged)
+    local = Path(client.download_artifacts(parent.info.run_id, "report", str(tmp_path / "dl")))
+    assert (local / "ladder.pdf").read_bytes()[:5] == b"%PDF-"
+    assert matplotlib.image.imread(local / "ladder.png").ndim == 3
+    assert "| probe" in p.stdout and "finetune" in p.stdout  # the summary table on the console
 
 
 def test_a_failing_job_fails_alone(tmp_path, tiny_root):
@@ -147,3 +158,28 @@ def test_a_failing_job_fails_alone(tmp_path, tiny_root):
     status = {r.data.params.get("optim.lr", "parent"): r.info.status for r in runs}
     assert status == {"0.001": "FINISHED", "1e+30": "FAILED", "parent": "FAILED"}
     assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_parallel_launcher_shares_one_store(tmp_path, tiny_root):
+    """Jobs in worker processes (joblib) find the store and the parent run made before they start."""
+    p = _cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=resnet18", "model.weights=null",
+             "strategy=probe,scratch", "data=imagefolder", f"data.root={tiny_root}", "data.image_size=32",
+             "data.num_workers=0", "epochs=1", "batch_size=4", "device=cpu", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id])
+    parent = [r for r in runs if r.data.tags.get("tlsweep.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and len(children) == 2 and all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_gpu_path(make_cfg, store_uri):
+    """bf16 autocast, channels_last, data and augmentation resident on the GPU."""
+    for strategy in ("probe", "finetune"):
+        result = run(make_cfg("model=resnet18", "model.weights=null", f"strategy={strategy}", "device=cuda"))
+        r = _last_run(store_uri)
+        assert r.info.status == "FINISHED" and r.data.tags["tlsweep.device"].startswith("cuda")
+        assert r.data.tags["tlsweep.fast.bf16"] == "True" and "on cuda" in r.data.tags["tlsweep.fast.decode_once"]
+        assert 0 <= result["final_val_acc"] <= 1
