@@ -19,9 +19,11 @@ and fall back to the streaming loader before anything is decoded.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +92,15 @@ class DecodedImages:
         return DecodedImages(self.images.to(device), self.sizes, self.targets.to(device))
 
 
+@functools.lru_cache(maxsize=None)
+def _file_digest(path: str, size: int, mtime_ns: int) -> bytes:
+    # size and mtime are part of the cache key, so an edited file is hashed again; within a
+    # sweep's process each file is read and hashed once, not once per job
+    return hashlib.sha256(Path(path).read_bytes()).digest()
+
+
 def content_key(items: Sequence[Item], resize: int, interpolation: InterpolationMode) -> str:
+    """sha256 over the items' contents (file bytes or tensor bytes), `resize` and `interpolation`."""
     h = hashlib.sha256()
     # torchvision's version is in the key because its resize kernel defines the stored pixels.
     h.update(f"{resize}|{interpolation.value}|{torchvision.__version__}".encode())
@@ -100,8 +110,9 @@ def content_key(items: Sequence[Item], resize: int, interpolation: Interpolation
             data = t.numpy().tobytes()
             h.update(f"|tensor{tuple(t.shape)}{t.dtype}:{len(data)}:".encode())
         else:
-            data = Path(it).read_bytes()
-            h.update(f"|file:{len(data)}:".encode())
+            st = os.stat(it)
+            data = _file_digest(os.fspath(it), st.st_size, st.st_mtime_ns)
+            h.update(f"|file:{st.st_size}:".encode())
         h.update(data)
     return h.hexdigest()
 
@@ -118,6 +129,9 @@ def _pad_store(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return store, sizes
 
 
+_STORES: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+
 def decode_images(
     items: Sequence[Item],
     targets: Sequence[int] | torch.Tensor,
@@ -129,23 +143,29 @@ def decode_images(
     """Decode each item once with `loader` (tlsweep.data.load_rgb) and resize its short side to
     `resize`, exactly as the eval path's `Resize(resize, interpolation)` does.
 
-    With `cache_dir`, the image store is saved under a sha256 of the items' bytes, `resize` and
-    `interpolation`, and loaded from there next time. Targets are not cached: they always come
+    The store is kept in memory for the next call with the same content (the next job of a
+    sweep), and with `cache_dir` also saved under `content_key` for other processes. Targets are not cached: they always come
     from the caller.
     """
     targets = torch.as_tensor(targets, dtype=torch.int64)
     if len(targets) != len(items):
         raise ValueError(f"{len(items)} items but {len(targets)} targets")
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"{content_key(items, resize, interpolation)}.pt"
-        if path.exists():
-            saved = torch.load(path, weights_only=True)
-            return DecodedImages(saved["images"], saved["sizes"], targets)
-    resized = [F.resize(loader(it), [resize], interpolation, antialias=True) for it in items]
-    images, sizes = _pad_store(resized)
-    del resized
-    if path is not None:
+    key = content_key(items, resize, interpolation)
+    if key in _STORES:  # the jobs of a sweep run in one process (Hydra's basic launcher)
+        _STORES.move_to_end(key)
+        return DecodedImages(*_STORES[key], targets)
+    path = Path(cache_dir) / f"{key}.pt" if cache_dir is not None else None
+    if path is not None and path.exists():
+        saved = torch.load(path, weights_only=True)
+        images, sizes = saved["images"], saved["sizes"]
+    else:
+        resized = [F.resize(loader(it), [resize], interpolation, antialias=True) for it in items]
+        images, sizes = _pad_store(resized)
+        del resized
+    _STORES[key] = (images, sizes)
+    while len(_STORES) > 2:  # train and val of one dataset
+        _STORES.popitem(last=False)
+    if path is not None and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename: parallel sweep jobs may build the same cache entry at once.
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -7,6 +7,7 @@ special case for a particular architecture.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import urllib.error
@@ -183,6 +184,7 @@ def _lite0_build() -> nn.Module:
     return timm.create_model("tf_efficientnet_lite0", pretrained=False)
 
 
+@functools.cache  # resolving it builds a model; once per process is enough
 def _lite0_preprocess() -> Preprocess:
     import timm.data
 

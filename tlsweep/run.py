@@ -117,6 +117,7 @@ def run(cfg: DictConfig) -> dict:
             "tlsweep.fast.decode_once": decode_how,
             "tlsweep.fast.features": features_how,
             "tlsweep.fast.bf16": str(cfg.bf16 and device.type == "cuda"),
+            "tlsweep.fast.channels_last": str(device.type == "cuda"),
             "tlsweep.device": str(device),
             "tlsweep.weights": spec.weights_name if cfg.strategy.pretrained and str(cfg.model.weights).upper() == "DEFAULT"
             else str(cfg.model.weights if cfg.strategy.pretrained else None),
