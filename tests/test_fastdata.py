@@ -23,6 +23,7 @@ from tlsweep.fastdata import (
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BILINEAR = InterpolationMode.BILINEAR
+BICUBIC = InterpolationMode.BICUBIC
 
 
 def load_rgb(item) -> torch.Tensor:
@@ -171,15 +172,29 @@ def test_roi_align_crop_close_to_torchvision_resized_crop():
             assert (ours[i] - ref).abs().max() < 0.01  # measured: <= 0.004
 
 
+@pytest.mark.parametrize("interp", [BILINEAR, BICUBIC])
+def test_cpu_crops_are_torchvisions_resized_crop(interp):
+    """With an interpolation on the CPU, each crop is exactly the plain path's kernel on that box."""
+    imgs = [smooth_image(56, 80), smooth_image(90, 56)]
+    data = decode_images(imgs, [0, 1], 56, interp, load_rgb)
+    boxes = sample_crop_boxes(data.sizes, torch.Generator().manual_seed(0))
+    ours = resized_crops(data.images, boxes, 48, interp)
+    for i, (top, left, bh, bw) in enumerate(boxes.tolist()):
+        h, w = data.sizes[i].tolist()
+        ref = F.resized_crop(data.images[i, :, :h, :w], top, left, bh, bw, [48, 48], interp, antialias=True)
+        assert torch.equal(ours[i], F.to_dtype(ref, torch.float32, scale=True))
+
+
 def test_padding_does_not_leak_into_crops():
     small = torch.full((3, 40, 40), 200, dtype=torch.uint8)
     big = random_images([(40, 90)])[0]
     data = decode_images([small, big], [0, 1], 40, BILINEAR, load_rgb)
     assert data.images.shape[-1] == 90  # the small image is padded on the right
     whole = torch.tensor([[0, 0, 40, 40], [0, 0, 40, 90]])
-    x = resized_crops(data.images, whole, 32)
-    # Zero padding would darken the last column by about a quarter.
-    torch.testing.assert_close(x[0], torch.full_like(x[0], 200 / 255))
+    for interp in (None, BILINEAR):  # roi_align, and the CPU's per-sample kernel
+        x = resized_crops(data.images, whole, 32, interp)
+        # Zero padding would darken the last column by about a quarter.
+        torch.testing.assert_close(x[0], torch.full_like(x[0], 200 / 255))
 
 
 def write_images(folder, sizes, seed=0) -> list[str]:

@@ -221,7 +221,7 @@ class SplitDataset(Dataset):
 
 
 def loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, cfg, device: torch.device,
-            cache_dir: str | None):
+            cache_dir: str | None, channels_last: bool = False):
     """Train and val loaders, decode-once when `data.cache` is on and the images fit
     `data.cache_budget_mb`, else the plain streaming loaders. Returns
     (train, val, decoded (train, val) or None, how: a line for the run's tags)."""
@@ -233,11 +233,13 @@ def loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, cfg, de
     if need > cfg.cache_budget_mb:
         return (*plain_loaders(data, pp, batch_size, seed, cfg.num_workers), None,
                 f"off: {need:.0f} MB of decoded images exceed data.cache_budget_mb={cfg.cache_budget_mb}; streaming")
-    decoded = tuple(fastdata.decode_images(s.items, s.targets, pp.resize, pp.interpolation, load_rgb, cache_dir)
+    # decoding hymenoptera takes about a second, writing its 361 MB store about as long: disk is opt-in
+    disk = cache_dir if cfg.get("cache_to_disk") else None
+    decoded = tuple(fastdata.decode_images(s.items, s.targets, pp.resize, pp.interpolation, load_rgb, disk)
                     for s in (data.train, data.val))
     # the data lives where the model does: on a GPU, batches never cross the PCIe bus
     common = dict(batch_size=batch_size, crop=pp.crop, mean=pp.mean, std=pp.std, device=device,
-                  channels_last=device.type == "cuda")
+                  channels_last=channels_last, interpolation=pp.interpolation)
     train = fastdata.TensorLoader(decoded[0], train=True, seed=seed, **common)
     val = fastdata.TensorLoader(decoded[1], train=False, **common)
     return train, val, decoded, f"on ({need:.0f} MB of uint8 images on {device.type})"

@@ -89,14 +89,15 @@ _MEMO: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
 def features(prefix: nn.Module, train: DecodedImages, val: DecodedImages, key_parts: list[str], views: int,
              crop: int, mean, std, batch_size: int, device: torch.device, autocast, cache_dir: str | None,
-             channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
+             channels_last: bool = False, interpolation=None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(train features [V, N, ...], val features [N, ...], where they came from).
 
     `key_parts` must identify everything the prefix output depends on besides what this
     function adds itself (views, crop, normalization, dtype rules).
     """
     h = hashlib.sha256()
-    for part in [*key_parts, views, VIEW_SEED, crop, tuple(mean), tuple(std), torch.__version__]:
+    for part in [*key_parts, views, VIEW_SEED, crop, tuple(mean), tuple(std), interpolation, device.type,
+                 torch.__version__]:
         h.update(f"{part}|".encode())
     key = h.hexdigest()
     if key in _MEMO:
@@ -109,7 +110,7 @@ def features(prefix: nn.Module, train: DecodedImages, val: DecodedImages, key_pa
         return saved["train"].to(device), saved["val"].to(device), "disk"
     prefix.to(device)
     aug = TensorLoader(train, batch_size, train=True, crop=crop, mean=mean, std=std, seed=VIEW_SEED, device=device,
-                       channels_last=channels_last)
+                       channels_last=channels_last, interpolation=interpolation)
     tr = torch.stack([_run_prefix(prefix, aug, len(train), batch_size, autocast) for _ in range(views)])
     plain = TensorLoader(val, batch_size, train=False, crop=crop, mean=mean, std=std, device=device,
                          channels_last=channels_last)

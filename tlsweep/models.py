@@ -7,7 +7,6 @@ special case for a particular architecture.
 """
 from __future__ import annotations
 
-import functools
 import os
 import re
 import urllib.error
@@ -184,14 +183,13 @@ def _lite0_build() -> nn.Module:
     return timm.create_model("tf_efficientnet_lite0", pretrained=False)
 
 
-@functools.cache  # resolving it builds a model; once per process is enough
 def _lite0_preprocess() -> Preprocess:
-    import timm.data
+    import timm.models
 
-    cfg = timm.data.resolve_data_config({}, model=_lite0_build())  # timm's record of these weights' recipe
-    crop = cfg["input_size"][-1]
-    return Preprocess(int(crop / cfg["crop_pct"]), crop, tuple(cfg["mean"]), tuple(cfg["std"]),
-                      InterpolationMode(cfg["interpolation"]))
+    cfg = timm.models.get_pretrained_cfg("tf_efficientnet_lite0")  # timm's record of these weights' recipe
+    crop = cfg.input_size[-1]
+    return Preprocess(int(crop / cfg.crop_pct), crop, tuple(cfg.mean), tuple(cfg.std),
+                      InterpolationMode(cfg.interpolation))
 
 
 def _lite0_pieces(m):

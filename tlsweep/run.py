@@ -78,7 +78,8 @@ def cached_prefix(cfg, spec, model, pp, data, decoded, device, plain):
            *(fastdata.content_key(s.items, pp.resize, pp.interpolation) for s in (data.train, data.val))]
     train_f, val_f, source = features.features(
         cut.prefix, *decoded, key, views, pp.crop, pp.mean, pp.std, cfg.batch_size, device,
-        lambda: autocast(device, bf16), cfg.cache_dir, channels_last=device.type == "cuda")
+        lambda: autocast(device, bf16), cfg.cache_dir, channels_last=cfg.channels_last,
+        interpolation=pp.interpolation)
     train = features.FeatureLoader(train_f, decoded[0].targets, cfg.batch_size, train=True, seed=cfg.seed)
     val = features.FeatureLoader(val_f, decoded[1].targets, cfg.batch_size, train=False)
     how = (f"on: frozen prefix below {cut.at} run once ({source}); {views} augmented train views "
@@ -103,11 +104,11 @@ def run(cfg: DictConfig) -> dict:
         pp = pp.with_crop(cfg.data.image_size)
         plan = strategies.apply(model, spec, cfg.strategy, len(data.classes), cfg.optim.lr)
         model.to(device)
-        if device.type == "cuda":  # NHWC convolutions are the fast ones on tensor cores
+        if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         optimizer, scheduler = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
         train_loader, val_loader, decoded, decode_how = datasets.loaders(
-            data, pp, cfg.batch_size, cfg.seed, cfg.data, device, cfg.cache_dir)
+            data, pp, cfg.batch_size, cfg.seed, cfg.data, device, cfg.cache_dir, cfg.channels_last)
         net, features_how = model, "off (strategy.cache_features=false)"
         if cfg.strategy.cache_features:
             net, train_loader, val_loader, features_how = cached_prefix(
@@ -117,7 +118,7 @@ def run(cfg: DictConfig) -> dict:
             "tlsweep.fast.decode_once": decode_how,
             "tlsweep.fast.features": features_how,
             "tlsweep.fast.bf16": str(cfg.bf16 and device.type == "cuda"),
-            "tlsweep.fast.channels_last": str(device.type == "cuda"),
+            "tlsweep.fast.channels_last": str(cfg.channels_last),
             "tlsweep.device": str(device),
             "tlsweep.weights": spec.weights_name if cfg.strategy.pretrained and str(cfg.model.weights).upper() == "DEFAULT"
             else str(cfg.model.weights if cfg.strategy.pretrained else None),
@@ -135,7 +136,7 @@ def run(cfg: DictConfig) -> dict:
             bar.update()
 
         result = fit(net, train_loader, val_loader, optimizer, scheduler, cfg.epochs, device,
-                     freeze_bn=cfg.strategy.freeze_bn, bf16=cfg.bf16, channels_last=device.type == "cuda",
+                     freeze_bn=cfg.strategy.freeze_bn, bf16=cfg.bf16, channels_last=cfg.channels_last,
                      on_epoch=on_epoch)
         bar.close()
         result.update(trainable_params=plan.trainable_params, total_params=plan.total_params,
