@@ -66,13 +66,15 @@ def test_a_run_records_what_a_reader_needs(make_cfg, store_uri):
     assert "name: efficientnet_lite0" in text
 
 
-def test_same_config_same_seed_same_numbers(make_cfg):
-    cfg = make_cfg("model=resnet18", "strategy=finetune", "model.weights=null", "epochs=2")
-    a, b = run(cfg), run(cfg)
-    drop = lambda r: {k: v for k, v in r.items() if "seconds" not in k}  # noqa: E731
-    assert drop(a) == drop(b)
-    c = run(make_cfg("model=resnet18", "strategy=finetune", "model.weights=null", "epochs=2", "seed=1"))
-    assert drop(c) != drop(a)
+def test_same_config_same_seed_same_numbers(make_cfg, store_uri):
+    def once(*extra):
+        run(make_cfg("model=resnet18", "strategy=finetune", "model.weights=null", "epochs=2", *extra))
+        metrics = _last_run(store_uri).data.metrics  # losses too: tiny data reaches accuracy 1.0 easily
+        return {k: v for k, v in metrics.items() if "seconds" not in k}
+
+    a, b = once(), once()
+    assert a == b
+    assert once("seed=1")["train_loss"] != a["train_loss"]
 
 
 def test_nan_loss_ends_the_run_failed_with_the_error(make_cfg, store_uri):

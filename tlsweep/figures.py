@@ -8,6 +8,7 @@ backend or open figures.
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from tlsweep.report import STRATEGY_KEY, as_number
+
+# fontTools logs every font subsetting step of a PDF at INFO, which Hydra's logging would print
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]  # Okabe & Ito 2008
 MARKERS = ["o", "s", "^", "D", "v", "P"]
