@@ -22,8 +22,8 @@ from scipy import stats
 
 from tlsweep.report import STRATEGY_KEY, as_number
 
-# fontTools logs every font subsetting step of a PDF at INFO, which Hydra's logging would print
-logging.getLogger("fontTools").setLevel(logging.WARNING)
+# fontTools logs each font-subsetting step of a PDF at INFO, which Hydra's logging would print
+logging.getLogger("fontTools.subset").setLevel(logging.WARNING)
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]  # Okabe & Ito 2008
 MARKERS = ["o", "s", "^", "D", "v", "P"]
