@@ -25,9 +25,9 @@ def test_lite0_weights_know_ants_and_bees():
     x = torch.stack([tf(D.load_rgb(p)) for p in data.val.items])
     with torch.no_grad():
         logits = torch.cat([model(b) for b in x.split(64)])
-    pred = logits[:, [310, 309]].argmax(1)  # ants are class 0, bees class 1
-    acc = (pred == torch.tensor(data.val.targets)).float().mean().item()
-    assert acc >= 0.80, acc  # measured 0.85 here
+    want = torch.where(torch.tensor(data.val.targets) == 0, 310, 309)  # ants are class 0, bees class 1
+    acc = (logits.argmax(1) == want).float().mean().item()  # top-1 over all 1000 ImageNet classes
+    assert acc >= 0.80, acc  # measured 0.850 here (0.974 if only the two logits are compared)
 
 
 def test_one_epoch_probe_on_real_data(make_cfg):
