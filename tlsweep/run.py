@@ -50,13 +50,16 @@ def make_optimizer(cfg: DictConfig, groups: list[dict], epochs: int):
     raise ValueError(f"unknown optim.scheduler {cfg.scheduler!r}; valid: cosine, none")
 
 
-def _weights_id(weights) -> str:
-    if weights is None or str(weights).upper() == "DEFAULT":
-        return str(weights)
+def _weights_id(spec: models.ModelSpec, weights, seed: int) -> str:
+    """What the frozen prefix's parameters are, for the feature cache's key."""
+    if weights is None:  # a random init differs per seed, so its features do too
+        return f"random-init-seed{seed}"
+    if str(weights).upper() == "DEFAULT":
+        return spec.weights_name
     return hashlib.sha256(open(weights, "rb").read()).hexdigest()
 
 
-def cached_prefix(cfg, spec, model, pp, data, decoded, device, plain):
+def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device, plain):
     """(what trains, train loader, val loader, how) with the frozen prefix cached when valid,
     else the model and the given loaders unchanged, with the reason."""
     if decoded is None:
@@ -74,7 +77,7 @@ def cached_prefix(cfg, spec, model, pp, data, decoded, device, plain):
     if need > cfg.data.cache_budget_mb:
         return model, *plain, f"off: {need:.0f} MB of features exceed data.cache_budget_mb={cfg.data.cache_budget_mb}"
     bf16 = cfg.bf16 and device.type == "cuda"
-    key = [spec.name, _weights_id(cfg.model.weights), cut.at, len(cut.prefix), f"bf16={bf16}",
+    key = [spec.name, _weights_id(spec, weights, cfg.seed), cut.at, len(cut.prefix), f"bf16={bf16}",
            *(fastdata.content_key(s.items, pp.resize, pp.interpolation) for s in (data.train, data.val))]
     train_f, val_f, source = features.features(
         cut.prefix, *decoded, key, views, pp.crop, pp.mean, pp.std, cfg.batch_size, device,
@@ -100,7 +103,8 @@ def run(cfg: DictConfig) -> dict:
         seed_everything(cfg.seed)
         device = resolve_device(cfg.device)
         data = datasets.load(cfg.data)
-        model, pp = models.build_model(spec, cfg.model.weights if cfg.strategy.pretrained else None)
+        weights = cfg.model.weights if cfg.strategy.pretrained else None  # scratch: random init
+        model, pp = models.build_model(spec, weights)
         pp = pp.with_crop(cfg.data.image_size)
         plan = strategies.apply(model, spec, cfg.strategy, len(data.classes), cfg.optim.lr)
         model.to(device)
@@ -112,7 +116,7 @@ def run(cfg: DictConfig) -> dict:
         net, features_how = model, "off (strategy.cache_features=false)"
         if cfg.strategy.cache_features:
             net, train_loader, val_loader, features_how = cached_prefix(
-                cfg, spec, model, pp, data, decoded, device, (train_loader, val_loader))
+                cfg, spec, model, weights, pp, data, decoded, device, (train_loader, val_loader))
 
         mlflow.set_tags({
             "tlsweep.fast.decode_once": decode_how,
@@ -120,8 +124,7 @@ def run(cfg: DictConfig) -> dict:
             "tlsweep.fast.bf16": str(cfg.bf16 and device.type == "cuda"),
             "tlsweep.fast.channels_last": str(cfg.channels_last),
             "tlsweep.device": str(device),
-            "tlsweep.weights": spec.weights_name if cfg.strategy.pretrained and str(cfg.model.weights).upper() == "DEFAULT"
-            else str(cfg.model.weights if cfg.strategy.pretrained else None),
+            "tlsweep.weights": spec.weights_name if str(weights).upper() == "DEFAULT" else str(weights),
             "tlsweep.preprocess": str(pp),
             "tlsweep.trainable_stages": ",".join(plan.trainable),
             **{f"tlsweep.group.{g['name']}": f"params={sum(p.numel() for p in g['params'])} lr={g['lr']:g}"
