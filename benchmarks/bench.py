@@ -149,7 +149,7 @@ def summarize(name: str, naive: dict, fast: dict) -> dict:
           f"imports, Hydra and creating the MLflow store)"
           f"\n  speedup : {row['speedup_end_to_end']:.1f}x end to end, {row['speedup_per_epoch']:.2f}x per epoch"
           + (" (epochs only: the cached frozen prefix ran once, before them)" if "on" in fast["features_cache"] else "")
-          f"\n  command : python {row['tlsweep_command']}", flush=True)
+          + f"\n  command : python {row['tlsweep_command']}", flush=True)
     return row
 
 
