@@ -25,6 +25,10 @@ def test_cached_features_equal_recomputed(tmp_path, model_name, unfreeze, first_
     spec = get_spec(model_name)
     torch.manual_seed(0)
     model, pp = build_model(spec, None)
+    for bn in model.modules():  # trained-looking statistics, so that folding BN into convs is not a no-op
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2)
+            bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.5, 0.5)
     pp = pp.with_crop(32)
     strategies.apply(model, spec, type("S", (), {"unfreeze": unfreeze, "backbone_lr_scale": 0.1})(), 2, 1e-3)
     model.train()
@@ -36,7 +40,9 @@ def test_cached_features_equal_recomputed(tmp_path, model_name, unfreeze, first_
     cpu = torch.device("cpu")
     train_f, val_f, source = features.features(cut.prefix, *decoded, ["test", model_name, str(unfreeze)], 2, pp.crop,
                                                pp.mean, pp.std, 5, cpu, lambda: autocast(cpu, False), None)
-    assert source == "computed" and train_f.shape[:2] == (2, len(decoded[0])) and train_f.dtype == torch.float32
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in cut.prefix.modules())
+    assert source == f"computed, {n_bn} BatchNorms folded into their convs", source  # every BN follows a conv
+    assert train_f.shape[:2] == (2, len(decoded[0])) and train_f.dtype == torch.float32
 
     seen = []
     hook = model.get_submodule(first_trainable).register_forward_pre_hook(lambda m, args: seen.append(args[0]))
@@ -54,6 +60,36 @@ def test_cached_features_equal_recomputed(tmp_path, model_name, unfreeze, first_
     recomputed = recomputed.reshape(train_f.shape)
     assert torch.allclose(train_f, recomputed, atol=1e-5) and torch.allclose(val_f, seen[0].reshape(val_f.shape), atol=1e-5)
     assert not torch.allclose(train_f[0], train_f[1])  # two views are two different augmentations
+
+
+def test_fold_batchnorm_keeps_the_function_and_the_model():
+    """conv -> BN pairs fold into one conv; a pair whose conv output is also used elsewhere does not fold."""
+    class Branchy(torch.nn.Module):  # the BN follows the conv in run order, but the conv output is reused
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    torch.manual_seed(0)
+    chain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Conv2d(4, 4, 3, groups=4), torch.nn.BatchNorm2d(4))
+    for m in (chain, branchy := Branchy()):
+        for bn in m.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.bias.data.uniform_(-1, 1)
+        m.eval()
+    before = {k: v.clone() for k, v in chain.state_dict().items()}
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        folded, n = features.fold_batchnorm(chain, x)
+        assert n == 2 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert torch.allclose(folded(x), chain(x), atol=1e-6)
+        assert all(torch.equal(v, before[k]) for k, v in chain.state_dict().items())  # a copy was folded
+        same, n = features.fold_batchnorm(branchy, x)
+    assert same is branchy and n == 0
 
 
 def test_no_cache_when_the_prefix_is_not_pure(make_cfg):

@@ -11,11 +11,17 @@ Train augmentation makes the prefix output depend on the random crop, so the cac
 fixed number of augmented views per training image, drawn with a fixed seed: epoch e trains
 on view (e - 1) mod V. Runs with different seeds therefore share their augmented views (their
 head init and batch order still differ). Every run says so in its `tlsweep.fast.features` tag.
+
+The pass itself runs a copy of the prefix with each BatchNorm folded into the conv before it
+(`fold_batchnorm`): the same function to float rounding (about 1e-6 relative), one memory
+pass fewer per layer.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -23,6 +29,7 @@ from typing import Iterator
 import torch
 import torchvision
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .fastdata import DecodedImages, TensorLoader
 from .models import ModelSpec
@@ -31,14 +38,8 @@ VIEW_SEED = 0  # fixed, so that every run of a sweep can share the cached views
 
 
 def _stochastic_types() -> tuple[type, ...]:
-    types = [nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm, torchvision.ops.StochasticDepth]
-    try:
-        from timm.layers import DropPath
-
-        types.append(DropPath)
-    except ImportError:
-        pass
-    return tuple(types)
+    return (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm, torchvision.ops.StochasticDepth,
+            *_timm_types("DropPath"))
 
 
 @dataclass
@@ -74,6 +75,71 @@ def split(model: nn.Module, spec: ModelSpec) -> Split | str:
     return Split(prefix, nn.Sequential(*[m for _, m in pieces[k:]]), names[0])
 
 
+def _bn_replacement(bn: nn.BatchNorm2d) -> nn.Module | None:
+    """What stays of a BatchNorm once its affine map lives in the conv before it."""
+    if type(bn) is nn.BatchNorm2d:
+        return nn.Identity()
+    if type(bn) in _timm_types("BatchNormAct2d"):  # batch norm, then its own dropout and activation
+        return nn.Sequential(bn.drop, bn.act)
+    return None  # an unknown subclass may do more than normalize: leave it alone
+
+
+def _foldable_conv(conv: nn.Module) -> bool:
+    # A conv whose forward uses its weight as stored (timm's Conv2dSame only pads first);
+    # e.g. weight-standardized convs transform the weight on every call and cannot take a fold.
+    return type(conv) is nn.Conv2d or type(conv) in _timm_types("Conv2dSame")
+
+
+def _timm_types(*names: str) -> tuple[type, ...]:
+    # A model holding timm layers has imported timm; do not pay its import (~0.7 s) otherwise.
+    layers = sys.modules.get("timm.layers")
+    return tuple(getattr(layers, n) for n in names if hasattr(layers, n)) if layers else ()
+
+
+@torch.no_grad()
+def fold_batchnorm(prefix: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int]:
+    """A copy of the frozen prefix with each eval-mode BatchNorm folded into the conv that feeds it.
+
+    In eval mode BN is a fixed per-channel affine map, so conv -> BN equals one conv with
+    scaled weights and a bias: the same function, one pass over the activations fewer
+    (lite0 on the CPU: about 8.5 -> 6.5 ms per image). Pairs are found from the order in
+    which modules run on `example`; the copy is only used if it gives the prefix's own
+    output on `example` (to float rounding), else the prefix is returned unchanged.
+    Returns (module to run, number of BatchNorms folded).
+    """
+    order: list[nn.Module] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: order.append(m))
+             for m in prefix.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    try:
+        reference = prefix(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    names = {m: n for n, m in prefix.named_modules()}
+    pairs = [(names[c], names[b]) for c, b in zip(order, order[1:])
+             if _foldable_conv(c) and isinstance(b, nn.BatchNorm2d) and not b.training and b.track_running_stats
+             and c.out_channels == b.num_features and _bn_replacement(b) is not None]
+    if not pairs:
+        return prefix, 0
+    folded = copy.deepcopy(prefix)
+    for conv_name, bn_name in pairs:
+        conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
+        conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                      bn.eps, bn.weight, bn.bias)
+        _set(folded, bn_name, _bn_replacement(bn))
+    folded.requires_grad_(False)
+    out = folded(example)
+    scale = reference.abs().max().clamp_min(1e-6)
+    if out.shape != reference.shape or not torch.allclose(out, reference, rtol=1e-4, atol=1e-4 * scale):
+        return prefix, 0
+    return folded, len(pairs)
+
+
+def _set(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
 @torch.no_grad()
 def _run_prefix(prefix: nn.Module, loader: TensorLoader, n: int, batch_size: int, autocast) -> torch.Tensor:
     out = []
@@ -97,7 +163,7 @@ def features(prefix: nn.Module, train: DecodedImages, val: DecodedImages, key_pa
     """
     h = hashlib.sha256()
     for part in [*key_parts, views, VIEW_SEED, crop, tuple(mean), tuple(std), interpolation, device.type,
-                 torch.__version__]:
+                 torch.__version__, "bn-folded"]:
         h.update(f"{part}|".encode())
     key = h.hexdigest()
     if key in _MEMO:
@@ -109,6 +175,10 @@ def features(prefix: nn.Module, train: DecodedImages, val: DecodedImages, key_pa
         _MEMO[key] = (saved["train"], saved["val"])
         return saved["train"].to(device), saved["val"].to(device), "disk"
     prefix.to(device)
+    example = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0)).to(device)
+    # checked in fp32 even under bf16: the fold is exact algebra, so the check can be tight
+    prefix, folded = fold_batchnorm(prefix, example.contiguous(memory_format=torch.channels_last)
+                                    if channels_last else example)
     aug = TensorLoader(train, batch_size, train=True, crop=crop, mean=mean, std=std, seed=VIEW_SEED, device=device,
                        channels_last=channels_last, interpolation=interpolation)
     tr = torch.stack([_run_prefix(prefix, aug, len(train), batch_size, autocast) for _ in range(views)])
@@ -122,7 +192,7 @@ def features(prefix: nn.Module, train: DecodedImages, val: DecodedImages, key_pa
         tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel jobs may write the same entry
         torch.save({"train": tr.cpu(), "val": va.cpu()}, tmp)
         os.replace(tmp, path)
-    return tr, va, "computed"
+    return tr, va, f"computed, {folded} BatchNorms folded into their convs" if folded else "computed"
 
 
 class FeatureLoader:
