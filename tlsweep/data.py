@@ -220,29 +220,39 @@ class SplitDataset(Dataset):
         return self.transform(load_rgb(self.split.items[i])), self.split.targets[i]
 
 
-def loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, cfg, device: torch.device,
-            cache_dir: str | None, channels_last: bool = False):
-    """Train and val loaders, decode-once when `data.cache` is on and the images fit
-    `data.cache_budget_mb`, else the plain streaming loaders. Returns
-    (train, val, decoded (train, val) or None, how: a line for the run's tags)."""
+def decode(data: ImageData, pp: Preprocess, cfg, cache_dir: str | None):
+    """Both splits decoded once, when `data.cache` is on and the images fit `data.cache_budget_mb`.
+
+    Returns (decoded (train, val) or None, how: a line for the run's tags). None means the
+    streaming loaders: `loaders` then builds those.
+    """
     from . import fastdata
 
     if not cfg.cache:
-        return *plain_loaders(data, pp, batch_size, seed, cfg.num_workers), None, "off (data.cache=false)"
+        return None, "off (data.cache=false)"
     need = sum(fastdata.decoded_size_bytes(s.items, pp.resize) for s in (data.train, data.val)) / 2**20
     if need > cfg.cache_budget_mb:
-        return (*plain_loaders(data, pp, batch_size, seed, cfg.num_workers), None,
-                f"off: {need:.0f} MB of decoded images exceed data.cache_budget_mb={cfg.cache_budget_mb}; streaming")
+        return None, f"off: {need:.0f} MB of decoded images exceed data.cache_budget_mb={cfg.cache_budget_mb}; streaming"
     # decoding hymenoptera takes about a second, writing its 361 MB store about as long: disk is opt-in
     disk = cache_dir if cfg.get("cache_to_disk") else None
     decoded = tuple(fastdata.decode_images(s.items, s.targets, pp.resize, pp.interpolation, load_rgb, disk)
                     for s in (data.train, data.val))
+    return decoded, f"on ({need:.0f} MB of uint8 images)"
+
+
+def loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_workers: int, device: torch.device,
+            decoded=None, channels_last: bool = False):
+    """Train and val image loaders: over the decoded tensors when `decoded` is given, else the
+    plain streaming DataLoaders."""
+    from . import fastdata
+
+    if decoded is None:
+        return plain_loaders(data, pp, batch_size, seed, num_workers)
     # the data lives where the model does: on a GPU, batches never cross the PCIe bus
     common = dict(batch_size=batch_size, crop=pp.crop, mean=pp.mean, std=pp.std, device=device,
                   channels_last=channels_last, interpolation=pp.interpolation)
-    train = fastdata.TensorLoader(decoded[0], train=True, seed=seed, **common)
-    val = fastdata.TensorLoader(decoded[1], train=False, **common)
-    return train, val, decoded, f"on ({need:.0f} MB of uint8 images on {device.type})"
+    return (fastdata.TensorLoader(decoded[0], train=True, seed=seed, **common),
+            fastdata.TensorLoader(decoded[1], train=False, **common))
 
 
 def plain_loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_workers: int):

@@ -59,23 +59,23 @@ def _weights_id(spec: models.ModelSpec, weights, seed: int) -> str:
     return hashlib.sha256(open(weights, "rb").read()).hexdigest()
 
 
-def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device, plain):
-    """(what trains, train loader, val loader, how) with the frozen prefix cached when valid,
-    else the model and the given loaders unchanged, with the reason."""
+def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device):
+    """(what trains, (train loader, val loader), how) with the frozen prefix cached when valid,
+    else (the model, None, the reason)."""
     if decoded is None:
-        return model, *plain, "off: needs the decode-once data (data.cache=true within its budget)"
+        return model, None, "off: needs the decode-once data (data.cache=true within its budget)"
     model.train()  # decide in the mode the model trains in
     if cfg.strategy.freeze_bn:
         strategies.frozen_bn_eval(model)
     cut = features.split(model, spec)
     if isinstance(cut, str):
-        return model, *plain, f"off: {cut}"
+        return model, None, f"off: {cut}"
     views = cfg.strategy.feature_views or cfg.epochs
     with torch.no_grad():
         per_image = cut.prefix(torch.zeros(1, 3, pp.crop, pp.crop, device=device)).numel() * 4
     need = per_image * (views * len(decoded[0]) + len(decoded[1])) / 2**20
     if need > cfg.data.cache_budget_mb:
-        return model, *plain, f"off: {need:.0f} MB of features exceed data.cache_budget_mb={cfg.data.cache_budget_mb}"
+        return model, None, f"off: {need:.0f} MB of features exceed data.cache_budget_mb={cfg.data.cache_budget_mb}"
     bf16 = cfg.bf16 and device.type == "cuda"
     key = [spec.name, _weights_id(spec, weights, cfg.seed), cut.at, len(cut.prefix), f"bf16={bf16}",
            *(fastdata.content_key(s.items, pp.resize, pp.interpolation) for s in (data.train, data.val))]
@@ -87,7 +87,7 @@ def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device, plain):
     val = features.FeatureLoader(val_f, decoded[1].targets, cfg.batch_size, train=False)
     how = (f"on: frozen prefix below {cut.at} run once ({source}); {views} augmented train views "
            f"(seed {features.VIEW_SEED}) shared across runs; epoch e uses view (e-1) mod {views}")
-    return cut.suffix, train, val, how
+    return cut.suffix, (train, val), how
 
 
 def run(cfg: DictConfig) -> dict:
@@ -111,12 +111,16 @@ def run(cfg: DictConfig) -> dict:
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         optimizer, scheduler = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
-        train_loader, val_loader, decoded, decode_how = datasets.loaders(
-            data, pp, cfg.batch_size, cfg.seed, cfg.data, device, cfg.cache_dir, cfg.channels_last)
-        net, features_how = model, "off (strategy.cache_features=false)"
+        decoded, decode_how = datasets.decode(data, pp, cfg.data, cfg.cache_dir)
+        net, batches, features_how = model, None, "off (strategy.cache_features=false)"
         if cfg.strategy.cache_features:
-            net, train_loader, val_loader, features_how = cached_prefix(
-                cfg, spec, model, weights, pp, data, decoded, device, (train_loader, val_loader))
+            net, batches, features_how = cached_prefix(cfg, spec, model, weights, pp, data, decoded, device)
+        if batches is None:  # images, not features: only now do they go to the device
+            batches = datasets.loaders(data, pp, cfg.batch_size, cfg.seed, cfg.data.num_workers, device, decoded,
+                                       cfg.channels_last)
+            if decoded is not None:
+                decode_how += f", batches built on {device.type}"
+        train_loader, val_loader = batches
 
         mlflow.set_tags({
             "tlsweep.fast.decode_once": decode_how,
