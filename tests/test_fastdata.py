@@ -162,10 +162,9 @@ def test_roi_align_crop_close_to_torchvision_resized_crop():
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
         boxes = sample_crop_boxes(data.sizes, g)
-        ours = resized_crops(data.images, boxes, crop)
+        ours = resized_crops([data.image(0), data.image(1)], boxes, crop)
         for i, (top, left, bh, bw) in enumerate(boxes.tolist()):
-            h, w = data.sizes[i].tolist()
-            img = F.to_dtype(data.images[i, :, :h, :w], torch.float32, scale=True)
+            img = F.to_dtype(data.image(i), torch.float32, scale=True)
             ref = F.resized_crop(img, top, left, bh, bw, [crop, crop], antialias=True)
             # Bilinear without antialias: small differences, mostly on the border rows.
             assert (ours[i] - ref).abs().mean() < 0.002  # measured: <= 0.0006
@@ -178,10 +177,9 @@ def test_cpu_crops_are_torchvisions_resized_crop(interp):
     imgs = [smooth_image(56, 80), smooth_image(90, 56)]
     data = decode_images(imgs, [0, 1], 56, interp, load_rgb)
     boxes = sample_crop_boxes(data.sizes, torch.Generator().manual_seed(0))
-    ours = resized_crops(data.images, boxes, 48, interp)
+    ours = resized_crops([data.image(0), data.image(1)], boxes, 48, interp)
     for i, (top, left, bh, bw) in enumerate(boxes.tolist()):
-        h, w = data.sizes[i].tolist()
-        ref = F.resized_crop(data.images[i, :, :h, :w], top, left, bh, bw, [48, 48], interp, antialias=True)
+        ref = F.resized_crop(data.image(i), top, left, bh, bw, [48, 48], interp, antialias=True)
         assert torch.equal(ours[i], F.to_dtype(ref, torch.float32, scale=True))
 
 
@@ -189,10 +187,11 @@ def test_padding_does_not_leak_into_crops():
     small = torch.full((3, 40, 40), 200, dtype=torch.uint8)
     big = random_images([(40, 90)])[0]
     data = decode_images([small, big], [0, 1], 40, BILINEAR, load_rgb)
-    assert data.images.shape[-1] == 90  # the small image is padded on the right
+    assert data.pixels.numel() == 3 * (40 * 40 + 40 * 90)  # stored unpadded, each at its own size
+    assert torch.equal(data.image(0), small) and torch.equal(data.image(1), big)
     whole = torch.tensor([[0, 0, 40, 40], [0, 0, 40, 90]])
-    for interp in (None, BILINEAR):  # roi_align, and the CPU's per-sample kernel
-        x = resized_crops(data.images, whole, 32, interp)
+    for interp in (None, BILINEAR):  # roi_align over a padded batch, and the CPU's per-sample kernel
+        x = resized_crops([data.image(0), data.image(1)], whole, 32, interp)
         # Zero padding would darken the last column by about a quarter.
         torch.testing.assert_close(x[0], torch.full_like(x[0], 200 / 255))
 
@@ -211,7 +210,7 @@ def test_size_estimate_equals_decoded_bytes(tmp_path):
     items = write_images(tmp_path, [(30, 50), (64, 40), (40, 40)]) + random_images([(33, 81)])
     estimate = decoded_size_bytes(items, 24)
     data = decode_images(items, [0] * len(items), 24, BILINEAR, load_rgb)
-    assert estimate == data.images.nbytes
+    assert estimate == data.pixels.nbytes
 
 
 def test_cache_round_trips_and_key_follows_content(tmp_path):
@@ -224,18 +223,18 @@ def test_cache_round_trips_and_key_follows_content(tmp_path):
 
     cache = tmp_path / "cache"
     first = decode_images(paths, [0, 1], 24, BILINEAR, counting_loader, cache_dir=cache)
-    assert len(calls) == 2 and len(list(cache.glob("*.pt"))) == 1
+    assert len(calls) == 2 and len(list(cache.glob("decoded-*.pt"))) == 1
     again = decode_images(paths, [1, 0], 24, BILINEAR, counting_loader, cache_dir=cache)
     assert len(calls) == 2  # served from the cache
-    assert torch.equal(again.images, first.images) and torch.equal(again.sizes, first.sizes)
+    assert all(torch.equal(getattr(again, k), getattr(first, k)) for k in ("pixels", "offsets", "sizes"))
     assert again.targets.tolist() == [1, 0]  # targets come from the caller, not the cache
 
     decode_images(paths, [0, 1], 24, InterpolationMode.BICUBIC, counting_loader, cache_dir=cache)
     assert len(calls) == 4  # another interpolation is another entry
     write_images(tmp_path / "img", [(30, 50), (64, 40)], seed=1)  # same names and sizes, new pixels
     changed = decode_images(paths, [0, 1], 24, BILINEAR, counting_loader, cache_dir=cache)
-    assert len(calls) == 6 and len(list(cache.glob("*.pt"))) == 3
-    assert not torch.equal(changed.images, first.images)
+    assert len(calls) == 6 and len(list(cache.glob("decoded-*.pt"))) == 3
+    assert not torch.equal(changed.pixels, first.pixels)
 
     tensors = random_images([(30, 50)])
     decode_images(tensors, [0], 24, BILINEAR, counting_loader, cache_dir=cache)

@@ -26,7 +26,7 @@ import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -63,34 +63,45 @@ def decoded_size_bytes(items: Sequence[Item], resize: int) -> int:
     Exact, provided the loader does not rotate images (e.g. by EXIF orientation), which would
     swap a header's width and height.
     """
-    if not items:
-        return 0
-    hws = [_resized_hw(*_item_hw(it), resize) for it in items]
-    return len(items) * 3 * max(h for h, _ in hws) * max(w for _, w in hws)
+    return sum(3 * h * w for h, w in (_resized_hw(*_item_hw(it), resize) for it in items))
 
 
 @dataclass
 class DecodedImages:
-    """Decoded images of one split, padded into one tensor.
+    """Decoded images of one split, each at its own size, back to back in one buffer (no
+    padding: one wide panorama does not make every image as wide).
 
-    images: uint8 [N, 3, Hmax, Wmax]; past each image's true size the padding repeats its last
-        row/column, so bilinear samples that reach half a pixel over the border read the edge
-        (as a clamped resize does) rather than black.
-    sizes: int64 [N, 2], true (h, w) of each image. Always on the CPU: crop boxes are drawn
-        there, so a seed gives the same crops on every device.
+    pixels: uint8 [sum of 3*h*w]; image i is pixels[offsets[i]:][:3*h*w] as a [3, h, w] tensor.
+    offsets: int64 [N], and sizes: int64 [N, 2] (true (h, w)). Both always on the CPU: crop
+        boxes are drawn there, so a seed gives the same crops on every device.
     targets: int64 [N].
     """
 
-    images: torch.Tensor
+    pixels: torch.Tensor
+    offsets: torch.Tensor
     sizes: torch.Tensor
     targets: torch.Tensor
+
+    @classmethod
+    def pack(cls, images: Sequence[torch.Tensor], targets: torch.Tensor) -> DecodedImages:
+        sizes = torch.tensor([img.shape[-2:] for img in images], dtype=torch.int64).reshape(-1, 2)
+        lengths = 3 * sizes.prod(1)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        pixels = torch.cat([img.reshape(-1) for img in images]) if images else torch.empty(0, dtype=torch.uint8)
+        return cls(pixels, offsets, sizes, targets)
 
     def __len__(self) -> int:
         return len(self.targets)
 
+    def image(self, i: int) -> torch.Tensor:
+        """Image i, uint8 [3, h, w]: a view, on the pixels' device."""
+        h, w = self.sizes[i].tolist()
+        start = int(self.offsets[i])
+        return self.pixels[start : start + 3 * h * w].view(3, h, w)
+
     def to(self, device: torch.device | str) -> DecodedImages:
-        """A copy with images and targets on `device` (no copy where they already are)."""
-        return DecodedImages(self.images.to(device), self.sizes, self.targets.to(device))
+        """A copy with pixels and targets on `device` (no copy where they already are)."""
+        return DecodedImages(self.pixels.to(device), self.offsets, self.sizes, self.targets.to(device))
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,19 +129,21 @@ def content_key(items: Sequence[Item], resize: int, interpolation: Interpolation
     return h.hexdigest()
 
 
-def _pad_store(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    sizes = torch.tensor([img.shape[-2:] for img in images], dtype=torch.int64).reshape(-1, 2)
-    hmax, wmax = (int(v) for v in sizes.amax(0))
-    store = torch.empty(len(images), 3, hmax, wmax, dtype=torch.uint8)
+def pad_batch(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Images of different sizes as one uint8 [B, 3, Hmax, Wmax] batch. Past each image's true
+    size the padding repeats its last row and column, so bilinear samples that reach half a
+    pixel over the border read the edge (as a clamped resize does) rather than black."""
+    hmax, wmax = max(img.shape[-2] for img in images), max(img.shape[-1] for img in images)
+    out = torch.empty(len(images), 3, hmax, wmax, dtype=torch.uint8, device=images[0].device)
     for i, img in enumerate(images):
         h, w = img.shape[-2:]
-        store[i, :, :h, :w] = img
-        store[i, :, :h, w:] = img[:, :, w - 1 : w]  # edge replication, see DecodedImages
-        store[i, :, h:, :] = store[i, :, h - 1 : h, :]
-    return store, sizes
+        out[i, :, :h, :w] = img
+        out[i, :, :h, w:] = img[:, :, w - 1 : w]
+        out[i, :, h:, :] = out[i, :, h - 1 : h, :]
+    return out
 
 
-_STORES: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+_STORES: OrderedDict[str, DecodedImages] = OrderedDict()
 
 
 def decode_images(
@@ -154,27 +167,27 @@ def decode_images(
     key = content_key(items, resize, interpolation)
     if key in _STORES:  # the jobs of a sweep run in one process (Hydra's basic launcher)
         _STORES.move_to_end(key)
-        return DecodedImages(*_STORES[key], targets)
-    path = Path(cache_dir) / f"{key}.pt" if cache_dir is not None else None
+        return replace(_STORES[key], targets=targets)
+    path = Path(cache_dir) / f"decoded-{key}.pt" if cache_dir is not None else None
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=True)
-        images, sizes = saved["images"], saved["sizes"]
+        store = DecodedImages(saved["pixels"], saved["offsets"], saved["sizes"], targets)
     else:
         # PIL and torch release the GIL while decoding and resizing, so threads use every core
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             resized = list(pool.map(lambda it: F.resize(loader(it), [resize], interpolation, antialias=True), items))
-        images, sizes = _pad_store(resized)
+        store = DecodedImages.pack(resized, targets)
         del resized
-    _STORES[key] = (images, sizes)
+    _STORES[key] = store
     while len(_STORES) > 2:  # train and val of one dataset
         _STORES.popitem(last=False)
     if path is not None and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename: parallel sweep jobs may build the same cache entry at once.
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"images": images, "sizes": sizes}, tmp)
+        torch.save({"pixels": store.pixels, "offsets": store.offsets, "sizes": store.sizes}, tmp)
         os.replace(tmp, path)
-    return DecodedImages(images, sizes, targets)
+    return store
 
 
 def sample_crop_boxes(
@@ -229,10 +242,10 @@ def sample_crop_boxes(
     return boxes.to(torch.int64)
 
 
-def resized_crops(images: torch.Tensor, boxes: torch.Tensor, crop: int,
+def resized_crops(images: Sequence[torch.Tensor], boxes: torch.Tensor, crop: int,
                   interpolation: InterpolationMode | None = None) -> torch.Tensor:
-    """Crop each image [B, 3, H, W] (uint8) to its box (top, left, height, width) and resize it
-    to crop x crop: float32 in [0, 1], on the images' device.
+    """Crop each image (uint8 [3, h, w]) to its box (top, left, height, width) and resize it
+    to crop x crop: float32 [B, 3, crop, crop] in [0, 1], on the images' device.
 
     On the CPU with an `interpolation`, each sample goes through torchvision's own
     `resized_crop` (uint8, antialiased): exactly what the plain path's RandomResizedCrop does
@@ -242,11 +255,11 @@ def resized_crops(images: torch.Tensor, boxes: torch.Tensor, crop: int,
     hymenoptera crops (resize 256, crop 224) it differs from `resized_crop` by 0.4/255 on
     average, 4/255 at the 99th percentile.
     """
-    if images.device.type == "cpu" and interpolation is not None:
+    if images[0].device.type == "cpu" and interpolation is not None:
         out = [F.resized_crop(img, *box, [crop, crop], interpolation, antialias=True)
                for img, box in zip(images, boxes.tolist())]
         return F.to_dtype(torch.stack(out), torch.float32, scale=True)
-    x = F.to_dtype(images, torch.float32, scale=True)
+    x = F.to_dtype(pad_batch(images), torch.float32, scale=True)
     b = boxes.to(x.device, torch.float32)
     top, left, h, w = b.unbind(1)
     idx = torch.arange(len(b), device=x.device, dtype=torch.float32)
@@ -261,7 +274,7 @@ def center_crops(data: DecodedImages, idx: torch.Tensor, crop: int) -> torch.Ten
     out = []
     for i, (h, w) in zip(idx.tolist(), data.sizes[idx].tolist()):
         top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
-        out.append(data.images[i, :, top : top + crop, left : left + crop])
+        out.append(data.image(i)[:, top : top + crop, left : left + crop])
     return torch.stack(out)
 
 
@@ -327,10 +340,7 @@ class TensorLoader:
         sizes = data.sizes[idx]
         boxes = sample_crop_boxes(sizes, self.generator)
         flip = torch.rand(len(idx), generator=self.generator) < 0.5
-        # Only the batch's largest true extent is converted to float; boxes never reach past it.
-        hb, wb = (int(v) for v in sizes.amax(0))
-        x = resized_crops(data.images[:, :, :hb, :wb][idx.to(data.images.device)], boxes, self.crop,
-                          self.interpolation)
+        x = resized_crops([data.image(i) for i in idx.tolist()], boxes, self.crop, self.interpolation)
         flip = flip.to(x.device)[:, None, None, None]
         return torch.where(flip, x.flip(-1), x)
 
