@@ -237,6 +237,18 @@ def test_tables_for_humans(ladder):
     assert tex.count(r"\textbf{") == 2
 
 
+def test_sweep_by_parent_run_id_reads_only_its_children(store, grid):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store.uri)
+    parent = client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id],
+                                "tags.`tlsweep.sweep_name` = 'sweep-grid'")[0]
+    by_id = make_report(store.uri, sweep=parent.info.run_id, ci="bootstrap", out=store.tmp / "by-id")
+    pd.testing.assert_frame_equal(_read(by_id.out_dir / "summary.csv"), _read(grid.out_dir / "summary.csv"))
+    runs = pd.read_csv(by_id.out_dir / "runs.csv")
+    assert runs["run_name"].str.startswith("sweep-grid-").all()  # none of the other sweep's runs
+
+
 def test_figures_are_valid_pdf_and_png(ladder, grid):
     assert {p.stem for p in ladder.out_dir.glob("*.png")} == {"ladder", "curves"}  # lr and shots did not vary
     assert {p.stem for p in grid.out_dir.glob("*.png")} == {"ladder", "curves", "lr", "shots"}

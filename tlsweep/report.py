@@ -89,10 +89,9 @@ def make_report(tracking_uri: str | None = None, sweep: str | None = None, metri
         raise ReportError(f"ci={ci!r} is not known: use ci=t or ci=bootstrap")
     uri = default_tracking_uri(tracking_uri)
     client, exp_id = _open_store(uri, experiment)
-    children = _search(client, exp_id, "tags.mlflow.parentRunId LIKE '%'")
-    parent = _find_parent(client, exp_id, children, sweep, uri)
+    parent = _find_parent(client, exp_id, sweep, uri)
     sweep_name = parent.data.tags.get("tlsweep.sweep_name") or parent.info.run_name or parent.info.run_id
-    runs, params = _tables([r for r in children if r.data.tags["mlflow.parentRunId"] == parent.info.run_id])
+    runs, params = _tables(_children(client, exp_id, parent.info.run_id))
 
     by = _resolve_keys([by] if isinstance(by, str) else by, params) if by is not None else _design_keys(params)
     # Pairs share their seeds and every design param outside `by`; a seed param that never varies
@@ -186,39 +185,45 @@ def _local_path(uri: str) -> Path | None:
     return None
 
 
-def _search(client, exp_id: str, filter_string: str) -> list:
-    """Every active run matching `filter_string`, oldest first, across result pages."""
+def _search(client, exp_id: str, filter_string: str, max_results: int | None = None) -> list:
+    """Every active run matching `filter_string` (or the first `max_results`), oldest first, across result pages."""
     runs, token = [], None
     while True:
         page = client.search_runs([exp_id], filter_string=filter_string, order_by=["attributes.start_time ASC"],
-                                  max_results=1000, page_token=token)
+                                  max_results=min(1000, max_results or 1000), page_token=token)
         runs += list(page)
         token = page.token
-        if not token:
+        if not token or (max_results and len(runs) >= max_results):
             return runs
 
 
-def _find_parent(client, exp_id: str, children: list, sweep: str | None, uri: str):
-    """The parent run whose id or name is `sweep`; None picks the latest one with children."""
+def _children(client, exp_id: str, parent_id: str, max_results: int | None = None) -> list:
+    return _search(client, exp_id, f"tags.mlflow.parentRunId = '{parent_id}'", max_results)
+
+
+def _find_parent(client, exp_id: str, sweep: str | None, uri: str):
+    """The parent run whose id or name is `sweep`; None picks the latest sweep with children.
+
+    Only sweeps' parent runs and one sweep's children are read, never every run in the store.
+    """
     from mlflow.exceptions import MlflowException
 
-    parent_ids = {r.data.tags["mlflow.parentRunId"] for r in children}
-    parents = []
-    for pid in parent_ids:
+    if sweep is not None:  # a run id: any parent run of this experiment, tlsweep's or not
         try:
-            run = client.get_run(pid)
-        except MlflowException:  # children whose parent was deleted for good
-            continue
-        if run.info.lifecycle_stage == "active" and run.info.experiment_id == exp_id:
-            parents.append(run)
-    parents.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+            run = client.get_run(str(sweep))
+            if run.info.lifecycle_stage == "active" and run.info.experiment_id == exp_id:
+                return run
+        except MlflowException:
+            pass  # not a run id: a name
+    parents = _search(client, exp_id, "tags.`tlsweep.role` = 'sweep'")[::-1]  # latest first
     if sweep is None:
-        if not parents:
-            raise ReportError(f"the MLflow store {uri} holds no sweep (no run has child runs); "
-                              "run a multirun (-m) first")
-        return parents[0]
+        for run in parents:
+            if _children(client, exp_id, run.info.run_id, max_results=1):
+                return run
+        raise ReportError(f"the MLflow store {uri} holds no sweep (no sweep run has child runs); "
+                          "run a multirun (-m) first")
     sweep = str(sweep)
-    matches = [r for r in parents if sweep in (r.info.run_id, r.info.run_name, r.data.tags.get("tlsweep.sweep_name"))]
+    matches = [r for r in parents if sweep in (r.info.run_name, r.data.tags.get("tlsweep.sweep_name"))]
     if not matches:
         known = ", ".join(f"{r.info.run_name} ({r.info.run_id})" for r in parents[:10]) or "none"
         raise ReportError(f"no sweep {sweep!r} in {uri}: pass a parent run id or name. "
