@@ -102,7 +102,7 @@ def fold_batchnorm(prefix: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
 
     In eval mode BN is a fixed per-channel affine map, so conv -> BN equals one conv with
     scaled weights and a bias: the same function, one pass over the activations fewer
-    (lite0 on the CPU: about 8.5 -> 6.5 ms per image). Pairs are found from the order in
+    (lite0 on the 2-core dev CPU: about 8 -> 6.5 ms per image). Pairs are found from the order in
     which modules run on `example`; the copy is only used if it gives the prefix's own
     output on `example` (to float rounding), else the prefix is returned unchanged.
     Returns (module to run, number of BatchNorms folded).
