@@ -1,6 +1,8 @@
 """Tests compose the real Hydra config and shrink it: tiny images, few of them, 1 epoch."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,50 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-HYMENOPTERA = (REPO / ".." / "shared" / "data" / "hymenoptera_data").resolve()
+# The real data lies beside a checkout, never in it. TLSWEEP_HYMENOPTERA moves it; CI points it at
+# nothing to prove that a clone with nothing beside it passes (see .ci/run).
+_HYMENOPTERA = Path(os.environ.get("TLSWEEP_HYMENOPTERA", REPO / ".." / "shared" / "data" / "hymenoptera_data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def hymenoptera() -> Path:
+    """The real hymenoptera data; the test is skipped, saying why, where it is absent.
+
+    The only way a test gets the real data: a test that uses it is marked `real_data`, and one
+    that reads the folder without it fails (see `pytest_runtest_call`)."""
+    if not (_HYMENOPTERA / "train").is_dir():
+        pytest.skip(f"real data not at {_HYMENOPTERA} (put hymenoptera_data there or set TLSWEEP_HYMENOPTERA)")
+    return _HYMENOPTERA
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "hymenoptera" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_data)
+
+
+_touched: list[str] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    # open(), os.listdir and os.scandir all pass here: any read of the real data is seen
+    if event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], (str, os.PathLike)):
+        if str(args[0]).startswith(str(_HYMENOPTERA)):
+            _touched.append(str(args[0]))
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed; this one only appends to a list
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """A test that reads the real data without the `hymenoptera` fixture would fail on a clone with
+    nothing beside it instead of being skipped: fail it here, where the data is present."""
+    _touched.clear()
+    yield
+    if _touched and item.get_closest_marker("real_data") is None:
+        pytest.fail(f"{item.nodeid} read the real data ({_touched[0]}) without the `hymenoptera` fixture, "
+                    "so it would fail, not skip, where the data is absent", pytrace=False)
 
 
 def write_image_folder(root: Path, classes=("ants", "bees"), per_split=None, seed: int = 0) -> Path:

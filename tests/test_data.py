@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tlsweep import data as D
-from tests.conftest import HYMENOPTERA, write_image_folder
+from tests.conftest import write_image_folder
 
 
 def test_missing_root_says_what_to_set(tmp_path):
@@ -51,8 +51,8 @@ def test_digits_are_real_and_split_80_20():
     assert sorted(set(d.val.targets)) == list(range(10))
 
 
-def test_real_hymenoptera_counts():
-    d = D.hymenoptera(HYMENOPTERA, download=False)
+def test_real_hymenoptera_counts(hymenoptera):
+    d = D.hymenoptera(hymenoptera, download=False)
     assert (len(d.train.items), len(d.val.items), d.classes) == (244, 153, ["ants", "bees"])
 
 

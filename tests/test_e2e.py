@@ -7,20 +7,18 @@ import torch
 from tlsweep import data as D
 from tlsweep.models import get_spec
 from tlsweep.run import run
-from tests.conftest import HYMENOPTERA
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason=f"real data not at {HYMENOPTERA}")]
+pytestmark = pytest.mark.slow
 
 
-def test_lite0_weights_know_ants_and_bees():
+def test_lite0_weights_know_ants_and_bees(hymenoptera):
     """The packaged ImageNet weights, renamed for timm, recognise ImageNet's own classes
     (310 ant, 309 bee) on hymenoptera val: the checkpoint and its preprocessing are right."""
     spec = get_spec("efficientnet_lite0")
     model, pp = spec.build(), spec.preprocess()
     model.load_state_dict(spec.pretrained(), strict=True)  # with its ImageNet head, which tlsweep replaces
     model.eval()
-    data = D.hymenoptera(HYMENOPTERA, download=False)
+    data = D.hymenoptera(hymenoptera, download=False)
     tf = D.eval_transform(pp)
     x = torch.stack([tf(D.load_rgb(p)) for p in data.val.items])
     with torch.no_grad():
@@ -30,7 +28,7 @@ def test_lite0_weights_know_ants_and_bees():
     assert acc >= 0.80, acc  # measured 0.850 here (0.974 if only the two logits are compared)
 
 
-def test_one_epoch_probe_on_real_data(make_cfg):
-    cfg = make_cfg("model=efficientnet_lite0", "strategy=probe", "data=hymenoptera", f"data.root={HYMENOPTERA}",
+def test_one_epoch_probe_on_real_data(make_cfg, hymenoptera):
+    cfg = make_cfg("model=efficientnet_lite0", "strategy=probe", "data=hymenoptera", f"data.root={hymenoptera}",
                    "data.image_size=null", "batch_size=32", "data.num_workers=2")
     assert run(cfg)["final_val_acc"] >= 0.85

@@ -11,6 +11,7 @@ import torchvision.models._api
 from torch import nn
 
 from tlsweep import models
+from tlsweep.errors import ConfigError
 from tlsweep.models import MODELS, build_model, get_spec, load_pretrained, load_state_dict_file
 
 
@@ -107,7 +108,7 @@ def test_a_pickle_that_runs_code_is_refused_and_never_executed(tmp_path):
 
 
 def test_missing_checkpoint_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model.weights"):
+    with pytest.raises(ConfigError, match="model.weights"):
         load_state_dict_file(tmp_path / "nope.pth")
 
 

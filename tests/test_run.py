@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tlsweep import run as run_mod
+from tlsweep.errors import Diverged
 from tlsweep.models import MODELS
 from tlsweep.run import run
 from tlsweep.strategies import NAMES
@@ -79,7 +80,7 @@ def test_same_config_same_seed_same_numbers(make_cfg, store_uri):
 
 def test_nan_loss_ends_the_run_failed_with_the_error(make_cfg, store_uri):
     cfg = make_cfg("model=resnet18", "strategy=scratch", "optim.lr=1e30", "optim=sgd", "batch_size=2")
-    with pytest.raises(FloatingPointError):
+    with pytest.raises(Diverged):
         run(cfg)
     r = _last_run(store_uri)
     assert r.info.status == "FAILED" and "non-finite training loss" in r.data.tags["tlsweep.error"]
@@ -108,11 +109,36 @@ def _cli(*args, cwd, env=None):
     (["strategy=partial", "strategy.unfreeze=[layer5]"], "valid stages"),
     (["data.root=/no/such/folder", "data.download=false"], "does not exist"),
     (["data=imagefolder"], "data.root"),
+    (["data=imagefolder", "data.root=/no/such/folder", "epochs=0"], "epochs=0: need at least 1"),
 ])
 def test_bad_input_exits_nonzero_and_says_what_to_fix(tmp_path, args, message):
-    p = _cli(*args, "model.weights=null", "epochs=1", cwd=tmp_path)
-    assert p.returncode != 0
+    p = _cli("model.weights=null", "epochs=1", *args, cwd=tmp_path)
+    assert p.returncode == 1
     assert message in p.stderr + p.stdout
+    assert "Traceback" not in p.stderr + p.stdout  # an expected failure is one message, not a stack
+
+
+def test_offline_download_fails_every_job_plainly_with_a_summary(tmp_path, tiny_root):
+    """Offline (the download goes through a proxy that refuses), a sweep over a torchvision model
+    prints the message, no traceback, and a summary line; each run is FAILED with the message."""
+    offline = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "no_proxy": "",
+               "TORCH_HOME": str(tmp_path / "torch")}
+    p = _cli("-m", "model=resnet18", "strategy=probe,finetune", "data=imagefolder", f"data.root={tiny_root}",
+             "data.image_size=32", "epochs=1", "device=cpu", cwd=tmp_path, env=offline)
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr + p.stdout
+    assert "WeightsUnavailable: could not download the torchvision weights" in p.stderr
+    assert "[tlsweep] 2 of 2 jobs failed: WeightsUnavailable: could not download" in p.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id])
+    children = [r for r in runs if r.data.tags.get("tlsweep.role") == "job"]
+    assert len(children) == 2 and all(r.info.status == "FAILED" for r in children)
+    assert all("model.weights=/path/to/state_dict.pth" in r.data.tags["tlsweep.error"] for r in children)
+
+
+def test_full_error_shows_the_traceback(tmp_path):
+    p = _cli("data=imagefolder", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert p.returncode == 1 and "Traceback" in p.stderr and "DataError" in p.stderr
 
 
 def test_multirun_makes_one_parent_with_every_child(tmp_path, tiny_root):
@@ -160,6 +186,8 @@ def test_a_failing_job_fails_alone(tmp_path, tiny_root):
     status = {r.data.params.get("optim.lr", "parent"): r.info.status for r in runs}
     assert status == {"0.001": "FINISHED", "1e+30": "FAILED", "parent": "FAILED"}
     assert all(r.info.status != "RUNNING" for r in runs)
+    assert "Traceback" not in p.stderr + p.stdout
+    assert "[tlsweep] 1 of 2 jobs failed: Diverged: non-finite training loss" in p.stdout
 
 
 def test_parallel_launcher_shares_one_store(tmp_path, tiny_root):

@@ -3,14 +3,23 @@ import gc
 import signal
 
 import hydra
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
+from .errors import UserError
 from .run import run
+
+
+class JobError(CompactHydraException):
+    """A user error, as Hydra prints it: the message alone, no traceback (HYDRA_FULL_ERROR=1 shows it)."""
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    return run(cfg)["final_val_acc"]
+    try:
+        return run(cfg)["final_val_acc"]
+    except UserError as err:  # already recorded FAILED in MLflow, with this message
+        raise JobError(f"tlsweep: {type(err).__name__}: {err}") from err
 
 
 def _sigterm(signum, frame):

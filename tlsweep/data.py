@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
+from .errors import UserError
 from .models import Preprocess
 
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
@@ -33,7 +34,7 @@ HYMENOPTERA_SHA256 = "c415c930edc58a3d84c6f6b2c058ca7ea03038a196f05330aa86b3249c
 HYMENOPTERA_COUNTS = {"train": {"ants": 123, "bees": 121}, "val": {"ants": 70, "bees": 83}}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data is missing or not laid out as expected; the message says what to fix."""
 
 

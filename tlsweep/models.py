@@ -19,6 +19,8 @@ import torchvision
 from torch import nn
 from torchvision.transforms.v2 import InterpolationMode
 
+from .errors import ConfigError, UserError
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -74,7 +76,7 @@ class ModelSpec:
         return new
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(UserError, RuntimeError):
     """Pretrained weights could not be fetched (typically: no network)."""
 
 
@@ -239,14 +241,14 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}") from None
+        raise ConfigError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}") from None
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A local checkpoint. weights_only=True: a pickle that would run code is refused, never executed."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"model.weights={str(path)!r} is not a file; give a state-dict path, DEFAULT or null")
+        raise ConfigError(f"model.weights={str(path)!r} is not a file; give a state-dict path, DEFAULT or null")
     sd = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):  # common wrappers (Lightning, timm/DeiT training checkpoints)
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
@@ -265,7 +267,7 @@ def load_pretrained(model: nn.Module, spec: ModelSpec, state_dict: dict[str, tor
     result = model.load_state_dict({k: v for k, v in state_dict.items() if k not in head_keys}, strict=False)
     missing, unexpected = set(result.missing_keys), set(result.unexpected_keys)
     if missing != head_keys or unexpected:
-        raise ValueError(
+        raise ConfigError(
             f"{spec.name}: the checkpoint does not match the architecture. Only the head "
             f"({sorted(head_keys)}) may be missing, but missing={sorted(missing - head_keys)[:10]}, "
             f"head keys present={sorted(head_keys - missing)}, unexpected={sorted(unexpected)[:10]}"

@@ -12,10 +12,11 @@ import mlflow
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from . import data as datasets
 from . import fastdata, features, models, strategies, tracking
+from .errors import ConfigError
+from .progress import Progress
 from .train import autocast, fit, tune_allocator
 
 
@@ -42,12 +43,12 @@ def make_optimizer(cfg: DictConfig, groups: list[dict], epochs: int):
     elif cfg.name == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
-        raise ValueError(f"unknown optim.name {cfg.name!r}; valid: adamw, sgd")
+        raise ConfigError(f"unknown optim.name {cfg.name!r}; valid: adamw, sgd")
     if cfg.scheduler == "cosine":
         return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     if cfg.scheduler in (None, "none"):
         return opt, None
-    raise ValueError(f"unknown optim.scheduler {cfg.scheduler!r}; valid: cosine, none")
+    raise ConfigError(f"unknown optim.scheduler {cfg.scheduler!r}; valid: cosine, none")
 
 
 def _weights_id(spec: models.ModelSpec, weights, seed: int) -> str:
@@ -92,12 +93,14 @@ def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device):
 
 def run(cfg: DictConfig) -> dict:
     """Train one model with one strategy on one dataset; log everything to MLflow."""
-    if cfg.epochs < 1:
-        raise ValueError(f"epochs={cfg.epochs}: need at least 1")
     tune_allocator()
     start = time.perf_counter()
     name = f"{cfg.model.name}-{cfg.strategy.name}-seed{cfg.seed}"
+    progress = Progress(name, cfg.epochs)
     with tracking.job_run(cfg, name):  # opened first, so that even a config error is recorded as FAILED
+        if cfg.epochs < 1:
+            raise ConfigError(f"epochs={cfg.epochs}: need at least 1")
+        progress.start()
         spec = models.get_spec(cfg.model.name)
         strategies.resolve_unfreeze(spec, cfg.strategy.unfreeze)  # a bad stage name fails before any work
         seed_everything(cfg.seed)
@@ -135,17 +138,18 @@ def run(cfg: DictConfig) -> dict:
                for g in plan.groups},
         })
         prep_seconds = time.perf_counter() - start  # data, model and feature cache, before the first epoch
-        bar = tqdm(total=cfg.epochs, desc=name, unit="epoch", leave=False)
+        progress.ready(prep_seconds, "feature cache " + features_how.split(":")[0].split(" (")[0])
 
         def on_epoch(epoch: int, metrics: dict) -> None:
             mlflow.log_metrics(metrics, step=epoch)  # one call per epoch: a dict is 2-3x cheaper than per metric
-            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.3f}")
-            bar.update()
+            progress.epoch(epoch, metrics)
 
-        result = fit(net, train_loader, val_loader, optimizer, scheduler, cfg.epochs, device,
-                     freeze_bn=cfg.strategy.freeze_bn, bf16=cfg.bf16, channels_last=cfg.channels_last,
-                     on_epoch=on_epoch)
-        bar.close()
+        try:
+            result = fit(net, train_loader, val_loader, optimizer, scheduler, cfg.epochs, device,
+                         freeze_bn=cfg.strategy.freeze_bn, bf16=cfg.bf16, channels_last=cfg.channels_last,
+                         on_epoch=on_epoch)
+        finally:
+            progress.close()
         result.update(trainable_params=plan.trainable_params, total_params=plan.total_params,
                       prep_seconds=prep_seconds)
         mlflow.log_metrics(result)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import ConfigError
 from .models import ModelSpec
 
 NAMES = ("scratch", "probe", "partial", "finetune")
@@ -39,7 +40,7 @@ def resolve_unfreeze(spec: ModelSpec, unfreeze) -> list[str]:
         unfreeze = [unfreeze]
     unknown = [s for s in unfreeze if s not in spec.stages]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"strategy.unfreeze names unknown stage(s) {unknown} for model {spec.name}; "
             f"valid stages (input to output): {list(spec.stages)}"
         )

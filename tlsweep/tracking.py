@@ -130,6 +130,16 @@ def job_run(cfg: DictConfig, run_name: str):
         mlflow.end_run()
 
 
+def summary_line(children: list) -> str:
+    """One line on how a sweep's jobs ended, naming the first error and the runs that did not finish."""
+    bad = [c for c in children if c.info.status != "FINISHED"]
+    if not bad:
+        return f"[tlsweep] {len(children)} of {len(children)} jobs finished"
+    first = bad[0].data.tags.get("tlsweep.error", bad[0].info.status).splitlines()[0][:300]
+    runs = ", ".join(f"{c.info.run_name} ({c.info.status})" for c in bad)
+    return f"[tlsweep] {len(bad)} of {len(children)} jobs failed: {first}; runs: {runs}"
+
+
 class SweepCallback(Callback):
     """Hydra callback: the parent run of a multirun, and the sweep's report at its end."""
 
@@ -167,9 +177,12 @@ class SweepCallback(Callback):
             if child.info.status == "RUNNING":
                 client.set_tag(child.info.run_id, "tlsweep.error", "job process ended without closing its run")
                 client.set_terminated(child.info.run_id, "KILLED")
-        statuses = {c.info.status for c in client.search_runs(
-            [client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=50000)}
+        children = client.search_runs([client.get_run(parent).info.experiment_id],
+                                      f"tags.mlflow.parentRunId = '{parent}'", max_results=50000,
+                                      order_by=["attributes.start_time ASC"])
+        statuses = {c.info.status for c in children}
         status = "KILLED" if "KILLED" in statuses else "FAILED" if statuses - {"FINISHED"} else "FINISHED"
+        print(summary_line(children), flush=True)
         if self.report and "FINISHED" in statuses:
             self._report(client, parent)
         client.set_terminated(parent, status)

@@ -11,6 +11,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .errors import Diverged
 from .strategies import frozen_bn_eval
 
 
@@ -74,7 +75,7 @@ def run_epoch(model: nn.Module, loader: Iterable, device: torch.device, optimize
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimizer: torch.optim.Optimizer,
         scheduler, epochs: int, device: torch.device, freeze_bn: bool = True, bf16: bool = False,
         channels_last: bool = False, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
-    """Train for `epochs`, evaluating after each. Raises FloatingPointError on a non-finite loss.
+    """Train for `epochs`, evaluating after each. Raises Diverged on a non-finite train or val loss.
 
     Returns best/final validation accuracy and timing.
     """
@@ -87,9 +88,11 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimize
         lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
         train_loss, train_acc = run_epoch(model, train_loader, device, optimizer, bf16, channels_last)
         if not math.isfinite(train_loss):
-            raise FloatingPointError(f"non-finite training loss ({train_loss}) in epoch {epoch}; lower optim.lr")
+            raise Diverged(f"non-finite training loss ({train_loss}) in epoch {epoch}; lower optim.lr")
         model.eval()
         val_loss, val_acc = run_epoch(model, val_loader, device, None, bf16, channels_last)
+        if not math.isfinite(val_loss):  # finite weights can still overflow on unseen inputs
+            raise Diverged(f"non-finite validation loss ({val_loss}) in epoch {epoch}; lower optim.lr")
         if scheduler is not None:
             scheduler.step()
         if val_acc > best_acc:

@@ -1,0 +1,50 @@
+"""What a run shows while it works: a live bar in a terminal, one plain line per epoch elsewhere.
+
+A redrawn bar turns into thousands of carriage returns in a log file (SLURM's, or `> log`), so
+when the output is not a terminal each epoch prints one line instead.
+"""
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from tqdm import tqdm
+
+
+class Progress:
+    """Progress of one run: `start()` before the work that precedes the first epoch,
+    `epoch()` after each epoch, `close()` at the end."""
+
+    def __init__(self, name: str, epochs: int, stream: TextIO | None = None, live: bool | None = None):
+        self.name, self.epochs = name, epochs
+        self.live = sys.stderr.isatty() if live is None else live
+        # the bar on stderr, like tqdm's; plain lines on stdout, beside the run's result line
+        self.stream = stream or (sys.stderr if self.live else sys.stdout)
+        self.bar = None
+
+    def start(self) -> None:
+        # Decoding the images and the feature pass take tens of seconds on a CPU: say so.
+        self._say(f"[tlsweep] {self.name}: preparing data, model and cached features")
+
+    def ready(self, seconds: float, how: str) -> None:
+        self._say(f"[tlsweep] {self.name}: ready after {seconds:.1f} s ({how}); training {self.epochs} epochs")
+        if self.live:
+            self.bar = tqdm(total=self.epochs, desc=self.name, unit="epoch", leave=True, file=self.stream,
+                            dynamic_ncols=True)
+
+    def epoch(self, epoch: int, metrics: dict) -> None:
+        loss, acc = metrics["train_loss"], metrics["val_acc"]
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss={loss:.3f} val_acc={acc:.3f}", refresh=False)
+            self.bar.update()
+        else:
+            self._say(f"[tlsweep] {self.name}: epoch {epoch}/{self.epochs} train_loss={loss:.4f} "
+                      f"val_loss={metrics['val_loss']:.4f} val_acc={acc:.4f} ({metrics['epoch_seconds']:.1f} s)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
