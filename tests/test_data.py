@@ -104,3 +104,45 @@ def test_plain_eval_transform_follows_the_preprocessing(tiny_root):
     train, val = D.plain_loaders(D.image_folder(tiny_root), pp, batch_size=4, seed=0, num_workers=0)
     x, y = next(iter(val))
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+
+
+def _flatten_to_train_only(root, keep_val: bool = False):
+    """Move val/ images into train/ (or into the root itself): a user's folder without a val split."""
+    import shutil
+
+    for f in (root / "val").rglob("*.png"):
+        dest = root / "train" / f.parent.name / f"val-{f.name}"
+        shutil.move(f, dest)
+    shutil.rmtree(root / "val")
+    return root
+
+
+def test_a_folder_without_val_needs_a_val_fraction(tmp_path):
+    root = _flatten_to_train_only(write_image_folder(tmp_path / "d"))
+    with pytest.raises(D.DataError, match=r"no val/ split.*add .*val/<class>.*or set data.val_fraction"):
+        D.image_folder(root)
+
+
+@pytest.mark.parametrize("layout", ["train_only", "class_folders_only"])
+def test_val_fraction_holds_out_a_fixed_stratified_split(tmp_path, layout):
+    root = _flatten_to_train_only(write_image_folder(tmp_path / "d", per_split={"train": 10, "val": 10}))
+    if layout == "class_folders_only":
+        for cls in (root / "train").iterdir():
+            cls.rename(root / cls.name)
+        (root / "train").rmdir()
+    a, b = D.image_folder(root, val_fraction=0.25), D.image_folder(root, val_fraction=0.25)
+    assert a.train.items == b.train.items and a.val.items == b.val.items  # fixed, not the run's seed
+    assert sorted(a.val.targets) == [0] * 5 + [1] * 5  # 25% of 20 images per class, per class
+    assert len(a.train.items) == 30 and not set(a.train.items) & set(a.val.items)
+    assert "0.25" in a.val_from and "stratified" in a.val_from
+
+
+def test_val_fraction_with_a_val_folder_is_refused(tmp_path):
+    with pytest.raises(D.DataError, match="has its own val/ split"):
+        D.image_folder(write_image_folder(tmp_path / "d"), val_fraction=0.2)
+
+
+def test_val_fraction_comes_through_the_config(make_cfg, tmp_path):
+    root = _flatten_to_train_only(write_image_folder(tmp_path / "d", per_split={"train": 6, "val": 4}))
+    data = D.load(make_cfg(f"data.root={root}", "data.val_fraction=0.2").data)
+    assert len(data.val.items) == 4 and len(data.train.items) == 16

@@ -50,6 +50,7 @@ class ImageData:
     classes: list[str]
     train: Split
     val: Split
+    val_from: str = "its own val split"  # where val came from, for the run's tags
 
 
 def load_rgb(item) -> torch.Tensor:
@@ -62,30 +63,70 @@ def load_rgb(item) -> torch.Tensor:
 
 # --- datasets --------------------------------------------------------------------------
 
-def image_folder(root: str | Path, name: str = "imagefolder") -> ImageData:
-    """`root/train/<class>/*` and `root/val/<class>/*`, with the same classes in both."""
+# The held-out split of a folder without val/ is the same for every run and seed of a study.
+SPLIT_SEED = 0
+
+
+def _class_folder(folder: Path) -> tuple[list[str], Split]:
+    """The classes and images of `folder/<class>/*`, refusing empty classes."""
+    try:
+        classes, to_idx = find_classes(str(folder))
+    except FileNotFoundError as err:
+        raise DataError(f"{folder} has no class folders ({err}).") from None
+    for cls in classes:
+        if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (folder / cls).iterdir()):
+            raise DataError(f"class folder {folder / cls} holds no images ({', '.join(IMG_EXTENSIONS)}). "
+                            f"Add images or remove the folder.")
+    samples = make_dataset(str(folder), to_idx, extensions=IMG_EXTENSIONS)
+    return classes, Split([p for p, _ in samples], [t for _, t in samples])
+
+
+def stratified_holdout(split: Split, fraction: float, seed: int = SPLIT_SEED) -> tuple[Split, Split]:
+    """(kept, held out): `fraction` of each class held out, chosen with a fixed seed (not the
+    run's), so every run of a sweep holds out the same images."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise DataError(f"a held-out fraction must be in (0, 1), got {fraction}")
+    idx = np.arange(len(split.items))
+    try:
+        keep, held = train_test_split(idx, test_size=fraction, stratify=split.targets, random_state=seed)
+    except ValueError as err:  # a class too small to appear on both sides
+        raise DataError(f"cannot hold out {fraction} of every class: {err}") from None
+    pick = lambda ids: Split([split.items[i] for i in sorted(ids)], [split.targets[i] for i in sorted(ids)])  # noqa: E731
+    return pick(keep), pick(held)
+
+
+def image_folder(root: str | Path, name: str = "imagefolder", val_fraction: float | None = None) -> ImageData:
+    """`root/train/<class>/*` and `root/val/<class>/*`, with the same classes in both.
+
+    A root with only `train/`, or with the class folders directly in it, gets a stratified val
+    split of `val_fraction` of its images (fixed seed, `SPLIT_SEED`).
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data.root={str(root)!r} does not exist. Set data.root to the folder that holds train/ and val/.")
-    splits, classes = {}, {}
-    for split in ("train", "val"):
-        folder = root / split
-        if not folder.is_dir():
-            raise DataError(f"{folder} is missing: data.root must hold train/<class>/* and val/<class>/*.")
-        try:
-            classes[split], to_idx = find_classes(str(folder))
-        except FileNotFoundError as err:
-            raise DataError(f"{folder} has no class folders ({err}).") from None
-        for cls in classes[split]:
-            if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (folder / cls).iterdir()):
-                raise DataError(f"class folder {folder / cls} holds no images ({', '.join(IMG_EXTENSIONS)}). "
-                                f"Add images or remove the folder.")
-        samples = make_dataset(str(folder), to_idx, extensions=IMG_EXTENSIONS)
-        splits[split] = Split([p for p, _ in samples], [t for _, t in samples])
-    if classes["train"] != classes["val"]:
-        raise DataError(f"train and val classes differ under {root}: train={classes['train']} val={classes['val']}. "
-                        f"Both splits need the same class folders.")
-    return ImageData(name, classes["train"], splits["train"], splits["val"])
+    has_train, has_val = (root / "train").is_dir(), (root / "val").is_dir()
+    if has_train and has_val:
+        if val_fraction:
+            raise DataError(f"{root} has its own val/ split, so data.val_fraction={val_fraction} would be ignored: "
+                            "drop data.val_fraction, or point data.root at a folder without val/.")
+        (train_classes, train), (val_classes, val) = _class_folder(root / "train"), _class_folder(root / "val")
+        if train_classes != val_classes:
+            raise DataError(f"train and val classes differ under {root}: train={train_classes} val={val_classes}. "
+                            f"Both splits need the same class folders.")
+        return ImageData(name, train_classes, train, val)
+    if has_val:
+        raise DataError(f"{root} has val/ but no train/: data.root must hold train/<class>/* and val/<class>/*.")
+    pool = root / "train" if has_train else root
+    if not val_fraction:
+        raise DataError(f"{root} has no val/ split. Either add {root}/val/<class>/* (and put the training images in "
+                        f"{root}/train/<class>/*), or set data.val_fraction=0.2 to hold out a stratified part of "
+                        f"{pool}'s images as val.")
+    classes, images = _class_folder(pool)
+    train, val = stratified_holdout(images, float(val_fraction))
+    return ImageData(name, classes, train, val,
+                     val_from=f"{val_fraction} of {pool} held out, stratified by class (seed {SPLIT_SEED})")
 
 
 def _folder_digest(root: Path) -> str:
@@ -182,7 +223,7 @@ def load(cfg) -> ImageData:
     elif cfg.name == "imagefolder":
         if not cfg.get("root"):
             raise DataError("data=imagefolder needs data.root=/path/to/folder holding train/ and val/.")
-        data = image_folder(cfg.root)
+        data = image_folder(cfg.root, val_fraction=cfg.get("val_fraction"))
     else:
         raise DataError(f"unknown data.name {cfg.name!r}; valid: digits, hymenoptera, imagefolder")
     if cfg.get("shots"):

@@ -131,6 +131,7 @@ def run(cfg: DictConfig) -> dict:
             "tlsweep.fast.bf16": str(cfg.bf16 and device.type == "cuda"),
             "tlsweep.fast.channels_last": str(cfg.channels_last),
             "tlsweep.device": str(device),
+            "tlsweep.data.val": data.val_from,
             "tlsweep.weights": spec.weights_name if str(weights).upper() == "DEFAULT" else str(weights),
             "tlsweep.preprocess": str(pp),
             "tlsweep.trainable_stages": ",".join(plan.trainable),
