@@ -217,3 +217,31 @@ def test_gpu_path(make_cfg, store_uri):
         else:
             assert r.data.tags["tlsweep.fast.decode_once"].endswith("batches built on cuda")
         assert 0 <= result["final_val_acc"] <= 1
+
+
+def test_a_failing_store_call_while_failing_still_closes_the_run(make_cfg, store_uri, monkeypatch):
+    """If recording the error (set_tag) and the fluent end_run both raise, the run still ends
+    FAILED through the client, and the user sees the job's own error."""
+    calls = []
+    real_set_terminated = MlflowClient.set_terminated
+
+    def flaky_set_terminated(self, *a, **k):  # the store refuses once (inside mlflow.end_run), then works
+        calls.append(a)
+        if len(calls) == 1:
+            raise mlflow.exceptions.MlflowException("store went away")
+        return real_set_terminated(self, *a, **k)
+
+    def broken(*a, **k):
+        raise mlflow.exceptions.MlflowException("store went away")
+
+    def boom(*a, **k):
+        raise RuntimeError("the job's own error")
+
+    monkeypatch.setattr(run_mod, "fit", boom)
+    monkeypatch.setattr(mlflow, "set_tag", broken)
+    monkeypatch.setattr(MlflowClient, "set_terminated", flaky_set_terminated)
+    with pytest.raises(RuntimeError, match="the job's own error"):
+        run(make_cfg("model=resnet18", "model.weights=null"))
+    monkeypatch.undo()
+    assert len(calls) == 2 and mlflow.active_run() is None
+    assert _last_run(store_uri).info.status == "FAILED"

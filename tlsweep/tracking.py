@@ -119,15 +119,34 @@ def job_run(cfg: DictConfig, run_name: str):
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         yield run
     except KeyboardInterrupt:
-        mlflow.set_tag("tlsweep.error", "KeyboardInterrupt")
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        _close(run.info.run_id, "KILLED", "KeyboardInterrupt")
         raise
     except BaseException as err:
-        mlflow.set_tag("tlsweep.error", f"{type(err).__name__}: {err}"[:5000])
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        _close(run.info.run_id, "FAILED", f"{type(err).__name__}: {err}"[:5000])
         raise
     else:
         mlflow.end_run()
+
+
+def _close(run_id: str, status: str, error: str) -> None:
+    """End a failed run with its error, whatever else goes wrong: the run must not stay RUNNING.
+
+    Runs while an exception propagates; if the store refuses the tag or the fluent end_run (a
+    server gone for a moment, a second Ctrl-C), the run is still closed through the client, and
+    the original exception, not this one, is what the user sees.
+    """
+    try:
+        mlflow.set_tag("tlsweep.error", error)
+    except Exception as tag_err:  # noqa: BLE001 - the run's status matters more than its tag
+        print(f"[tlsweep] could not record the error on run {run_id}: {tag_err}", flush=True)
+    try:
+        mlflow.end_run(status)  # pops the run off the fluent stack before it asks the store
+    except Exception:  # noqa: BLE001
+        try:
+            MlflowClient().set_terminated(run_id, status)
+        except Exception as end_err:  # noqa: BLE001
+            print(f"[tlsweep] could not close run {run_id} as {status}: {end_err}; the sweep's end closes it",
+                  flush=True)
 
 
 def summary_line(children: list) -> str:
