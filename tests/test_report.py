@@ -39,6 +39,10 @@ _rng = np.random.default_rng(7)
 GRID = [(s, lr, shots, seed, "FINISHED", float(_rng.uniform(0.3, 0.95)))
         for s in ("finetune", "scratch") for lr in ("0.01", "3e-4") for shots in ("None", "20", "5")
         for seed in (0, 1)]
+# Later than both: a sweep whose jobs all failed and one with no jobs; "the latest sweep" skips them.
+ALL_FAILED = [("scratch", 0, "FAILED", None), ("probe", 0, "KILLED", None), ("probe", 1, "FAILED", None)]
+# Experiment "other": a small finished sweep; experiment "only-failed": sweeps with nothing finished.
+OTHER = [(s, seed, "FINISHED", float(_rng.uniform(0.3, 0.95))) for s in ("scratch", "probe") for seed in (0, 1)]
 
 
 @dataclass
@@ -79,9 +83,13 @@ def store(tmp_path_factory) -> Store:
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     client.search_experiments()  # creates the schema
     shutil.copy(tmp / "mlflow.db", tmp / "empty.db")
-    exp = client.create_experiment("tlsweep")
-    for k, (name, runs) in enumerate([("sweep-grid", GRID), ("sweep-ladder", LADDER)]):
-        start = T0 + k * 3_600_000
+    exps = {name: client.create_experiment(name) for name in ("tlsweep", "other", "only-failed")}
+    sweeps = [("tlsweep", "sweep-grid", GRID), ("tlsweep", "sweep-ladder", LADDER),
+              ("tlsweep", "sweep-all-failed", ALL_FAILED), ("tlsweep", "sweep-no-jobs", []),
+              ("other", "sweep-other", OTHER),
+              ("only-failed", "sweep-crashed", ALL_FAILED), ("only-failed", "sweep-empty", [])]
+    for k, (experiment, name, runs) in enumerate(sweeps):
+        start, exp = T0 + k * 3_600_000, exps[experiment]
         parent = client.create_run(exp, run_name=name, start_time=start,
                                    tags={"tlsweep.role": "sweep", "tlsweep.sweep_name": name})
         for i, run in enumerate(runs):
@@ -223,6 +231,7 @@ def test_bootstrap_and_pairing_over_keys_left_out_of_by(store):
 def test_tables_for_humans(ladder):
     md = (ladder.out_dir / "summary.md").read_text()
     assert md == ladder.markdown
+    assert "| strategy | n | final val accuracy (%) | Δ vs scratch (pp) | p |" in md  # labels, not raw keys
     assert "| scratch | 3 | 61.3 ± 6.7 | reference |" in md
     assert "| probe | 3 | 70.0 ± 0.0 |" in md  # tied values: a true zero-width interval
     assert "| finetune | 1 | **90.0** (n=1, no CI) | +28.8 (1 pair, no CI) |" in md
@@ -232,7 +241,7 @@ def test_tables_for_humans(ladder):
     assert "biased upward" not in md
     tex = (ladder.out_dir / "summary.tex").read_text()
     for needle in [r"\toprule", r"\midrule", r"\bottomrule", r"\textbf{90.0} (n=1, no CI)",
-                   r"61.3 $\pm$ 6.7", r"strategy.name & n & final\_val\_acc (\%)", "95\\% CI half-width"]:
+                   r"61.3 $\pm$ 6.7", r"strategy & n & final val accuracy (\%)", "95\\% CI half-width"]:
         assert needle in tex
     assert tex.count(r"\textbf{") == 2
 
@@ -262,6 +271,51 @@ def test_figures_are_valid_pdf_and_png(ladder, grid):
             assert image.shape[1] == 990, path  # 3.3 in at 300 dpi: one paper column
 
 
+def test_latest_sweep_is_the_latest_with_a_finished_run(store, ladder):
+    # sweep-no-jobs and sweep-all-failed are later than sweep-ladder: a new user's failed sweep
+    # must not hide the last one that worked
+    assert ladder.sweep_name == "sweep-ladder"
+    with pytest.raises(ReportError, match="sweep 'sweep-all-failed' has no finished runs.*CUDA out of memory"):
+        make_report(store.uri, sweep="sweep-all-failed", out=store.tmp / "never")
+    with pytest.raises(ReportError, match="sweep 'sweep-no-jobs' .* has no child runs"):
+        make_report(store.uri, sweep="sweep-no-jobs", out=store.tmp / "never")
+
+
+def test_no_finished_sweep_lists_the_sweeps_and_suggests_sweep(store):
+    client = MlflowClient(store.uri)
+    exp_id = client.get_experiment_by_name("only-failed").experiment_id
+    ids = {r.info.run_name: r.info.run_id for r in client.search_runs([exp_id], "tags.`tlsweep.role` = 'sweep'")}
+    with pytest.raises(ReportError) as err:
+        make_report(store.uri, experiment="only-failed", out=store.tmp / "never")
+    message = str(err.value)
+    assert "no sweep in" in message and "has a finished run" in message and "sweep=" in message
+    lines = message.splitlines()
+    crashed = lines.index(f"  sweep-crashed ({ids['sweep-crashed']}): 2 FAILED, 1 KILLED")
+    empty = lines.index(f"  sweep-empty ({ids['sweep-empty']}): no child runs")
+    assert empty < crashed  # latest first
+    assert not (store.tmp / "never").exists()
+
+
+def test_reports_of_other_metrics_and_groupings_keep_their_own_files(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default out folder is relative to the launch directory
+    default = make_report(store.uri, sweep="sweep-ladder")
+    best = make_report(store.uri, sweep="sweep-ladder", metric="best_val_acc")
+    by_lr = make_report(store.uri, sweep="sweep-grid", by=["strategy", "lr"])
+    same = make_report(store.uri, sweep="sweep-grid", by=["strategy.name", "data.shots", "optim.lr"])
+    root = Path("reports")
+    assert default.out_dir == root / "sweep-ladder"  # where the end-of-sweep report writes
+    assert best.out_dir == root / "sweep-ladder" / "best_val_acc"
+    assert by_lr.out_dir == root / "sweep-grid" / "final_val_acc_by_strategy.name+optim.lr"
+    assert same.out_dir == root / "sweep-grid"  # by spelled out as the default is the default table
+    for report in (default, best, by_lr, same):
+        assert (report.out_dir / "summary.md").read_text() == report.markdown
+        assert {p.name for p in report.files} <= {p.name for p in report.out_dir.iterdir()}
+    assert "final val accuracy (%)" in default.markdown and "best val accuracy (%)" in best.markdown
+    assert _read(default.out_dir / "summary.csv")["mean"].tolist() != \
+        _read(best.out_dir / "summary.csv")["mean"].tolist()  # best_val_acc = final + 0.01
+    assert "optim.lr" in pd.read_csv(by_lr.out_dir / "summary.csv").columns  # CSVs keep the raw keys
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"sweep": "sweep-nope"}, "no sweep 'sweep-nope'.*sweep-ladder"),
     ({"by": ["optim.momentum"]}, "no run of the sweep has a param 'optim.momentum'"),
@@ -275,10 +329,10 @@ def test_errors_say_what_is_wrong(store, kwargs, message):
 
 
 def test_missing_and_empty_stores(store, tmp_path):
-    with pytest.raises(ReportError, match="does not exist"):
+    with pytest.raises(ReportError, match="does not exist.*Pass tracking.uri=<uri>"):
         make_report(f"sqlite:///{tmp_path}/missing.db")
     assert not (tmp_path / "missing.db").exists()  # not silently created
-    with pytest.raises(ReportError, match="no experiment 'tlsweep'"):
+    with pytest.raises(ReportError, match="no experiment 'tlsweep'.*pass tracking.uri=<uri> / tracking.experiment="):
         make_report(store.empty_uri)
 
 
@@ -290,19 +344,28 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_prints_the_table_and_leaves_no_litter(store, tmp_path):
-    done = _cli(f"tracking_uri={store.uri}", "sweep=sweep-ladder", "metric=best_val_acc", cwd=tmp_path)
+    done = _cli(f"tracking.uri={store.uri}", "sweep=sweep-ladder", "metric=best_val_acc", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "| strategy.name | n | best_val_acc (%) |" in done.stdout
+    assert "| strategy | n | best val accuracy (%) |" in done.stdout
     assert "biased upward" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"]  # no outputs/, .hydra or log file
-    assert (tmp_path / "reports" / "sweep-ladder" / "ladder.pdf").exists()
+    # another metric than the default: its own folder under the sweep's
+    assert (tmp_path / "reports" / "sweep-ladder" / "best_val_acc" / "ladder.pdf").exists()
+
+
+def test_cli_reads_the_run_configs_tracking_keys(store, tmp_path):
+    # `experiment=` would be Hydra's config group of conf/experiment/: the CLI takes the run config's keys
+    done = _cli(f"tracking.uri={store.uri}", "tracking.experiment=other", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "**sweep-other**" in done.stdout and "| probe | 2 |" in done.stdout
+    assert (tmp_path / "reports" / "sweep-other" / "summary.md").exists()
 
 
 @pytest.mark.parametrize("args, message", [
-    (["tracking_uri=sqlite:///{tmp}/missing.db"], "does not exist"),
-    (["tracking_uri={empty}"], "no experiment 'tlsweep'"),
-    (["tracking_uri={uri}", "sweep=sweep-nope"], "no sweep 'sweep-nope'"),
-    (["tracking_uri={uri}", "by=[optim.momentum]"], "no run of the sweep has a param 'optim.momentum'"),
+    (["tracking.uri=sqlite:///{tmp}/missing.db"], "Pass tracking.uri=<uri>"),
+    (["tracking.uri={empty}"], "pass tracking.uri=<uri> / tracking.experiment=<name>"),
+    (["tracking.uri={uri}", "sweep=sweep-nope"], "no sweep 'sweep-nope'"),
+    (["tracking.uri={uri}", "by=[optim.momentum]"], "no run of the sweep has a param 'optim.momentum'"),
 ])
 def test_cli_errors_exit_nonzero_without_traceback(store, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, empty=store.empty_uri, uri=store.uri) for a in args]

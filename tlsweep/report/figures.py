@@ -3,8 +3,8 @@
 Colour is the strategy (the first grouping key when there is no strategy key); each combination of
 the other grouping keys gets its own panel (curves, lr, shots) or marker (ladder). Accuracy axes
 stop at 0 and 100 %: a t-interval from two seeds can reach past them, and the tables keep its true
-ends. Uses matplotlib's object API, not pyplot, so making a report never touches the caller's
-backend or open figures.
+ends. Axes carry the readable labels of `keys` ("final val accuracy (%)"). Uses matplotlib's object
+API, not pyplot, so making a report never touches the caller's backend or open figures.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
-from scipy import stats
 
-from tlsweep.report import STRATEGY_KEY, as_number
+from tlsweep.report.keys import STRATEGY_KEY, as_number, is_fraction, label, metric_label
+from tlsweep.report.stats import t_interval
 
 # fontTools logs each font-subsetting step of a PDF at INFO, which Hydra's logging would print
 logging.getLogger("fontTools.subset").setLevel(logging.WARNING)
@@ -35,24 +35,27 @@ RC = {"font.size": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsiz
 
 
 def make_all(out_dir: Path, data: pd.DataFrame, summary: pd.DataFrame, history: pd.DataFrame,
-             by: list[str], metric: str, fraction: bool) -> list[Path]:
+             by: list[str], metric: str) -> list[Path]:
     """Draw every figure the sweep supports; returns the files written.
 
     `data`: one row per run (index run_id) with the `by` columns, `value` and `trainable_params`;
     `summary`: one row per group, in report order; `history`: run_id, step, value of val_acc.
     """
-    scale = 100.0 if fraction else 1.0
-    ylabel = f"{metric} (%)" if fraction else metric
+    fraction = is_fraction(metric)
     files = []
     with matplotlib.rc_context(RC):
-        files += _save(ladder(data, summary, by, scale, ylabel), out_dir, "ladder", fraction)
+        files += _save(ladder(data, summary, by, metric), out_dir, "ladder", fraction)
         if not history.empty:
             files += _save(curves(data, summary, history, by), out_dir, "curves", True)
-        for last, name, xlabel in [("lr", "lr", "learning rate"), ("shots", "shots", "labelled images per class")]:
-            x_key = next((k for k in by if k.rsplit(".", 1)[-1] == last), None)
+        for name in ("lr", "shots"):  # the file is named by the key's last part: optim.lr, data.shots
+            x_key = next((k for k in by if k.rsplit(".", 1)[-1] == name), None)
             if x_key is not None and summary[x_key].nunique() > 1:
-                files += _save(versus(data, summary, by, x_key, xlabel, scale, ylabel), out_dir, name, fraction)
+                files += _save(versus(data, summary, by, x_key, metric), out_dir, name, fraction)
     return files
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if is_fraction(metric) else 1.0
 
 
 def _save(fig: Figure, out_dir: Path, name: str, percent: bool) -> list[Path]:
@@ -124,12 +127,13 @@ def _human(n: float) -> str:
     return f"{n:.0f}"
 
 
-def ladder(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], scale: float, ylabel: str) -> Figure:
+def ladder(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], metric: str) -> Figure:
     """One point per group with its 95% CI, the seeds as small dots, trainable params under each tick.
 
     Groups that share a strategy stand side by side, told apart by marker.
     """
     lay = _Layout(summary, by)
+    scale = _scale(metric)
     fig = Figure(figsize=SIZE, layout="constrained")
     ax = fig.add_subplot()
     width = 0.6 / len(lay.combos)
@@ -147,14 +151,14 @@ def ladder(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], scale: floa
                     marker=MARKERS[c % len(MARKERS)], ms=4, capsize=2, lw=1, zorder=3)
     labels = [str(p) for p in lay.primaries]
     if lay.primary:
-        ax.set_xlabel("strategy" if lay.primary == STRATEGY_KEY else lay.primary)
+        ax.set_xlabel(label(lay.primary))
         if "trainable_params" in data and data["trainable_params"].notna().any():
             counts = data.groupby(lay.primary)["trainable_params"].median()
             labels = [f"{p}\n{_human(counts[p])}" if pd.notna(counts.get(p)) else str(p) for p in lay.primaries]
             ax.set_xlabel(ax.get_xlabel() + " (trainable parameters)")
     ax.set_xticks(range(len(labels)), labels)
     ax.set_xlim(-0.6, len(labels) - 0.4)
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(metric_label(metric))
     if lay.others:  # colour already names the strategy: the legend only decodes the markers
         handles = [Line2D([], [], color="0.35", marker=MARKERS[i % len(MARKERS)], linestyle="none", ms=4)
                    for i in range(len(lay.combos))]
@@ -170,11 +174,8 @@ def ladder(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], scale: floa
 def _band(values: np.ndarray) -> tuple[float, float, float]:
     """Mean and 95% t-interval of the non-NaN values (NaN interval for n < 2)."""
     values = values[~np.isnan(values)]
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
+    _, _, low, high = t_interval(values)
+    return float(values.mean()), low, high
 
 
 def curves(data: pd.DataFrame, summary: pd.DataFrame, history: pd.DataFrame, by: list[str]) -> Figure:
@@ -194,17 +195,17 @@ def curves(data: pd.DataFrame, summary: pd.DataFrame, history: pd.DataFrame, by:
     for ax in panels.values():
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.supxlabel("epoch", fontsize=8)
-    fig.supylabel("val acc (%)", fontsize=8)
+    fig.supylabel(metric_label("val_acc"), fontsize=8)
     lay.color_legend(fig)
     return fig
 
 
-def versus(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], x_key: str, xlabel: str,
-           scale: float, ylabel: str) -> Figure:
+def versus(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], x_key: str, metric: str) -> Figure:
     """The metric against a numeric key on a log axis: one line with a 95% CI band per strategy.
 
     A non-numeric value (data.shots=None: every labelled image) is drawn right of the largest number.
     """
+    scale = _scale(metric)
     raw = list(dict.fromkeys(summary[x_key]))
     numbers = [as_number(v) for v in raw]
     top = max((x for x in numbers if x is not None and x > 0), default=1.0)
@@ -227,7 +228,7 @@ def versus(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], x_key: str,
         ax.set_xscale("log")
         ax.set_xticks([pos[v] for v in raw], ["all" if v == "None" else str(v) for v in raw])
         ax.minorticks_off()
-    fig.supxlabel(xlabel, fontsize=8)
-    fig.supylabel(ylabel, fontsize=8)
+    fig.supxlabel(label(x_key), fontsize=8)
+    fig.supylabel(metric_label(metric), fontsize=8)
     lay.color_legend(fig, marker="o")
     return fig

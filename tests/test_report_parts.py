@@ -1,0 +1,123 @@
+"""Each part of the report alone, from hand-made tables: no MLflow store (test_report.py runs them together)."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from tlsweep.report import figures, keys, stats, tables
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data(rows) -> pd.DataFrame:
+    """strategy, lr, seed, value -> the `data` table make_report hands to stats and figures."""
+    frame = pd.DataFrame(rows, columns=["strategy.name", "optim.lr", "seed", "value"])
+    frame.index = [f"run{i}" for i in range(len(frame))]
+    return frame.assign(trainable_params=np.nan)
+
+
+RNG = np.random.default_rng(3)
+DATA = _data([(s, lr, str(seed), float(RNG.uniform(0.3, 0.95)))
+              for s in ("finetune", "scratch", "probe") for lr in ("0.01", "3e-4") for seed in range(3)])
+BY = ["strategy.name", "optim.lr"]
+
+
+@pytest.mark.parametrize("x", [[0.612, 0.587, 0.641], [0.9, 0.91], list(RNG.uniform(0, 1, 7))])
+def test_t_interval_matches_scipy(x):
+    std, sem, low, high = stats.t_interval(np.array(x))
+    assert std == pytest.approx(np.std(x, ddof=1))
+    assert sem == pytest.approx(sps.sem(x))
+    assert (low, high) == pytest.approx(sps.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=sps.sem(x)))
+
+
+def test_one_value_has_no_interval():
+    assert all(math.isnan(v) for v in stats.t_interval(np.array([0.7])))
+
+
+def test_summary_orders_the_ladder_and_numbers():
+    summary = stats.summary(DATA, BY)
+    assert list(summary.columns) == BY + stats.STAT_COLUMNS
+    assert list(map(tuple, summary[BY].itertuples(index=False))) == [
+        (s, lr) for s in ("scratch", "probe", "finetune") for lr in ("3e-4", "0.01")]  # not text order
+    for _, row in summary.iterrows():
+        x = DATA[(DATA["strategy.name"] == row["strategy.name"]) & (DATA["optim.lr"] == row["optim.lr"])]["value"]
+        assert row["n"] == 3 and row["mean"] == pytest.approx(x.mean())
+        assert row["ci95_high"] == pytest.approx(sps.t.interval(0.95, 2, loc=x.mean(), scale=sps.sem(x))[1])
+
+
+def test_gaps_pair_runs_by_seed_at_the_same_lr():
+    summary = stats.summary(DATA, BY)
+    ref = stats.reference(None, BY, summary)
+    assert ref == {"strategy.name": "scratch"}
+    gaps = stats.gaps(DATA, BY, ["seed"], ref, summary, bootstrap=True)
+    assert len(gaps) == 4 and set(gaps["strategy.name"]) == {"probe", "finetune"}
+    for _, row in gaps.iterrows():
+        pick = lambda s: DATA[(DATA["strategy.name"] == s) & (DATA["optim.lr"] == row["optim.lr"])]  # noqa: E731
+        x, r = pick(row["strategy.name"]).sort_values("seed")["value"], pick("scratch").sort_values("seed")["value"]
+        d = x.to_numpy() - r.to_numpy()
+        assert row["n_pairs"] == 3 and row["mean_diff"] == pytest.approx(d.mean())
+        assert row["p_value"] == pytest.approx(sps.ttest_rel(x, r).pvalue)
+        # a resampled mean cannot leave [min, max] of the differences (up to float rounding)
+        assert d.min() - 1e-12 <= row["boot_ci95_low"] < d.mean() < row["boot_ci95_high"] <= d.max() + 1e-12
+
+
+def test_bootstrap_matches_scipys_percentile_bootstrap():
+    d = RNG.normal(0.05, 0.1, 12)
+    low, high = stats.bootstrap_ci(d)
+    ref = sps.bootstrap((d,), np.mean, n_resamples=10_000, method="percentile", rng=0).confidence_interval
+    width = ref.high - ref.low
+    assert (low, high) == pytest.approx((ref.low, ref.high), abs=0.05 * width)  # both Monte Carlo
+    assert stats.bootstrap_ci(d) == (low, high)  # fixed seed
+
+
+def test_reference_errors_name_the_keys():
+    summary = stats.summary(DATA, BY)
+    with pytest.raises(keys.ReportError, match="no finished run has strategy.name=linear"):
+        stats.reference("strategy.name=linear", BY, summary)
+    assert stats.reference("probe", BY, summary) == {"strategy.name": "probe"}
+
+
+def test_labels_one_mapping_with_a_fallback():
+    assert keys.label("optim.lr") == "learning rate"
+    assert keys.label("strategy.name") == "strategy"
+    assert keys.label("data.shots") == "shots per class"
+    assert keys.metric_label("final_val_acc") == "final val accuracy (%)"
+    assert keys.metric_label("best_val_acc") == "best val accuracy (%)"
+    assert keys.metric_label("train_seconds") == "training time (s)"  # not a fraction: no %
+    assert keys.label("optim.momentum") == "optim momentum"  # unknown keys still read as words
+    assert keys.label("model.weights") == "model weights"
+    assert keys.label("loader.name") == "loader"
+
+
+def test_tables_and_figures_use_the_labels():
+    summary = stats.summary(DATA, BY)
+    ref = stats.reference(None, BY, summary)
+    gaps = stats.gaps(DATA, BY, ["seed"], ref, summary, bootstrap=False)
+    notes = tables.method_notes("final_val_acc", ref, "t", [], ["seed"])
+    md = tables.markdown("title", summary, gaps, BY, "final_val_acc", ref, "t", notes, [])
+    assert "| strategy | learning rate | n | final val accuracy (%) | Δ vs scratch (pp) | p |" in md
+    tex = tables.latex(summary, gaps, BY, "final_val_acc", ref, notes, "s")
+    assert r"strategy & learning rate & n & final val accuracy (\%)" in tex
+
+    ladder = figures.ladder(DATA, summary, BY, "final_val_acc")
+    assert ladder.axes[0].get_ylabel() == "final val accuracy (%)"
+    assert ladder.axes[0].get_xlabel() == "strategy"
+    versus = figures.versus(DATA, summary, BY, "optim.lr", "best_val_acc")
+    assert versus.get_supxlabel() == "learning rate" and versus.get_supylabel() == "best val accuracy (%)"
+
+
+def test_the_parts_load_without_mlflow():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    code = ("import sys; import tlsweep.report.stats, tlsweep.report.tables, tlsweep.report.figures; "
+            "print(sorted(m for m in ('mlflow', 'hydra') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,142 @@
+"""The report's statistics, from a plain table of runs: per-group t-intervals, paired gaps, bootstrap.
+
+Input is `data`: one row per run, the `by` and pair-key columns (param values as logged, strings)
+and `value`, the metric. Pure pandas/numpy/scipy: no store needed to check a number.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from tlsweep.report.keys import STRATEGY_KEY, ReportError, resolve_keys, sort_key
+
+log = logging.getLogger(__name__)
+
+STAT_COLUMNS = ["n", "mean", "std", "sem", "ci95_low", "ci95_high", "min", "max"]
+GAP_COLUMNS = ["reference", "n_pairs", "mean_diff", "ci95_low", "ci95_high", "p_value"]
+BOOT_COLUMNS = ["boot_ci95_low", "boot_ci95_high"]
+N_BOOT = 10_000
+BOOT_SEED = 0
+
+
+def t_interval(x: np.ndarray) -> tuple[float, float, float, float]:
+    """(std, sem, low, high) of the 95% CI of the mean from Student's t, n-1 dof; NaN when n < 2."""
+    n = len(x)
+    if n < 2:
+        return (math.nan,) * 4
+    std = float(np.std(x, ddof=1))
+    sem = std / math.sqrt(n)
+    half = float(stats.t.ppf(0.975, n - 1)) * sem
+    mean = float(np.mean(x))
+    return std, sem, mean - half, mean + half
+
+
+def groups(data: pd.DataFrame, by: list[str]) -> list[tuple[tuple, pd.DataFrame]]:
+    """(values tuple, rows) per group, in report order (ladder, then numbers, then text)."""
+    if not by:
+        return [((), data)]
+    found = [((g,) if not isinstance(g, tuple) else g, part) for g, part in data.groupby(by, sort=False)]
+    return sorted(found, key=lambda gp: [sort_key(k, v) for k, v in zip(by, gp[0])])
+
+
+def summary(data: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """One row per group: the `by` values, then STAT_COLUMNS over its runs."""
+    rows = []
+    for group, part in groups(data, by):
+        x = part["value"].to_numpy()
+        std, sem, low, high = t_interval(x)
+        rows.append({**dict(zip(by, group)), "n": len(x), "mean": float(x.mean()), "std": std, "sem": sem,
+                     "ci95_low": low, "ci95_high": high, "min": float(x.min()), "max": float(x.max())})
+    return pd.DataFrame(rows, columns=by + STAT_COLUMNS)
+
+
+def reference(reference: str | None, by: list[str], summary: pd.DataFrame) -> dict[str, str]:
+    """The values that define each group's reference: {key: value} over some `by` keys.
+
+    None: strategy.name=scratch, else the first group's strategy, else the whole first group.
+    """
+    if not by:
+        return {}
+    values = {k: set(summary[k]) for k in by}
+    if reference is None:
+        if STRATEGY_KEY in by:
+            strategy = "scratch" if "scratch" in values[STRATEGY_KEY] else summary[STRATEGY_KEY].iloc[0]
+            return {STRATEGY_KEY: strategy}
+        return dict(zip(by, summary[by].iloc[0]))
+    key, sep, value = str(reference).partition("=")
+    if sep:
+        try:
+            key = resolve_keys([key], pd.DataFrame(columns=by))[0]
+        except ReportError:
+            raise ReportError(f"reference={reference!r}: {key!r} is not a grouping key; "
+                              f"grouping keys: {', '.join(by)}") from None
+        if value not in values[key]:
+            raise ReportError(f"reference={reference!r}: no finished run has {key}={value}; "
+                              f"values: {', '.join(sorted(values[key]))}")
+        return {key: value}
+    value = key
+    keys = [k for k in by if value in values[k]]
+    if len(keys) != 1:
+        raise ReportError(f"reference={reference!r} matches {len(keys)} grouping keys; write key=value "
+                          f"(quoted for Hydra: 'reference=\"strategy.name=scratch\"')")
+    return {keys[0]: value}
+
+
+def gaps(data: pd.DataFrame, by: list[str], pair_keys: list[str], ref: dict[str, str],
+         summary: pd.DataFrame, bootstrap: bool) -> pd.DataFrame:
+    """Each group against its reference: the group's values with `ref` swapped in.
+
+    Runs are paired on `pair_keys`; per group the mean paired difference, its 95% t-interval and
+    the paired t-test p-value (and a percentile bootstrap CI when `bootstrap`).
+    """
+    columns = by + GAP_COLUMNS + (BOOT_COLUMNS if bootstrap else [])
+    if not by:
+        return pd.DataFrame(columns=columns)
+    label = ",".join(f"{k}={v}" for k, v in ref.items())
+    by_group = dict(groups(data, by))
+    rows = []
+    for group in map(tuple, summary[by].itertuples(index=False)):
+        ref_group = tuple(ref.get(k, v) for k, v in zip(by, group))
+        if ref_group == group:
+            continue
+        row = {**dict(zip(by, group)), "reference": label, "n_pairs": 0, "mean_diff": math.nan,
+               "ci95_low": math.nan, "ci95_high": math.nan, "p_value": math.nan}
+        if bootstrap:
+            row |= {"boot_ci95_low": math.nan, "boot_ci95_high": math.nan}
+        if ref_group in by_group and pair_keys:
+            paired = pd.concat([_by_pair(by_group[group], pair_keys, group),
+                                _by_pair(by_group[ref_group], pair_keys, ref_group)], axis=1, join="inner")
+            x, r = paired.iloc[:, 0].to_numpy(), paired.iloc[:, 1].to_numpy()
+            d = x - r
+            row["n_pairs"] = len(d)
+            if len(d):
+                row["mean_diff"] = float(d.mean())
+                _, _, row["ci95_low"], row["ci95_high"] = t_interval(d)
+            if len(d) > 1:
+                with warnings.catch_warnings():  # identical differences: scipy warns, returns p=0 or NaN
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    row["p_value"] = float(stats.ttest_rel(x, r).pvalue)
+                if bootstrap:
+                    row["boot_ci95_low"], row["boot_ci95_high"] = bootstrap_ci(d)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _by_pair(part: pd.DataFrame, pair_keys: list[str], group: tuple) -> pd.Series:
+    values = part.groupby(pair_keys)["value"]
+    if (values.size() > 1).any():
+        log.warning("group %s has several runs per %s; averaging them", group, pair_keys)
+    return values.mean()
+
+
+def bootstrap_ci(d: np.ndarray) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of the mean (Efron & Tibshirani), fixed seed per row."""
+    rng = np.random.default_rng(BOOT_SEED)
+    means = d[rng.integers(0, len(d), size=(N_BOOT, len(d)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)

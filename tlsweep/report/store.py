@@ -1,0 +1,134 @@
+"""Reading a sweep from the MLflow store: its parent run, its children as tables, a metric's history.
+
+Only sweeps' parent runs and one sweep's children are read, never every run in the store.
+Error messages name the report CLI's keys (`tracking.uri=`, `tracking.experiment=`, `sweep=`).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from tlsweep.report.keys import ReportError
+
+log = logging.getLogger(__name__)
+
+LISTED = 10  # sweeps named in an error message
+
+
+def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """Client and experiment id; refuses to create a store that is not there."""
+    path = local_path(uri)
+    if path is not None and not path.exists():
+        raise ReportError(f"no MLflow store at {path} (tracking URI {uri}): the file does not exist. "
+                          "Pass tracking.uri=<uri> or set MLFLOW_TRACKING_URI, or run a sweep first.")
+    if path is not None and path.is_file() and path.stat().st_size == 0:
+        raise ReportError(f"the MLflow store {path} is an empty file; run a sweep first")
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+    except MlflowException as e:
+        raise ReportError(f"cannot read the MLflow store {uri}: {e.message}") from e
+    if exp is None:
+        raise ReportError(f"the MLflow store {uri} has no experiment {experiment!r}: it holds no sweeps. "
+                          "Run a sweep first, or pass tracking.uri=<uri> / tracking.experiment=<name> "
+                          "for another store or experiment.")
+    return client, exp.experiment_id
+
+
+def local_path(uri: str) -> Path | None:
+    """The file or folder a local tracking URI points to (None for servers and in-memory SQLite)."""
+    if uri.startswith("sqlite:///"):
+        rest = uri[len("sqlite:///"):].split("?")[0]  # sqlite:////abs/x.db keeps the leading "/"
+        return Path(rest) if rest and rest != ":memory:" else None
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme == "" or re.fullmatch(r"[a-zA-Z]", parsed.scheme):  # a bare path (or C:\ on Windows)
+        return Path(uri)
+    return None
+
+
+def _search(client, exp_id: str, filter_string: str, max_results: int | None = None) -> list:
+    """Every active run matching `filter_string` (or the first `max_results`), oldest first, across result pages."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], filter_string=filter_string, order_by=["attributes.start_time ASC"],
+                                  max_results=min(max_results or 1000, 1000), page_token=token)
+        runs += page
+        token = page.token
+        if not token or (max_results and len(runs) >= max_results):
+            return runs[:max_results] if max_results else runs
+
+
+def children(client, exp_id: str, parent_id: str, max_results: int | None = None, status: str | None = None) -> list:
+    """The child runs of a parent run (only those with `status`, e.g. FINISHED, when given)."""
+    filter_string = f"tags.mlflow.parentRunId = '{parent_id}'"
+    if status:
+        filter_string += f" and attributes.status = '{status}'"
+    return _search(client, exp_id, filter_string, max_results)
+
+
+def find_parent(client, exp_id: str, sweep: str | None, uri: str, experiment: str):
+    """The parent run whose id or name is `sweep`; None picks the latest sweep with a FINISHED child."""
+    if sweep is not None:  # a run id: any parent run of this experiment, tlsweep's or not
+        try:
+            run = client.get_run(str(sweep))
+            if run.info.lifecycle_stage == "active" and run.info.experiment_id == exp_id:
+                return run
+        except MlflowException:
+            pass  # not a run id: a name
+    parents = _search(client, exp_id, "tags.`tlsweep.role` = 'sweep'")[::-1]  # latest first
+    if sweep is None:
+        for run in parents:
+            if children(client, exp_id, run.info.run_id, max_results=1, status="FINISHED"):
+                return run
+        if not parents:
+            raise ReportError(f"the MLflow store {uri} holds no sweep in experiment {experiment!r}; "
+                              "run a multirun (-m) first, or pass tracking.experiment=<name>")
+        raise ReportError(f"no sweep in {uri} (experiment {experiment!r}) has a finished run, so there is "
+                          "no latest sweep to report. Sweeps, latest first:\n"
+                          + _listing(client, exp_id, parents)
+                          + "\nPass sweep=<name or parent run id> to see why one of them failed.")
+    sweep = str(sweep)
+    matches = [r for r in parents if sweep in (r.info.run_name, r.data.tags.get("tlsweep.sweep_name"))]
+    if not matches:
+        known = ", ".join(f"{r.info.run_name} ({r.info.run_id})" for r in parents[:LISTED]) or "none"
+        raise ReportError(f"no sweep {sweep!r} in {uri}: pass a parent run id or name. "
+                          f"Latest sweeps: {known}")
+    if len(matches) > 1:
+        log.warning("%d sweeps are named %r; using the latest, %s", len(matches), sweep, matches[0].info.run_id)
+    return matches[0]
+
+
+def _listing(client, exp_id: str, parents: list) -> str:
+    """One line per sweep (the latest LISTED): name, parent run id, how many children in each status."""
+    lines = []
+    for run in parents[:LISTED]:
+        counts = Counter(c.info.status for c in children(client, exp_id, run.info.run_id))
+        found = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no child runs"
+        lines.append(f"  {run.info.run_name} ({run.info.run_id}): {found}")
+    if len(parents) > LISTED:
+        lines.append(f"  ... and {len(parents) - LISTED} older sweeps")
+    return "\n".join(lines)
+
+
+def run_tables(found: list) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs: name, status, error and final metrics; params as logged, strings), indexed by run id."""
+    rows = [{"run_name": r.info.run_name, "status": r.info.status, "start_time": r.info.start_time,
+             "error": r.data.tags.get("tlsweep.error", ""), **r.data.metrics} for r in found]
+    index = pd.Index([r.info.run_id for r in found], name="run_id")
+    params = pd.DataFrame([r.data.params for r in found], index=index, dtype=object)
+    return pd.DataFrame(rows, index=index), params
+
+
+def history(client, run_ids, key: str) -> pd.DataFrame:
+    """Long table run_id, step, value of one metric's history (empty when not logged)."""
+    rows = [(rid, m.step, m.value) for rid in run_ids for m in client.get_metric_history(rid, key)]
+    return pd.DataFrame(rows, columns=["run_id", "step", "value"])
