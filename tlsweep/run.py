@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> dict:
         raise ValueError(f"epochs={cfg.epochs}: need at least 1")
     tune_allocator()
     start = time.perf_counter()
-    name = f"{cfg.model.name}-{cfg.strategy.name}-seed{cfg.seed}"
+    name = tracking.run_name(cfg)
     with tracking.job_run(cfg, name):  # opened first, so that even a config error is recorded as FAILED
         spec = models.get_spec(cfg.model.name)
         strategies.resolve_unfreeze(spec, cfg.strategy.unfreeze)  # a bad stage name fails before any work
