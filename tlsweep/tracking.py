@@ -29,8 +29,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 EXPERIMENT = "tlsweep"
 PARENT_ENV = "TLSWEEP_PARENT_RUN_ID"
 SWEPT_ENV = "TLSWEEP_SWEPT_KEYS"  # JSON list of the keys a multirun sweeps, for the jobs' run names
-# MLflow 3's UI opens an experiment without this tag in its GenAI layout (traces); with it, on the
-# runs table. The UI's kind selector writes this same tag and value (ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+# What MLflow 3's UI writes on an experiment made in its "Model training" mode. UIs before workflow-based
+# navigation pick the layout from it; 3.17 ignores it and follows ?workflowType= (default: GenAI, an
+# empty traces dashboard), hence the URL that `announce` prints (useExperimentKind, ExperimentKindUtils.ts).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default (--host 127.0.0.1, --port 5000)
 
