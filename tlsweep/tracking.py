@@ -72,7 +72,7 @@ def setup_store(uri: str | None = None, experiment: str = EXPERIMENT) -> tuple[s
             return uri, client.create_experiment(experiment, artifact_location=artifacts, tags=EXPERIMENT_KIND)
         except mlflow.exceptions.MlflowException:  # another process created it first
             exp = client.get_experiment_by_name(experiment)
-    for key, value in EXPERIMENT_KIND.items():  # an experiment made before tlsweep set the kind; a user's own choice stays
+    for key, value in EXPERIMENT_KIND.items():  # a store made before tlsweep set it; a kind a user chose stays
         if key not in exp.tags:
             client.set_experiment_tag(exp.experiment_id, key, value)
     return uri, exp.experiment_id
