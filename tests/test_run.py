@@ -142,14 +142,18 @@ def test_full_error_shows_the_traceback(tmp_path):
 
 
 def test_multirun_makes_one_parent_with_every_child(tmp_path, tiny_root):
-    p = _cli("-m", "model=efficientnet_lite0", "strategy=probe,finetune", "seed=0,1", "data=imagefolder",
-             f"data.root={tiny_root}", "data.image_size=32", "data.shots=2", "data.num_workers=0", "epochs=1",
-             "batch_size=4", "device=cpu", "tracking.sweep_name=tiny-sweep", cwd=tmp_path)
+    p = _cli("-m", "model=efficientnet_lite0", "strategy=probe,finetune", "seed=0,1", "optim.lr=3e-4",
+             "data=imagefolder", f"data.root={tiny_root}", "data.image_size=32", "data.shots=2",
+             "data.num_workers=0", "epochs=1", "batch_size=4", "device=cpu", "tracking.sweep_name=tiny-sweep",
+             cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"  # the default store lives under the launch directory
     assert f"mlflow ui --backend-store-uri {uri}" in p.stdout
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tlsweep")
+    # the UI opens the experiment on its runs table ("Model training"), and tlsweep says where
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in p.stdout
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("tlsweep.role") == "sweep"]
     assert len(parents) == 1 and parents[0].info.run_name == "tiny-sweep"
@@ -164,6 +168,20 @@ def test_multirun_makes_one_parent_with_every_child(tmp_path, tiny_root):
         assert not math.isnan(r.data.metrics["final_val_acc"])
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["config.yaml"]
         assert "strategy=" in r.data.tags["tlsweep.overrides"]
+    # children are named by what the sweep varies (not optim.lr: one value)
+    assert {r.info.run_name for r in children} == {f"{s} seed={k}" for s in ("probe", "finetune") for k in (0, 1)}
+    # the parent shows the result: the report's table as its description, each strategy's mean as a
+    # metric, and the config its jobs share as params (nothing the sweep varies)
+    assert parent.data.tags["mlflow.note.content"].startswith("**tiny-sweep**")
+    assert "| probe" in parent.data.tags["mlflow.note.content"]
+    means = {s: sum(r.data.metrics["final_val_acc"] for r in children if r.data.params["strategy.name"] == s) / 2
+             for s in ("probe", "finetune")}
+    assert {k: v for k, v in parent.data.metrics.items()} == \
+        pytest.approx({f"final_val_acc/{s}": m for s, m in means.items()})
+    shared = parent.data.params
+    assert shared["optim.lr"] == "0.0003" and shared["model.name"] == "efficientnet_lite0" and shared["epochs"] == "1"
+    assert "seed" not in shared and not any(k.startswith("strategy.") for k in shared)
+    assert all(r.data.params[k] == v for r in children for k, v in shared.items())
     # the sweep's report is made at its end and logged to the parent run
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     for name in ("summary.csv", "gaps.csv", "summary.md", "summary.tex", "ladder.pdf", "ladder.png",
@@ -185,6 +203,7 @@ def test_a_failing_job_fails_alone(tmp_path, tiny_root):
     runs = client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id])
     status = {r.data.params.get("optim.lr", "parent"): r.info.status for r in runs}
     assert status == {"0.001": "FINISHED", "1e+30": "FAILED", "parent": "FAILED"}
+    assert {r.info.run_name for r in runs if "optim.lr" in r.data.params} == {"scratch lr=0.001", "scratch lr=1e+30"}
     assert all(r.info.status != "RUNNING" for r in runs)
     assert "Traceback" not in p.stderr + p.stdout
     assert "[tlsweep] 1 of 2 jobs failed: Diverged: non-finite training loss" in p.stdout
@@ -201,6 +220,7 @@ def test_parallel_launcher_shares_one_store(tmp_path, tiny_root):
     parent = [r for r in runs if r.data.tags.get("tlsweep.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert len(parent) == 1 and len(children) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert {r.info.run_name for r in children} == {"probe", "scratch"}  # the workers saw the swept keys
 
 
 @pytest.mark.gpu

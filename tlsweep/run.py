@@ -95,7 +95,7 @@ def run(cfg: DictConfig) -> dict:
     """Train one model with one strategy on one dataset; log everything to MLflow."""
     tune_allocator()
     start = time.perf_counter()
-    name = f"{cfg.model.name}-{cfg.strategy.name}-seed{cfg.seed}"
+    name = tracking.run_name(cfg)
     progress = Progress(name, cfg.epochs)
     with tracking.job_run(cfg, name):  # opened first, so that even a config error is recorded as FAILED
         if cfg.epochs < 1:
