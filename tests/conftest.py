@@ -75,6 +75,19 @@ def write_image_folder(root: Path, classes=("ants", "bees"), per_split=None, see
     return root
 
 
+def damage(entry, how: str) -> None:
+    """Leave a cache file as a crash, a bad copy or a wrong writer could."""
+    if how == "truncated":  # a writer killed half-way (before writes were atomic)
+        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    elif how == "garbage":
+        entry.write_bytes(os.urandom(entry.stat().st_size))
+    elif how == "inconsistent":  # loads fine, but its layout no longer describes its contents
+        saved = torch.load(entry, weights_only=True)
+        key = "sizes" if "sizes" in saved else "train"
+        saved[key] = saved[key].flip(0)[:-1]
+        torch.save(saved, entry)
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("tiny"))

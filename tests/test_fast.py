@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from torchvision.transforms.v2 import InterpolationMode
 
 from tlsweep import data as D
 from tlsweep import features, strategies
@@ -14,7 +16,7 @@ from tlsweep.fastdata import TensorLoader, decode_images
 from tlsweep.models import build_model, get_spec
 from tlsweep.run import run
 from tlsweep.train import autocast
-from tests.conftest import write_image_folder
+from tests.conftest import damage, write_image_folder
 
 
 @pytest.mark.parametrize("model_name,unfreeze,first_trainable", [
@@ -151,3 +153,39 @@ def test_features_come_from_disk_in_a_new_process(make_cfg, store_uri, tmp_path)
     assert "(disk)" in tags["tlsweep.fast.features"]
     assert {k: v for k, v in first.items() if "seconds" not in k} == \
         {k: v for k, v in second.items() if "seconds" not in k}
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "inconsistent"])
+def test_a_damaged_feature_file_is_recomputed_with_a_warning(tmp_path, how):
+    torch.manual_seed(0)
+    prefix = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2)).eval()
+    data = D.image_folder(write_image_folder(tmp_path / "img", per_split={"train": 2, "val": 1}))
+    decoded = [decode_images(s.items, s.targets, 36, InterpolationMode.BILINEAR, D.load_rgb)
+               for s in (data.train, data.val)]
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    cpu = torch.device("cpu")
+
+    def get():
+        features._MEMO.clear()  # as a fresh worker process starts
+        return features.features(prefix, *decoded, ["damage-test"], 2, 32, mean, std, 4, cpu,
+                                 lambda: autocast(cpu, False), str(tmp_path / "cache"))
+
+    train_f, val_f, source = get()
+    assert source == "computed"
+    (entry,) = (tmp_path / "cache").glob("features-*.pt")
+    damage(entry, how)
+    with pytest.warns(RuntimeWarning, match="recomputing"):
+        again = get()
+    assert again[2] == "computed" and torch.equal(again[0], train_f) and torch.equal(again[1], val_f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert get()[2] == "disk"  # the rewritten file is whole again
+
+
+def test_memory_only_cache(make_cfg, store_uri):
+    """cache_dir=null: features are computed, then served from memory; nothing is locked or written."""
+    features._MEMO.clear()
+    for expect in ("(computed", "(memory)"):
+        run(make_cfg("model=efficientnet_lite0", "strategy=probe", "cache_dir=null"))
+        tags, _, status = _tags_and_metrics(store_uri)
+        assert status == "FINISHED" and expect in tags["tlsweep.fast.features"], tags["tlsweep.fast.features"]

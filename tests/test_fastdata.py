@@ -3,6 +3,10 @@ v2 pipeline, the box distribution, the size estimate and the on-disk cache."""
 from __future__ import annotations
 
 import math
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -11,6 +15,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from tests.conftest import damage
+from tlsweep import fastdata
 from tlsweep.fastdata import (
     RATIO,
     SCALE,
@@ -241,6 +247,53 @@ def test_cache_round_trips_and_key_follows_content(tmp_path):
     tensors[0][0, 0, 0] ^= 1  # one pixel: only the content, not the size, changes
     decode_images(tensors, [0], 24, BILINEAR, counting_loader, cache_dir=cache)
     assert len(calls) == 8
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "inconsistent"])
+def test_a_damaged_disk_copy_is_decoded_again_with_a_warning(tmp_path, how):
+    paths = write_images(tmp_path / "img", [(30, 50), (64, 40)])
+    calls = []
+
+    def counting_loader(item):
+        calls.append(item)
+        return load_rgb(item)
+
+    def decode():
+        fastdata._STORES.clear()  # as a fresh process starts
+        return decode_images(paths, [0, 1], 24, BILINEAR, counting_loader, cache_dir=tmp_path / "cache")
+
+    first = decode()
+    (entry,) = (tmp_path / "cache").glob("decoded-*.pt")
+    damage(entry, how)
+    with pytest.warns(RuntimeWarning, match="recomputing"):
+        again = decode()
+    assert len(calls) == 4
+    assert all(torch.equal(getattr(again, k), getattr(first, k)) for k in ("pixels", "offsets", "sizes"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decode()  # the rewritten copy is whole again
+    assert len(calls) == 4
+
+
+def test_parallel_callers_decode_the_same_images_once(tmp_path):
+    """The second caller waits for the first one's disk copy instead of decoding its own."""
+    paths = write_images(tmp_path / "img", [(30, 50), (64, 40), (40, 40)])
+    calls, start = [], threading.Barrier(2)
+
+    def slow_loader(item):
+        calls.append(item)
+        time.sleep(0.3)  # long enough that both callers are inside decode_images at once
+        return load_rgb(item)
+
+    def job(_):
+        start.wait()
+        return decode_images(paths, [0, 1, 2], 24, BILINEAR, slow_loader, cache_dir=tmp_path / "cache")
+
+    fastdata._STORES.clear()
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(job, range(2))
+    assert len(calls) == len(paths)
+    assert torch.equal(a.pixels, b.pixels) and torch.equal(a.sizes, b.sizes)
 
 
 @pytest.mark.gpu

@@ -36,6 +36,8 @@ from torchvision.ops import roi_align
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from . import diskcache
+
 Item = str | os.PathLike | torch.Tensor  # a file path, or a uint8 [3, H, W] RGB tensor
 
 SCALE = (0.6, 1.0)  # RandomResizedCrop area range of tlsweep's train augmentation
@@ -158,8 +160,9 @@ def decode_images(
     `resize`, exactly as the eval path's `Resize(resize, interpolation)` does.
 
     The store is kept in memory for the next call with the same content (the next job of a
-    sweep), and with `cache_dir` also saved under `content_key` for other processes. Targets are not cached: they always come
-    from the caller.
+    sweep), and with `cache_dir` also saved under `content_key` for other processes (one
+    decodes, the others wait for it; an unreadable copy is decoded again with a warning).
+    Targets are not cached: they always come from the caller.
     """
     targets = torch.as_tensor(targets, dtype=torch.int64)
     if len(targets) != len(items):
@@ -169,25 +172,39 @@ def decode_images(
         _STORES.move_to_end(key)
         return replace(_STORES[key], targets=targets)
     path = Path(cache_dir) / f"decoded-{key}.pt" if cache_dir is not None else None
-    if path is not None and path.exists():
-        saved = torch.load(path, weights_only=True)
-        store = DecodedImages(saved["pixels"], saved["offsets"], saved["sizes"], targets)
-    else:
-        # PIL and torch release the GIL while decoding and resizing, so threads use every core
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            resized = list(pool.map(lambda it: F.resize(loader(it), [resize], interpolation, antialias=True), items))
-        store = DecodedImages.pack(resized, targets)
-        del resized
+    # parallel sweep jobs decode the same images: one does it, the others wait and load its copy
+    with diskcache.locked(path, "decoding the images"):
+        saved = diskcache.load(path, lambda saved: _check(saved, key, len(items)))
+        if saved is not None:
+            store = DecodedImages(saved["pixels"], saved["offsets"], saved["sizes"], targets)
+        else:
+            # PIL and torch release the GIL while decoding and resizing, so threads use every core
+            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+                resized = list(pool.map(lambda it: F.resize(loader(it), [resize], interpolation, antialias=True),
+                                        items))
+            store = DecodedImages.pack(resized, targets)
+            del resized
+            diskcache.save({"key": key, "pixels": store.pixels, "offsets": store.offsets, "sizes": store.sizes}, path)
     _STORES[key] = store
     while len(_STORES) > 2:  # train and val of one dataset
         _STORES.popitem(last=False)
-    if path is not None and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: parallel sweep jobs may build the same cache entry at once.
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"pixels": store.pixels, "offsets": store.offsets, "sizes": store.sizes}, tmp)
-        os.replace(tmp, path)
     return store
+
+
+def _check(saved: dict, key: str, n: int) -> str | None:
+    """What is wrong with a loaded image store, if anything: its layout must describe its pixels."""
+    if saved.get("key") != key:
+        return "was not saved for these images (its key differs or is missing)"
+    pixels, offsets, sizes = (saved.get(k) for k in ("pixels", "offsets", "sizes"))
+    if not all(isinstance(t, torch.Tensor) for t in (pixels, offsets, sizes)):
+        return "lacks pixels, offsets or sizes"
+    if (pixels.dtype != torch.uint8 or pixels.ndim != 1 or sizes.shape != (n, 2) or offsets.shape != (n,)
+            or sizes.dtype != torch.int64 or offsets.dtype != torch.int64):
+        return f"does not hold {n} uint8 images"
+    lengths = 3 * sizes.prod(1)
+    if not torch.equal(offsets, torch.cumsum(lengths, 0) - lengths) or int(lengths.sum()) != pixels.numel():
+        return "has offsets or sizes that do not match its pixels"
+    return None
 
 
 def sample_crop_boxes(

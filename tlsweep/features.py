@@ -5,7 +5,7 @@ mode, no active dropout or stochastic depth), the prefix is a pure function of i
 Probe's prefix is the whole backbone; partial's is every stage below the first unfrozen one.
 Its outputs are computed once per (model, weights, split point, data, preprocessing, views)
 and reused across epochs, seeds and learning rates (in memory within a process, and on disk
-across the processes of a parallel sweep).
+across the processes of a parallel sweep, where one computes an entry and the others wait for it).
 
 Train augmentation makes the prefix output depend on the random crop, so the cache holds a
 fixed number of augmented views per training image, drawn with a fixed seed: epoch e trains
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from . import diskcache
 from .fastdata import DecodedImages, TensorLoader
 from .models import ModelSpec
 
@@ -159,7 +159,9 @@ def features(prefix: nn.Module, train: DecodedImages, val: DecodedImages, key_pa
     """(train features [V, N, ...], val features [N, ...], where they came from).
 
     `key_parts` must identify everything the prefix output depends on besides what this
-    function adds itself (views, crop, normalization, dtype rules).
+    function adds itself (views, crop, normalization, dtype rules). With `cache_dir`, the
+    parallel jobs of a sweep that need the same features compute them once: the first holds
+    the entry's file lock while it computes, the others wait and load the file.
     """
     h = hashlib.sha256()
     for part in [*key_parts, views, VIEW_SEED, crop, tuple(mean), tuple(std), interpolation, device.type,
@@ -170,10 +172,40 @@ def features(prefix: nn.Module, train: DecodedImages, val: DecodedImages, key_pa
         tr, va = _MEMO[key]
         return tr.to(device), va.to(device), "memory"
     path = Path(cache_dir) / f"features-{key}.pt" if cache_dir else None
-    if path is not None and path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        _MEMO[key] = (saved["train"], saved["val"])
-        return saved["train"].to(device), saved["val"].to(device), "disk"
+    with diskcache.locked(path, "the frozen prefix's features"):
+        saved = diskcache.load(path, lambda saved: _check(saved, key, views, len(train), len(val)))
+        if saved is not None:
+            _remember(key, saved["train"], saved["val"])
+            return saved["train"].to(device), saved["val"].to(device), "disk"
+        tr, va, folded = _compute(prefix, train, val, views, crop, mean, std, batch_size, device, autocast,
+                                  channels_last, interpolation)
+        diskcache.save({"key": key, "train": tr.cpu(), "val": va.cpu()}, path)
+    _remember(key, tr.cpu(), va.cpu())
+    return tr, va, f"computed, {folded} BatchNorms folded into their convs" if folded else "computed"
+
+
+def _remember(key: str, tr: torch.Tensor, va: torch.Tensor) -> None:
+    _MEMO.clear()  # one entry: a sweep reuses one prefix at a time, and features can be large
+    _MEMO[key] = (tr, va)
+
+
+def _check(saved: dict, key: str, views: int, n_train: int, n_val: int) -> str | None:
+    """What is wrong with a loaded entry, if anything."""
+    if saved.get("key") != key:
+        return "was not saved for these inputs (its key differs or is missing)"
+    tr, va = saved.get("train"), saved.get("val")
+    if not (isinstance(tr, torch.Tensor) and isinstance(va, torch.Tensor)):
+        return "lacks the train or val features"
+    if tr.shape[:2] != (views, n_train) or va.shape[:1] != (n_val,) or tr.shape[2:] != va.shape[1:]:
+        return f"holds features of shape {tuple(tr.shape)} / {tuple(va.shape)}, not [{views}, {n_train}, ...] / [{n_val}, ...]"
+    if not (tr.is_floating_point() and va.is_floating_point()):
+        return f"holds {tr.dtype} / {va.dtype} features, not floats"
+    return None
+
+
+def _compute(prefix, train, val, views, crop, mean, std, batch_size, device, autocast, channels_last,
+             interpolation) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Run the prefix (BatchNorm folded) over `views` augmented passes of train and one plain pass of val."""
     prefix.to(device)
     example = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0)).to(device)
     # checked in fp32 even under bf16: the fold is exact algebra, so the check can be tight
@@ -184,15 +216,7 @@ def features(prefix: nn.Module, train: DecodedImages, val: DecodedImages, key_pa
     tr = torch.stack([_run_prefix(prefix, aug, len(train), batch_size, autocast) for _ in range(views)])
     plain = TensorLoader(val, batch_size, train=False, crop=crop, mean=mean, std=std, device=device,
                          channels_last=channels_last)
-    va = _run_prefix(prefix, plain, len(val), batch_size, autocast)
-    _MEMO.clear()  # one entry: a sweep reuses one prefix at a time, and features can be large
-    _MEMO[key] = (tr.cpu(), va.cpu())
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel jobs may write the same entry
-        torch.save({"train": tr.cpu(), "val": va.cpu()}, tmp)
-        os.replace(tmp, path)
-    return tr, va, f"computed, {folded} BatchNorms folded into their convs" if folded else "computed"
+    return tr, _run_prefix(prefix, plain, len(val), batch_size, autocast), folded
 
 
 class FeatureLoader:

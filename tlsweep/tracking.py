@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 import mlflow
+from filelock import FileLock
 from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
@@ -55,27 +56,40 @@ def default_tracking_uri(uri: str | None = None, base_dir: str | os.PathLike | N
 def setup_store(uri: str | None = None, experiment: str = EXPERIMENT) -> tuple[str, str]:
     """Create (or open) the store and the experiment; returns (uri, experiment id).
 
-    Opening a fresh SQLite store runs its schema migration, which crashes when several
-    processes do it at once: sweeps call this once in the launcher before jobs start.
+    Opening a fresh SQLite store runs its schema migration, which crashes, and can break the
+    store for good, when several processes do it at once (measured: at most 1 of 4, or of 8,
+    survived). So on SQLite, creating the store and the experiment happens under a file lock
+    beside the db.
+    A server serializes its own writes; there only the experiment's create race remains,
+    settled by create-or-get. Callers log by the id returned, never by name: racing
+    `mlflow.set_experiment` sends the losers' runs to the Default experiment.
     """
     uri = default_tracking_uri(uri)
-    artifacts = None
+    artifacts, lock = None, contextlib.nullcontext()
     if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
+        db = Path(uri.removeprefix("sqlite:///").split("?")[0])
         db.parent.mkdir(parents=True, exist_ok=True)
         artifacts = (db.parent / "artifacts").as_uri()  # keep artifacts beside the db, not in ./mlartifacts
+        lock = FileLock(f"{db}.lock")  # flock: released by the OS also when its holder dies
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
+    with lock:
+        client = MlflowClient(uri)  # opens the store: creates or migrates its schema
+        return uri, _experiment_id(client, experiment, artifacts)
+
+
+def _experiment_id(client: MlflowClient, name: str, artifacts: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return uri, client.create_experiment(experiment, artifact_location=artifacts, tags=EXPERIMENT_KIND)
-        except mlflow.exceptions.MlflowException:  # another process created it first
-            exp = client.get_experiment_by_name(experiment)
+            return client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+        except mlflow.exceptions.MlflowException:  # another process created it since
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
     for key, value in EXPERIMENT_KIND.items():  # a store made before tlsweep set it; a kind a user chose stays
         if key not in exp.tags:
             client.set_experiment_tag(exp.experiment_id, key, value)
-    return uri, exp.experiment_id
+    return exp.experiment_id
 
 
 def ui_url(uri: str, experiment_id: str) -> str:

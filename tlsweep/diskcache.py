@@ -1,0 +1,76 @@
+"""Files that the processes of a sweep share: made by one, waited for by the others, written whole,
+checked before use.
+
+A file lock beside the entry lets the first process compute it while the others wait and then
+load it. An entry is written to a temporary file in the same folder and renamed into place, so
+a reader never sees half a file; one left damaged anyway (a full disk, a copy, an edit) fails
+its check on load and is recomputed with a warning.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from filelock import FileLock, Timeout
+
+
+@contextlib.contextmanager
+def locked(path: Path | None, what: str) -> Iterator[None]:
+    """Hold the lock of entry `path` (a `<name>.lock` file beside it); say so when another process has it.
+
+    None (memory only): nothing to lock.
+    """
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{path}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"[tlsweep] waiting for another process to finish {what} ({path.name})", flush=True)
+        lock.acquire()  # no timeout: the lock goes with its holder, also when that process dies
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def load(path: Path | None, check: Callable[[dict], str | None]) -> dict | None:
+    """The saved dict, or None when there is none (or no `path`) or it is unusable (then with a warning).
+
+    `check` returns what is wrong with a loaded dict, or None when it is fit to use.
+    """
+    if path is None or not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        problem = check(saved) if isinstance(saved, dict) else f"holds a {type(saved).__name__}, not a dict"
+    except Exception as err:  # noqa: BLE001 - truncated zip, garbage pickle, ...: all mean "recompute"
+        problem = f"cannot be read ({type(err).__name__}: {str(err)[:200]})"
+    if problem:
+        warnings.warn(f"cache file {path} {problem}; recomputing it", RuntimeWarning, stacklevel=2)
+        return None
+    return saved
+
+
+def save(obj: dict, path: Path | None) -> None:
+    """Write `obj` to `path` whole or not at all: a temporary file in the same folder, then a rename."""
+    if path is None:
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
