@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import CONF
-from tlsweep import tracking
+from tlsweep import sweep, tracking
 
 
 def test_run_name_shows_what_the_sweep_varies(make_cfg):
@@ -77,7 +77,7 @@ def test_the_parent_closes_when_describing_it_fails(tmp_path, monkeypatch, caplo
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose("config", overrides=[f"tracking.uri={uri}", "tracking.sweep_name=broken"],
                       return_hydra_config=True)
-    callback = tracking.SweepCallback(report=True)
+    callback = sweep.SweepCallback(report=True)
     callback.on_multirun_start(cfg)
     with mlflow.start_run(experiment_id=tracking.setup_store(uri)[1], parent_run_id=callback.parent):
         mlflow.log_params({"seed": "0"})
@@ -85,10 +85,10 @@ def test_the_parent_closes_when_describing_it_fails(tmp_path, monkeypatch, caplo
     def broken(*args, **kwargs):
         raise RuntimeError("store went away")
 
-    monkeypatch.setattr(tracking, "shared_params", broken)
+    monkeypatch.setattr(sweep, "shared_params", broken)
     monkeypatch.setattr("tlsweep.report.make_report", broken)
     parent = callback.parent
-    with caplog.at_level(logging.WARNING, logger="tlsweep.tracking"):
+    with caplog.at_level(logging.WARNING, logger="tlsweep.sweep"):
         callback.finish()
     assert MlflowClient(uri).get_run(parent).info.status == "FINISHED"
     assert "could not log the shared config of sweep broken" in caplog.text

@@ -1,11 +1,13 @@
 """`python -m tlsweep` / `tlsweep`: the Hydra entry point. All the work is in `run.run`."""
 import gc
 import signal
+import sys
 
 import hydra
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
+from . import sweep
 from .errors import UserError
 from .run import run
 
@@ -37,6 +39,10 @@ def cli() -> None:
     gc.freeze()
     try:
         main()
+    except KeyboardInterrupt:
+        sweep.mark_interrupted()  # before the atexit hook closes a sweep's parent
+        print("[tlsweep] interrupted (Ctrl-C or SIGTERM): the running job's run ends KILLED", file=sys.stderr)
+        sys.exit(130)
     finally:
         gc.freeze()
 

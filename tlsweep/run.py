@@ -96,6 +96,10 @@ def run(cfg: DictConfig) -> dict:
     tune_allocator()
     start = time.perf_counter()
     name = tracking.run_name(cfg)
+    done = tracking.finished_run(cfg)
+    if done is not None:  # a resumed sweep: this config already finished in it
+        print(f"[tlsweep] {name}: skipped, already FINISHED in this sweep (run {done.info.run_id})", flush=True)
+        return dict(done.data.metrics)
     progress = Progress(name, cfg.epochs)
     with tracking.job_run(cfg, name):  # opened first, so that even a config error is recorded as FAILED
         if cfg.epochs < 1:

@@ -1,42 +1,37 @@
-"""Everything tlsweep says to MLflow: the store, the sweep's parent run, each job's run.
+"""The MLflow adapter: the store and experiment, each job's run, its name and its config key.
 
-A multirun gets one parent run, created (with the store) in the launching process before
-any job starts; jobs find it through $TLSWEEP_PARENT_RUN_ID, which launchers that spawn
-worker processes pass on. The parent is closed, and the sweep's report logged to it, when
-the sweep ends, also when a job failed (Hydra then skips `on_multirun_end`, so an atexit
-hook does it).
+A sweep's jobs find the store and the parent run (made by `tlsweep.sweep` in the launching
+process) through $TLSWEEP_PARENT_RUN_ID and friends, which launchers that spawn worker
+processes pass on. This module imports nothing of the sweep's lifecycle or the report.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
+import hashlib
 import json
-import logging
 import os
-import re
 import subprocess
-import time
-from datetime import datetime
 from pathlib import Path
 
 import mlflow
 from filelock import FileLock
-from hydra.experimental.callback import Callback
-from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 EXPERIMENT = "tlsweep"
 PARENT_ENV = "TLSWEEP_PARENT_RUN_ID"
 SWEPT_ENV = "TLSWEEP_SWEPT_KEYS"  # JSON list of the keys a multirun sweeps, for the jobs' run names
+SWEEP_NAME_ENV = "TLSWEEP_SWEEP_NAME"
+EXPERIMENT_ENV = "TLSWEEP_EXPERIMENT_ID"
+CONFIG_KEY_TAG = "tlsweep.config_key"
+# Keys that say where a run logs, caches or reads with how many workers, not what it computes: two runs
+# that differ only here are the same experiment (resume skips the second).
+NOT_THE_EXPERIMENT = ("tracking.", "cache_dir", "data.num_workers")
 # What MLflow 3's UI writes on an experiment made in its "Model training" mode. UIs before workflow-based
 # navigation pick the layout from it; 3.17 ignores it and follows ?workflowType= (default: GenAI, an
 # empty traces dashboard), hence the URL that `announce` prints (useExperimentKind, ExperimentKindUtils.ts).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default (--host 127.0.0.1, --port 5000)
-
-log = logging.getLogger(__name__)
 
 
 def default_tracking_uri(uri: str | None = None, base_dir: str | os.PathLike | None = None) -> str:
@@ -199,16 +194,48 @@ def run_name(cfg: DictConfig, swept: list[str] | None = None) -> str:
     return " ".join([str(cfg.strategy.name), *_labels(pairs, "=")])
 
 
+def config_key(cfg: DictConfig) -> str:
+    """What identifies a run's experiment: a hash of its resolved config, without `NOT_THE_EXPERIMENT`."""
+    items = sorted((k, v) for k, v in flatten(cfg).items() if not k.startswith(NOT_THE_EXPERIMENT))
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def _store(cfg: DictConfig) -> tuple[str, str]:
+    """(uri, experiment id): a sweep's job takes its parent's by id from the environment (a job on another
+    node or in another directory would resolve a relative store differently, and a name can race)."""
+    if os.environ.get(PARENT_ENV) and os.environ.get(EXPERIMENT_ENV) and os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        return os.environ["MLFLOW_TRACKING_URI"], os.environ[EXPERIMENT_ENV]
+    return setup_store(cfg.tracking.uri, cfg.tracking.experiment)
+
+
+def finished_run(cfg: DictConfig):
+    """The FINISHED run of this config in the current sweep (a resumed one), or None; None outside a sweep."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return None
+    uri, exp_id = _store(cfg)
+    found = MlflowClient(uri).search_runs(
+        [exp_id], f"tags.mlflow.parentRunId = '{parent}' and tags.`{CONFIG_KEY_TAG}` = '{config_key(cfg)}' "
+                  "and attributes.status = 'FINISHED'", max_results=1)
+    return found[0] if found else None
+
+
 @contextlib.contextmanager
 def job_run(cfg: DictConfig, run_name: str):
     """One MLflow run for one job, ended FINISHED, FAILED (error as a tag) or KILLED (Ctrl-C)."""
-    uri, exp_id = setup_store(cfg.tracking.uri, cfg.tracking.experiment)
+    uri, exp_id = _store(cfg)
     parent = os.environ.get(PARENT_ENV)
     if not parent:
         announce(uri, exp_id)
-    tags = {"tlsweep.role": "job", "tlsweep.overrides": " ".join(hydra_overrides())}
-    if os.environ.get("TLSWEEP_SWEEP_NAME"):
-        tags["tlsweep.sweep_name"] = os.environ["TLSWEEP_SWEEP_NAME"]
+    tags = {"tlsweep.role": "job", "tlsweep.overrides": " ".join(hydra_overrides()), CONFIG_KEY_TAG: config_key(cfg)}
+    if os.environ.get(SWEEP_NAME_ENV):
+        tags["tlsweep.sweep_name"] = os.environ[SWEEP_NAME_ENV]
+    if os.environ.get("SLURM_JOB_ID"):
+        # an array task as squeue, sacct and submitit's log folders name it (12_3): the plain id of
+        # an array's last task is the array's own, and `scancel` on that cancels every task
+        array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        tags["tlsweep.slurm_job_id"] = "_".join(array) if all(array) else os.environ["SLURM_JOB_ID"]
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"], tags["tlsweep.git_dirty"] = commit[0], str(commit[1])
@@ -248,121 +275,17 @@ def _close(run_id: str, status: str, error: str) -> None:
                   flush=True)
 
 
-def summary_line(children: list) -> str:
-    """One line on how a sweep's jobs ended, naming the first error and the runs that did not finish."""
-    bad = [c for c in children if c.info.status != "FINISHED"]
-    if not bad:
-        return f"[tlsweep] {len(children)} of {len(children)} jobs finished"
-    first = bad[0].data.tags.get("tlsweep.error", bad[0].info.status).splitlines()[0][:300]
-    runs = ", ".join(f"{c.info.run_name} ({c.info.status})" for c in bad)
-    return f"[tlsweep] {len(bad)} of {len(children)} jobs failed: {first}; runs: {runs}"
+def current(children: list) -> list:
+    """One run per config, the one that counts: a FINISHED run if the config has one, else its latest.
 
-
-def shared_params(children: list, swept: list[str]) -> dict[str, str]:
-    """The config every job of a sweep shares: params with one value across `children`, less what the
-    sweep varies (a swept key, or everything under a swept config group)."""
-    params = [r.data.params for r in children if r.data.params]
-    if not params:
-        return {}
-    varied = tuple(k.replace("/", ".") for k in swept)
-    return {k: v for k, v in params[0].items()
-            if all(p.get(k) == v for p in params[1:]) and not any(k == s or k.startswith(s + ".") for s in varied)}
-
-
-def group_metrics(summary, by: list[str], metric: str) -> dict[str, float]:
-    """Each group's mean of `metric`, keyed `final_val_acc/probe lr 0.0003`. MLflow's metric keys take
-    only letters, digits, `_-. /` (and `:` except on Windows): no `=`."""
-    out = {}
-    for _, row in summary.iterrows():
-        label = " ".join(_labels([(k, str(row[k])) for k in by], " ")) or "all runs"
-        out[f"{metric}/" + re.sub(r"[^\w.\- ]", "_", label)] = float(row["mean"])
-    return out
-
-
-@contextlib.contextmanager
-def _or_warn(what: str):
-    """Decorating the parent must never keep it from closing: a failure is a warning."""
-    try:
-        yield
-    except Exception as err:  # noqa: BLE001 -- any failure here only costs the parent's extras
-        log.warning("could not %s: %s: %s", what, type(err).__name__, err)
-
-
-class SweepCallback(Callback):
-    """Hydra callback: the parent run of a multirun, and the sweep's report at its end.
-
-    At the end the parent also gets what the MLflow UI shows without opening artifacts: the report's
-    table as its description, each group's mean as a metric, the config its jobs share as params.
+    A resumed sweep holds the FAILED or KILLED runs of the first attempt beside their reruns; those
+    are history, not the sweep's outcome. Runs without a config key (made before tlsweep kept one)
+    each count alone. `children` must be ordered by start time.
     """
-
-    def __init__(self, report: bool = True):
-        self.report = report
-        self.parent: str | None = None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        uri, exp_id = setup_store(config.tracking.uri, config.tracking.experiment)
-        name = config.tracking.get("sweep_name") or f"sweep-{datetime.now():%Y-%m-%d_%H-%M-%S}"
-        overrides = list(config.hydra.overrides.task)
-        sweeper_params = config.hydra.sweeper.get("params")
-        self.swept = swept_keys(overrides, OmegaConf.to_container(sweeper_params) if sweeper_params else None)
-        run = MlflowClient(uri).create_run(exp_id, run_name=name, tags={
-            "tlsweep.role": "sweep", "tlsweep.sweep_name": name, "tlsweep.overrides": " ".join(overrides),
-            "tlsweep.swept": " ".join(self.swept), "mlflow.runName": name})
-        self.uri, self.parent, self.name = uri, run.info.run_id, name
-        os.environ[PARENT_ENV], os.environ["TLSWEEP_SWEEP_NAME"] = self.parent, name
-        os.environ[SWEPT_ENV] = json.dumps(self.swept)
-        announce(uri, exp_id)
-        print(f"[tlsweep] sweep {name}: parent run {self.parent}", flush=True)
-        atexit.register(self.finish)  # Hydra skips on_multirun_end when a job raised
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        self.finish()
-
-    def finish(self) -> None:
-        """Close the parent: FINISHED if every job finished, else FAILED (KILLED after Ctrl-C)."""
-        if self.parent is None:
-            return
-        parent, self.parent = self.parent, None
-        for var in (PARENT_ENV, "TLSWEEP_SWEEP_NAME", SWEPT_ENV):
-            os.environ.pop(var, None)
-        client = MlflowClient(self.uri)
-        status = "FAILED"
-        try:
-            exp_id = client.get_run(parent).info.experiment_id
-            children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=50000)
-            for child in children:  # a worker that died hard cannot close its own run
-                if child.info.status == "RUNNING":
-                    client.set_tag(child.info.run_id, "tlsweep.error", "job process ended without closing its run")
-                    client.set_terminated(child.info.run_id, "KILLED")
-            children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=50000,
-                                          order_by=["attributes.start_time ASC"])
-            statuses = {c.info.status for c in children}
-            status = "KILLED" if "KILLED" in statuses else "FAILED" if statuses - {"FINISHED"} else "FINISHED"
-            print(summary_line(children), flush=True)
-            with _or_warn(f"log the shared config of sweep {self.name} as its parent's params"):
-                shared = shared_params(children, self.swept)
-                client.log_batch(parent, params=[Param(k, v) for k, v in shared.items()])
-            if self.report and "FINISHED" in statuses:
-                with _or_warn(f"report sweep {self.name}"):
-                    self._report(client, parent)
-        finally:  # whatever failed above, the parent is never left RUNNING
-            client.set_terminated(parent, status)
-
-    def _report(self, client: MlflowClient, parent: str) -> None:
-        from .report import ReportError, make_report
-
-        try:
-            rep = make_report(self.uri, sweep=parent, out=Path("reports") / self.name)
-        except ReportError as err:
-            print(f"[tlsweep] no report for sweep {self.name}: {err}", flush=True)
-            return
-        print(rep.markdown, flush=True)
-        with _or_warn(f"show the report of sweep {self.name} on its parent run"):
-            note = rep.markdown + "\nTables and figures: this run's artifacts, `report/`.\n"
-            if len(note) > MAX_TAG_VAL_LENGTH:  # MLflow cuts longer tags; say where the rest is
-                note = note[:MAX_TAG_VAL_LENGTH - 80] + "\n\n... (cut; the whole table is report/summary.md)\n"
-            client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in
-                                              group_metrics(rep.summary, rep.by, rep.metric).items()],
-                             tags=[RunTag("mlflow.note.content", note)])
-        client.log_artifacts(parent, str(rep.out_dir), "report")
-        print(f"[tlsweep] report: {rep.out_dir} (also logged to the parent run under report/)", flush=True)
+    by_key: dict[str, object] = {}
+    for run in children:
+        key = run.data.tags.get(CONFIG_KEY_TAG) or run.info.run_id
+        kept = by_key.get(key)
+        if kept is None or kept.info.status != "FINISHED":
+            by_key[key] = run
+    return list(by_key.values())

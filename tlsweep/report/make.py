@@ -10,7 +10,7 @@ import pandas as pd
 
 from tlsweep.report import stats, store, tables
 from tlsweep.report.keys import ReportError, design_keys, label, resolve_keys, seed_keys
-from tlsweep.tracking import EXPERIMENT, default_tracking_uri
+from tlsweep.tracking import EXPERIMENT, current, default_tracking_uri
 
 DEFAULT_METRIC = "final_val_acc"  # best_val_acc is selected on the validation set it is scored on
 
@@ -57,7 +57,8 @@ def make_report(tracking_uri: str | None = None, sweep: str | None = None, metri
     client, exp_id = store.open_store(uri, experiment)
     parent = store.find_parent(client, exp_id, sweep, uri, experiment)
     sweep_name = parent.data.tags.get("tlsweep.sweep_name") or parent.info.run_name or parent.info.run_id
-    runs, params = store.run_tables(store.children(client, exp_id, parent.info.run_id))
+    # a resumed sweep: a config's FINISHED rerun replaces its FAILED or KILLED first attempt
+    runs, params = store.run_tables(current(store.children(client, exp_id, parent.info.run_id)))
 
     default_by = design_keys(params)
     by = resolve_keys([by] if isinstance(by, str) else by, params) if by is not None else default_by

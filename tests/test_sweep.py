@@ -1,0 +1,131 @@
+"""A sweep's lifecycle: resume after a kill, the parent's status, and the sweep-up of dead jobs."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import mlflow
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import CONF
+from tlsweep import sweep, tracking
+
+
+def _run(status: str, key: str | None, name: str = "r", error: str | None = None):
+    tags = {k: v for k, v in ((tracking.CONFIG_KEY_TAG, key), ("tlsweep.error", error)) if v}
+    return SimpleNamespace(info=SimpleNamespace(status=status, run_id=f"{name}-{status}", run_name=name),
+                           data=SimpleNamespace(tags=tags))
+
+
+def test_a_rerun_that_finished_replaces_its_failed_first_attempt():
+    runs = [_run("FINISHED", "a"), _run("KILLED", "b"), _run("FAILED", "c", error="Diverged: nan"),
+            _run("FINISHED", "b"), _run("FAILED", None, "x"), _run("FAILED", None, "y")]
+    kept = tracking.current(runs)
+    assert [(r.info.status, r.data.tags.get(tracking.CONFIG_KEY_TAG)) for r in kept] == \
+        [("FINISHED", "a"), ("FINISHED", "b"), ("FAILED", "c"), ("FAILED", None), ("FAILED", None)]
+    assert sweep.sweep_status(kept) == "FAILED"
+    assert sweep.sweep_status(tracking.current(runs[:4][:1] + runs[3:4])) == "FINISHED"
+    assert sweep.sweep_status([]) == "FAILED"  # a sweep in which no job ran did not succeed
+    assert sweep.summary_line([]) == "[tlsweep] no job of this sweep made a run"
+    assert sweep.summary_line(kept).startswith("[tlsweep] 3 of 5 jobs failed: Diverged: nan; runs: r (FAILED), x (FAILED)")
+
+
+def test_the_config_key_ignores_where_a_run_logs_and_caches(make_cfg):
+    a = tracking.config_key(make_cfg("seed=1"))
+    assert a == tracking.config_key(make_cfg("seed=1", "tracking.uri=sqlite:////elsewhere.db", "cache_dir=/tmp/x",
+                                             "data.num_workers=3"))
+    assert a != tracking.config_key(make_cfg("seed=2"))
+    assert a != tracking.config_key(make_cfg("seed=1", "optim.lr=0.1"))
+
+
+def _callback(uri: str, name: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=[f"tracking.uri={uri}", f"tracking.sweep_name={name}"],
+                      return_hydra_config=True)
+    cb = sweep.SweepCallback(report=False)
+    cb.on_multirun_start(cfg)
+    return cb
+
+
+def test_a_worker_that_died_leaves_no_run_running(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cb = _callback(uri, "dead-worker")
+    parent = cb.parent
+    client = MlflowClient(uri)
+    orphan = client.create_run(cb.exp_id, tags={"mlflow.parentRunId": parent}).info.run_id  # never closed
+    cb.finish()
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert "job process ended without closing its run" in client.get_run(orphan).data.tags["tlsweep.error"]
+    assert client.get_run(parent).info.status == "KILLED"
+
+
+def test_a_sweep_with_no_runs_does_not_close_finished(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cb = _callback(uri, "empty")
+    parent = cb.parent
+    cb.finish()
+    assert MlflowClient(uri).get_run(parent).info.status == "FAILED"
+
+
+def _children(client, exp_id, parent):
+    return client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=1000)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, tiny_root, launcher):
+    """SIGTERM once 2 of 4 jobs FINISHED, then the same command again: exactly the 2 missing jobs
+    run, under the same parent, and the report covers all 4. The store's experiment is not the
+    default one, so the automatic report must follow tracking.experiment."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.setup_store(uri, "resumable")  # migrated once, as a sweep's launcher does
+    cmd = [sys.executable, "-m", "tlsweep", "-m", "model=resnet18", "model.weights=null", "strategy=scratch",
+           "seed=0,1,2,3", "data=imagefolder", f"data.root={tiny_root}", "data.image_size=64", "data.num_workers=0",
+           "epochs=3", "batch_size=2", "device=cpu", f"tracking.uri={uri}", "tracking.experiment=resumable",
+           "tracking.sweep_name=resume-me", f"hydra/launcher={launcher}"]
+    if launcher == "joblib":
+        cmd.append("hydra.launcher.n_jobs=2")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name("resumable").experiment_id
+
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    done = []
+    while len(done) < 2 and first.poll() is None and time.monotonic() < deadline:
+        parents = client.search_runs([exp_id], "tags.`tlsweep.role` = 'sweep'")
+        if parents:
+            done = [r for r in _children(client, exp_id, parents[0].info.run_id) if r.info.status == "FINISHED"]
+        time.sleep(0.05)
+    assert len(done) >= 2, first.communicate()[0][-3000:]
+    first.send_signal(signal.SIGTERM)
+    out1 = first.communicate(timeout=120)[0]
+    assert first.returncode != 0
+    (parent,) = client.search_runs([exp_id], "tags.`tlsweep.role` = 'sweep'")
+    runs1 = _children(client, exp_id, parent.info.run_id)
+    finished1 = {r.data.params["seed"] for r in runs1 if r.info.status == "FINISHED"}
+    assert len(finished1) == 2, out1[-3000:]  # killed right after the second job finished
+    assert parent.info.status == "KILLED" and all(r.info.status != "RUNNING" for r in runs1)
+
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert second.stdout.count("skipped, already FINISHED in this sweep") == 2
+    assert "(resumed: 2 finished runs kept" in second.stdout
+    (again,) = client.search_runs([exp_id], "tags.`tlsweep.role` = 'sweep'")
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    runs2 = _children(client, exp_id, parent.info.run_id)
+    new = [r for r in runs2 if r.info.run_id not in {r1.info.run_id for r1 in runs1}]
+    assert sorted(r.data.params["seed"] for r in new) == sorted({"0", "1", "2", "3"} - finished1)
+    assert all(r.info.status == "FINISHED" for r in new)
+    assert "[tlsweep] 4 of 4 jobs finished" in second.stdout
+    # the report, made at the end and logged to the parent, covers every finished run: all 4 seeds
+    summary = client.download_artifacts(parent.info.run_id, "report/summary.csv", str(tmp_path / "dl"))
+    import pandas as pd
+
+    assert pd.read_csv(summary)["n"].tolist() == [4]
+    assert mlflow.get_experiment_by_name("Default") is None or not client.search_runs(["0"])

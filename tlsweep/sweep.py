@@ -1,0 +1,193 @@
+"""The lifecycle of a sweep: its parent run, resuming it, and closing it with its report.
+
+A multirun gets one MLflow parent run, created (with the store) in the launching process before
+any job starts; jobs find it through the environment (`tracking.PARENT_ENV` and friends), which
+launchers that spawn workers pass on (joblib's workers inherit it, sbatch exports it). The parent
+is closed, and the sweep's report logged to it, when the sweep ends, also when a job failed
+(Hydra then skips `on_multirun_end`, so an atexit hook does it).
+
+Resume: the same command with the same `tracking.sweep_name` continues that sweep under the same
+parent; each job whose config already has a FINISHED run there is skipped (`tracking.finished_run`).
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+from omegaconf import DictConfig, OmegaConf
+
+from .tracking import (EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, _labels, announce, current,
+                       setup_store, swept_keys)
+
+log = logging.getLogger(__name__)
+_interrupted = False  # Ctrl-C or SIGTERM ended the launching process: the sweep did not run to its end
+
+
+def mark_interrupted() -> None:
+    """The CLI saw Ctrl-C or SIGTERM: the parent closes KILLED, even if every run made so far finished."""
+    global _interrupted
+    _interrupted = True
+
+
+def find_sweep(client: MlflowClient, exp_id: str, name: str):
+    """The latest parent run of a sweep named `name` in the experiment, or None."""
+    found = client.search_runs([exp_id], f"tags.`tlsweep.role` = 'sweep' and tags.`tlsweep.sweep_name` = '{name}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0] if found else None
+
+
+def summary_line(children: list) -> str:
+    """One line on how a sweep's jobs ended, naming the first error and the runs that did not finish."""
+    if not children:
+        return "[tlsweep] no job of this sweep made a run"
+    bad = [c for c in children if c.info.status != "FINISHED"]
+    if not bad:
+        return f"[tlsweep] {len(children)} of {len(children)} jobs finished"
+    first = bad[0].data.tags.get("tlsweep.error", bad[0].info.status).splitlines()[0][:300]
+    runs = ", ".join(f"{c.info.run_name} ({c.info.status})" for c in bad)
+    return f"[tlsweep] {len(bad)} of {len(children)} jobs failed: {first}; runs: {runs}"
+
+
+def sweep_status(children: list) -> str:
+    """The parent's status from its current runs: KILLED after a kill, FAILED if any did not finish
+    or none ran at all, else FINISHED."""
+    statuses = {c.info.status for c in children}
+    return "KILLED" if "KILLED" in statuses else "FAILED" if not statuses or statuses - {"FINISHED"} else "FINISHED"
+def shared_params(children: list, swept: list[str]) -> dict[str, str]:
+    """The config every job of a sweep shares: params with one value across `children`, less what the
+    sweep varies (a swept key, or everything under a swept config group)."""
+    params = [r.data.params for r in children if r.data.params]
+    if not params:
+        return {}
+    varied = tuple(k.replace("/", ".") for k in swept)
+    return {k: v for k, v in params[0].items()
+            if all(p.get(k) == v for p in params[1:]) and not any(k == s or k.startswith(s + ".") for s in varied)}
+
+
+def group_metrics(summary, by: list[str], metric: str) -> dict[str, float]:
+    """Each group's mean of `metric`, keyed `final_val_acc/probe lr 0.0003`. MLflow's metric keys take
+    only letters, digits, `_-. /` (and `:` except on Windows): no `=`."""
+    out = {}
+    for _, row in summary.iterrows():
+        label = " ".join(_labels([(k, str(row[k])) for k in by], " ")) or "all runs"
+        out[f"{metric}/" + re.sub(r"[^\w.\- ]", "_", label)] = float(row["mean"])
+    return out
+
+
+@contextlib.contextmanager
+def _or_warn(what: str):
+    """Decorating the parent must never keep it from closing: a failure is a warning."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 -- any failure here only costs the parent's extras
+        log.warning("could not %s: %s: %s", what, type(err).__name__, err)
+
+
+class SweepCallback(Callback):
+    """Hydra callback: the parent run of a multirun, and the sweep's report at its end.
+
+    At the end the parent also gets what the MLflow UI shows without opening artifacts: the report's
+    table as its description, each group's mean as a metric, the config its jobs share as params.
+    """
+
+    def __init__(self, report: bool = True):
+        self.report = report
+        self.parent: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        uri, exp_id = setup_store(config.tracking.uri, config.tracking.experiment)
+        client = MlflowClient(uri)
+        asked = config.tracking.get("sweep_name")
+        name = asked or f"sweep-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+        overrides = list(config.hydra.overrides.task)
+        sweeper_params = config.hydra.sweeper.get("params")
+        self.swept = swept_keys(overrides, OmegaConf.to_container(sweeper_params) if sweeper_params else None)
+        previous = find_sweep(client, exp_id, asked) if asked else None
+        if previous is not None:  # the same name again: continue that sweep, under the same parent
+            parent = previous.info.run_id
+            client.update_run(parent, status="RUNNING")
+            done = sum(c.info.status == "FINISHED" for c in self._children(client, exp_id, parent))
+            how = f"resumed: {done} finished runs kept; jobs whose config finished are skipped"
+        else:
+            parent = client.create_run(exp_id, run_name=name, tags={
+                "tlsweep.role": "sweep", "tlsweep.sweep_name": name, "tlsweep.overrides": " ".join(overrides),
+                "tlsweep.swept": " ".join(self.swept), "mlflow.runName": name}).info.run_id
+            how = "new"
+        self.uri, self.exp_id, self.parent, self.name = uri, exp_id, parent, name
+        self.experiment = config.tracking.experiment
+        # for the jobs: by id, since a job on another node or in another directory resolves a relative
+        # store differently, and a name can race (set_experiment's losers log into Default)
+        os.environ.update({PARENT_ENV: parent, SWEEP_NAME_ENV: name, SWEPT_ENV: json.dumps(self.swept),
+                           EXPERIMENT_ENV: exp_id, "MLFLOW_TRACKING_URI": uri})
+        announce(uri, exp_id)
+        print(f"[tlsweep] sweep {name} ({how}): parent run {parent}", flush=True)
+        atexit.register(self.finish)  # Hydra skips on_multirun_end when a job raised
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self.finish()
+
+    @staticmethod
+    def _children(client: MlflowClient, exp_id: str, parent: str) -> list:
+        return client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=50000,
+                                  order_by=["attributes.start_time ASC"])
+
+    def finish(self) -> None:
+        """Close the parent: FINISHED if every config finished, else FAILED (KILLED after Ctrl-C).
+
+        Whatever fails on the way (the store, the report), the parent is never left RUNNING.
+        """
+        if self.parent is None:
+            return
+        parent, self.parent = self.parent, None
+        for var in (PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, EXPERIMENT_ENV):
+            os.environ.pop(var, None)
+        client = MlflowClient(self.uri)
+        status = "FAILED"
+        try:
+            for child in self._children(client, self.exp_id, parent):  # a worker that died hard cannot close its run
+                if child.info.status == "RUNNING":
+                    client.set_tag(child.info.run_id, "tlsweep.error", "job process ended without closing its run")
+                    client.set_terminated(child.info.run_id, "KILLED")
+            children = current(self._children(client, self.exp_id, parent))
+            status = "KILLED" if _interrupted else sweep_status(children)
+            print(summary_line(children), flush=True)
+            with _or_warn(f"log the shared config of sweep {self.name} as its parent's params"):
+                known = client.get_run(parent).data.params  # a resumed parent has them already
+                shared = {k: v for k, v in shared_params(children, self.swept).items() if k not in known}
+                client.log_batch(parent, params=[Param(k, v) for k, v in shared.items()])
+            if self.report and any(c.info.status == "FINISHED" for c in children):
+                with _or_warn(f"report sweep {self.name}"):
+                    self._report(client, parent)
+        finally:
+            client.set_terminated(parent, status)
+
+    def _report(self, client: MlflowClient, parent: str) -> None:
+        from .report import ReportError, make_report
+
+        try:
+            rep = make_report(self.uri, sweep=parent, out=Path("reports") / self.name, experiment=self.experiment)
+        except ReportError as err:
+            print(f"[tlsweep] no report for sweep {self.name}: {err}", flush=True)
+            return
+        print(rep.markdown, flush=True)
+        with _or_warn(f"show the report of sweep {self.name} on its parent run"):
+            note = rep.markdown + "\nTables and figures: this run's artifacts, `report/`.\n"
+            if len(note) > MAX_TAG_VAL_LENGTH:  # MLflow cuts longer tags; say where the rest is
+                note = note[:MAX_TAG_VAL_LENGTH - 80] + "\n\n... (cut; the whole table is report/summary.md)\n"
+            client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in
+                                              group_metrics(rep.summary, rep.by, rep.metric).items()],
+                             tags=[RunTag("mlflow.note.content", note)])
+        for f in rep.files:  # this report's files only: reports/<sweep>/ may hold other metrics' subfolders
+            client.log_artifact(parent, str(f), "report")
+        print(f"[tlsweep] report: {rep.out_dir} (also logged to the parent run under report/)", flush=True)
