@@ -61,6 +61,11 @@ def test_a_run_records_what_a_reader_needs(make_cfg, store_uri):
     lrs = [h.value for h in client.get_metric_history(r.info.run_id, "lr/head")]
     assert lrs == pytest.approx([1e-3, 5e-4])  # cosine over 2 epochs: full LR, then half
     assert m["final_val_acc"] == result["final_val_acc"]
+    # where the time went, in disjoint parts that add up to the job's time (the benchmark reports them)
+    parts = {k: v for k, v in m.items() if k.startswith("seconds/")}
+    assert set(parts) == {f"seconds/{k}" for k in ("mlflow", "model", "data", "features", "train")}
+    assert min(parts.values()) >= 0 and parts["seconds/train"] < m["train_seconds"]
+    assert sum(parts.values()) == pytest.approx(m["prep_seconds"] + m["train_seconds"], rel=0.05)
     assert t["tlsweep.device"] == "cpu" and "tlsweep.weights" in t and "tlsweep.preprocess" in t
     assert "tlsweep.overrides" in t
     text = mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/config.yaml")

@@ -4,6 +4,7 @@ The Hydra entry point (`__main__`), sweeps and tests all call this same function
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import time
@@ -91,10 +92,33 @@ def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device):
     return cut.suffix, (train, val), how
 
 
+class Stopwatch:
+    """Seconds per part of a job (`with clock("data"): ...`), for the record of where its time goes.
+
+    On CUDA it waits for the device at the end of each part, so that queued kernels count
+    where they were launched; one sync per part, never per step.
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.device: torch.device | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, part: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device is not None and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - t0
+
+
 def run(cfg: DictConfig) -> dict:
     """Train one model with one strategy on one dataset; log everything to MLflow."""
     tune_allocator()
     start = time.perf_counter()
+    clock = Stopwatch()
     name = tracking.run_name(cfg)
     done = tracking.finished_run(cfg)
     if done is not None:  # a resumed sweep: this config already finished in it
@@ -102,34 +126,43 @@ def run(cfg: DictConfig) -> dict:
         return dict(done.data.metrics)
     progress = Progress(name, cfg.epochs)
     with tracking.job_run(cfg, name):  # opened first, so that even a config error is recorded as FAILED
+        clock.seconds["mlflow"] = time.perf_counter() - start  # store, run, params, config artifact
         if cfg.epochs < 1:
             raise ConfigError(f"epochs={cfg.epochs}: need at least 1")
         progress.start()
-        spec = models.get_spec(cfg.model.name)
-        strategies.resolve_unfreeze(spec, cfg.strategy.unfreeze)  # a bad stage name fails before any work
-        seed_everything(cfg.seed)
-        device = resolve_device(cfg.device)
-        data = datasets.load(cfg.data)
-        weights = cfg.model.weights if cfg.strategy.pretrained else None  # scratch: random init
-        model, pp = models.build_model(spec, weights)
-        pp = pp.with_crop(cfg.data.image_size)
-        plan = strategies.apply(model, spec, cfg.strategy, len(data.classes), cfg.optim.lr)
-        model.to(device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        optimizer, scheduler = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
-        decoded, decode_how = datasets.decode(data, pp, cfg.data, cfg.cache_dir)
+        with clock("model"):
+            spec = models.get_spec(cfg.model.name)
+            strategies.resolve_unfreeze(spec, cfg.strategy.unfreeze)  # a bad stage name fails before any work
+            seed_everything(cfg.seed)
+            device = resolve_device(cfg.device)
+        with clock("data"):
+            data = datasets.load(cfg.data)
+        with clock("model"):  # on CUDA this holds the context's start, at the first tensor moved there
+            weights = cfg.model.weights if cfg.strategy.pretrained else None  # scratch: random init
+            model, pp = models.build_model(spec, weights)
+            pp = pp.with_crop(cfg.data.image_size)
+            plan = strategies.apply(model, spec, cfg.strategy, len(data.classes), cfg.optim.lr)
+            model.to(device)
+            if cfg.channels_last:
+                model.to(memory_format=torch.channels_last)
+            optimizer, scheduler = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
+            clock.device = device
+        with clock("data"):
+            decoded, decode_how = datasets.decode(data, pp, cfg.data, cfg.cache_dir)
         net, batches, features_how = model, None, "off (strategy.cache_features=false)"
         if cfg.strategy.cache_features:
-            net, batches, features_how = cached_prefix(cfg, spec, model, weights, pp, data, decoded, device)
-        if batches is None:  # images, not features: only now do they go to the device
-            batches = datasets.loaders(data, pp, cfg.batch_size, cfg.seed, cfg.data.num_workers, device, decoded,
-                                       cfg.channels_last)
-            if decoded is not None:
-                decode_how += f", batches built on {device.type}"
+            with clock("features"):
+                net, batches, features_how = cached_prefix(cfg, spec, model, weights, pp, data, decoded, device)
+        with clock("data"):
+            if batches is None:  # images, not features: only now do they go to the device
+                batches = datasets.loaders(data, pp, cfg.batch_size, cfg.seed, cfg.data.num_workers, device,
+                                           decoded, cfg.channels_last)
+                if decoded is not None:
+                    decode_how += f", batches built on {device.type}"
         train_loader, val_loader = batches
 
-        mlflow.set_tags({
+        with clock("mlflow"):
+            mlflow.set_tags({
             "tlsweep.fast.decode_once": decode_how,
             "tlsweep.fast.features": features_how,
             "tlsweep.fast.bf16": str(cfg.bf16 and device.type == "cuda"),
@@ -139,14 +172,16 @@ def run(cfg: DictConfig) -> dict:
             "tlsweep.weights": spec.weights_name if str(weights).upper() == "DEFAULT" else str(weights),
             "tlsweep.preprocess": str(pp),
             "tlsweep.trainable_stages": ",".join(plan.trainable),
-            **{f"tlsweep.group.{g['name']}": f"params={sum(p.numel() for p in g['params'])} lr={g['lr']:g}"
-               for g in plan.groups},
-        })
+                **{f"tlsweep.group.{g['name']}": f"params={sum(p.numel() for p in g['params'])} lr={g['lr']:g}"
+                   for g in plan.groups},
+            })
         prep_seconds = time.perf_counter() - start  # data, model and feature cache, before the first epoch
         progress.ready(prep_seconds, "feature cache " + features_how.split(":")[0].split(" (")[0])
+        logged_before = clock.seconds["mlflow"]
 
         def on_epoch(epoch: int, metrics: dict) -> None:
-            mlflow.log_metrics(metrics, step=epoch)  # one call per epoch: a dict is 2-3x cheaper than per metric
+            with clock("mlflow"):
+                mlflow.log_metrics(metrics, step=epoch)  # one call per epoch: a dict is 2-3x cheaper than per metric
             progress.epoch(epoch, metrics)
 
         try:
@@ -155,9 +190,12 @@ def run(cfg: DictConfig) -> dict:
                          on_epoch=on_epoch)
         finally:
             progress.close()
+        clock.seconds["train"] = result["train_seconds"] - (clock.seconds["mlflow"] - logged_before)  # fit logs too
         result.update(trainable_params=plan.trainable_params, total_params=plan.total_params,
                       prep_seconds=prep_seconds)
-        mlflow.log_metrics(result)
+        # where the job's time went, in disjoint parts (their sum is prep_seconds + train_seconds, to
+        # within the few statements between parts); the final log_metrics and closing the run are not in it
+        mlflow.log_metrics({**result, **{f"seconds/{k}": v for k, v in clock.seconds.items()}})
     print(f"[tlsweep] {cfg.strategy.name:8s} seed={cfg.seed} final_val_acc={result['final_val_acc']:.4f} "
           f"best_val_acc={result['best_val_acc']:.4f} trainable={plan.trainable_params:,} "
           f"seconds={result['prep_seconds']:.1f} prep + {result['train_seconds']:.1f} train", flush=True)
