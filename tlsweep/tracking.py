@@ -1,8 +1,10 @@
 """Everything tlsweep says to MLflow: the store, the sweep's parent run, each job's run.
 
 A multirun gets one parent run, created (with the store) in the launching process before
-any job starts; jobs find it through $TLSWEEP_PARENT_RUN_ID, which launchers that spawn
-worker processes pass on. The parent is closed, and the sweep's report logged to it, when
+any job starts; jobs find the store, the experiment and the parent through
+$MLFLOW_TRACKING_URI, $TLSWEEP_EXPERIMENT_ID and $TLSWEEP_PARENT_RUN_ID, which launchers
+that spawn worker processes pass on (joblib's workers inherit them, sbatch exports the
+environment to SLURM jobs). The parent is closed, and the sweep's report logged to it, when
 the sweep ends, also when a job failed (Hydra then skips `on_multirun_end`, so an atexit
 hook does it).
 """
@@ -23,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 EXPERIMENT = "tlsweep"
 PARENT_ENV = "TLSWEEP_PARENT_RUN_ID"
+EXPERIMENT_ENV = "TLSWEEP_EXPERIMENT_ID"
 
 
 def default_tracking_uri(uri: str | None = None, base_dir: str | os.PathLike | None = None) -> str:
@@ -103,13 +106,21 @@ def hydra_overrides() -> list[str]:
 @contextlib.contextmanager
 def job_run(cfg: DictConfig, run_name: str):
     """One MLflow run for one job, ended FINISHED, FAILED (error as a tag) or KILLED (Ctrl-C)."""
-    uri, exp_id = setup_store(cfg.tracking.uri, cfg.tracking.experiment)
     parent = os.environ.get(PARENT_ENV)
+    if parent and os.environ.get(EXPERIMENT_ENV):
+        # a sweep's job logs where its parent is, by id: a job on another node or in another
+        # directory resolves a relative store differently, and a name can race or be renamed
+        uri, exp_id = os.environ["MLFLOW_TRACKING_URI"], os.environ[EXPERIMENT_ENV]
+        mlflow.set_tracking_uri(uri)
+    else:
+        uri, exp_id = setup_store(cfg.tracking.uri, cfg.tracking.experiment)
     if not parent:
         announce(uri)
     tags = {"tlsweep.role": "job", "tlsweep.overrides": " ".join(hydra_overrides())}
     if os.environ.get("TLSWEEP_SWEEP_NAME"):
         tags["tlsweep.sweep_name"] = os.environ["TLSWEEP_SWEEP_NAME"]
+    if os.environ.get("SLURM_JOB_ID"):  # for sacct -j / scontrol show job
+        tags["tlsweep.slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"], tags["tlsweep.git_dirty"] = commit[0], str(commit[1])
@@ -146,6 +157,7 @@ class SweepCallback(Callback):
             "mlflow.runName": name})
         self.uri, self.parent, self.name = uri, run.info.run_id, name
         os.environ[PARENT_ENV], os.environ["TLSWEEP_SWEEP_NAME"] = self.parent, name
+        os.environ["MLFLOW_TRACKING_URI"], os.environ[EXPERIMENT_ENV] = uri, exp_id  # for the jobs
         announce(uri)
         print(f"[tlsweep] sweep {name}: parent run {self.parent}", flush=True)
         atexit.register(self.finish)  # Hydra skips on_multirun_end when a job raised
@@ -160,6 +172,7 @@ class SweepCallback(Callback):
         parent, self.parent = self.parent, None
         os.environ.pop(PARENT_ENV, None)
         os.environ.pop("TLSWEEP_SWEEP_NAME", None)
+        os.environ.pop(EXPERIMENT_ENV, None)
         client = MlflowClient(self.uri)
         children = client.search_runs([client.get_run(parent).info.experiment_id],
                                       f"tags.mlflow.parentRunId = '{parent}'", max_results=50000)
