@@ -95,11 +95,12 @@ class Slurm:
                               text=True, timeout=10).stdout.strip()
 
     def scontrol_jobs(self) -> dict[str, dict[str, str]]:
-        """Every job slurmctld still holds, by job id: `scontrol show job -o` as dicts."""
+        """Every job slurmctld still holds, as `scontrol show job -o` says, by id (12_3 for an array task)."""
         out = subprocess.run(["scontrol", "show", "job", "-o"], env=self.env, capture_output=True, text=True,
                              check=True).stdout
         jobs = [dict(kv.split("=", 1) for kv in line.split() if "=" in kv) for line in out.splitlines()]
-        return {j["JobId"]: j for j in jobs if "JobId" in j}
+        return {f"{j['ArrayJobId']}_{j['ArrayTaskId']}" if "ArrayJobId" in j else j["JobId"]: j
+                for j in jobs if "JobId" in j}
 
 
 SLURM_CONF = """\
@@ -131,6 +132,8 @@ ReturnToService=2
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 MinJobAge=3600
+# a cancelled job's processes get SIGKILL 5 s after SIGTERM (default 30 s), which submitit ignores
+KillWait=5
 # 4 CPUs declared on any machine (config_overrides: trust this file), so a 4-job sweep runs at once
 SlurmdParameters=config_overrides
 NodeName=node0 NodeAddr=127.0.0.1 NodeHostname={hostname} CPUs=4 RealMemory=4096 State=UNKNOWN

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -42,7 +43,8 @@ def server(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def slurm(request, tmp_path_factory):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason='needs the cluster extra: pip install -e ".[cluster]"')
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
+                        reason='needs the cluster extra: pip install -e ".[cluster]"')
     with services.slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
         _say(request, f"\n[services] SLURM (munged + slurmctld + slurmd, node idle): {cluster.seconds:.1f} s")
         yield cluster
@@ -92,7 +94,7 @@ def test_slurm_sweep_into_the_tracking_server(slurm, server, tiny_root, tmp_path
         job = jobs[r.data.tags["tlsweep.slurm_job_id"]]  # a real job of this cluster, ended well
         assert (job["JobName"], job["Partition"], job["Account"], job["JobState"]) == \
             ("tlsweep", "debug", "tlsweep-test", "COMPLETED")
-        log = tmp_path.glob(f"outputs/multirun/*/*/.submitit/{job['ArrayJobId']}_{job['ArrayTaskId']}/*_log.out")
+        log = tmp_path.glob(f"outputs/multirun/*/*/.submitit/{r.data.tags['tlsweep.slurm_job_id']}/*_log.out")
         printed.update(_printed_results("".join(f.read_text() for f in log)))
     assert len({r.data.tags["tlsweep.slurm_job_id"] for r in children}) == 4
     assert len({jobs[r.data.tags["tlsweep.slurm_job_id"]]["ArrayJobId"] for r in children}) == 1  # one array
@@ -120,8 +122,8 @@ def test_eight_concurrent_writers_lose_nothing(server, tiny_root, tmp_path):
     seeds = [str(k) for k in range(8)]
     p = _tlsweep("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8", "strategy=probe", f"seed={','.join(seeds)}",
                  *TINY, f"data.root={tiny_root}", "epochs=2", f"tracking.uri={server.uri}",
-                 "tracking.experiment=writers", "tracking.sweep_name=eight-writers", "hydra.callbacks.tlsweep.report=false",
-                 cwd=tmp_path)
+                 "tracking.experiment=writers", "tracking.sweep_name=eight-writers",
+                 "hydra.callbacks.tlsweep.report=false", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
 
     exp = client.get_experiment_by_name("writers")
@@ -143,3 +145,48 @@ def test_eight_concurrent_writers_lose_nothing(server, tiny_root, tmp_path):
         local = client.download_artifacts(r.info.run_id, "config.yaml", str(tmp_path / r.info.run_id))
         cfg = yaml.safe_load(Path(local).read_text())
         assert (str(cfg["seed"]), cfg["tracking"]["experiment"]) == (r.data.params["seed"], "writers")
+
+
+def test_a_cancelled_job_does_not_end_the_sweep_early(slurm, tiny_root, tmp_path):
+    """SLURM cancels job 0 while job 1 is still queued: the launcher waits for job 1, then exits 1;
+    job 0's run is closed KILLED and the report at the end has both. (hydra-submitit-launcher's
+    own launcher raised at job 0 and left job 1 to run after the sweep had closed.)"""
+    env = {k: v for k, v in slurm.env.items() if k != "MLFLOW_TRACKING_URI"}
+    launcher = subprocess.Popen(  # every job held at submission: the test starts each one
+        [sys.executable, "-m", "tlsweep", "-m", "hydra/launcher=slurm", *CPU_NODE,
+         "+hydra.launcher.additional_parameters.hold=true", "strategy=probe", "epochs=200,1", *TINY,
+         f"data.root={tiny_root}", "tracking.sweep_name=cancelled"],
+        cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait_for(what, condition, timeout=180):
+        deadline = time.monotonic() + timeout
+        while not (found := condition()):
+            assert launcher.poll() is None and time.monotonic() < deadline, f"no {what}"
+            time.sleep(1)
+        return found
+
+    try:
+        held = wait_for("held jobs", lambda: [j for j, d in slurm.scontrol_jobs().items()
+                                              if d["Reason"] == "JobHeldUser"])
+        [array] = {j.split("_")[0] for j in held}
+        store = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")  # made and migrated before any job
+        subprocess.run(["scontrol", "release", f"{array}_0"], env=env, check=True)
+        wait_for("epoch of job 0", lambda: store.search_runs(["1"], "params.epochs = '200' and metrics.val_acc >= 0"))
+        subprocess.run(["scancel", f"{array}_0"], env=env, check=True)
+        wait_for("cancel", lambda: slurm.scontrol_jobs()[f"{array}_0"]["JobState"] == "CANCELLED")
+        time.sleep(35)  # submitit polls the states 2, 4, 8, 16, 32, 64 s after submitting: it has seen the cancel
+        assert launcher.poll() is None, "the launcher ended while job 1 was still queued"
+        subprocess.run(["scontrol", "release", f"{array}_1"], env=env, check=True)
+        out, _ = launcher.communicate(timeout=300)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 1, out[-3000:]
+    assert "state: CANCELLED" in out
+
+    [parent] = store.search_runs(["1"], "tags.`tlsweep.role` = 'sweep'")
+    status = {r.data.params["epochs"]: r.info.status for r in _children(store, parent)}
+    assert status == {"200": "KILLED", "1": "FINISHED"}
+    assert parent.info.status == "KILLED"
+    runs = pd.read_csv(store.download_artifacts(parent.info.run_id, "report/runs.csv", str(tmp_path / "dl")))
+    assert sorted(runs["status"]) == ["FINISHED", "KILLED"]

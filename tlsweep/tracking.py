@@ -119,8 +119,11 @@ def job_run(cfg: DictConfig, run_name: str):
     tags = {"tlsweep.role": "job", "tlsweep.overrides": " ".join(hydra_overrides())}
     if os.environ.get("TLSWEEP_SWEEP_NAME"):
         tags["tlsweep.sweep_name"] = os.environ["TLSWEEP_SWEEP_NAME"]
-    if os.environ.get("SLURM_JOB_ID"):  # for sacct -j / scontrol show job
-        tags["tlsweep.slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    if os.environ.get("SLURM_JOB_ID"):
+        # an array task as squeue, sacct and submitit's log folders name it (12_3): the plain id of
+        # an array's last task is the array's own, and `scancel` on that cancels every task
+        array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        tags["tlsweep.slurm_job_id"] = "_".join(array) if all(array) else os.environ["SLURM_JOB_ID"]
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"], tags["tlsweep.git_dirty"] = commit[0], str(commit[1])
