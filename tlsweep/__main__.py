@@ -40,9 +40,13 @@ def cli() -> None:
     try:
         main()
     except KeyboardInterrupt:
-        sweep.mark_interrupted()  # before the atexit hook closes a sweep's parent
+        sweep.mark_ended_early("KILLED")  # before the atexit hook closes a sweep's parent
         print("[tlsweep] interrupted (Ctrl-C or SIGTERM): the running job's run ends KILLED", file=sys.stderr)
         sys.exit(130)
+    except SystemExit as end:  # Hydra exits 1 when a job or the launcher failed
+        if end.code not in (None, 0):
+            sweep.mark_ended_early("FAILED")
+        raise
     finally:
         gc.freeze()
 

@@ -31,13 +31,14 @@ from .tracking import (EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, _l
                        setup_store, swept_keys)
 
 log = logging.getLogger(__name__)
-_interrupted = False  # Ctrl-C or SIGTERM ended the launching process: the sweep did not run to its end
+_ended_early: str | None = None  # how the launching process ended, when the sweep did not run to its end
 
 
-def mark_interrupted() -> None:
-    """The CLI saw Ctrl-C or SIGTERM: the parent closes KILLED, even if every run made so far finished."""
-    global _interrupted
-    _interrupted = True
+def mark_ended_early(status: str) -> None:
+    """The CLI saw Ctrl-C/SIGTERM (KILLED) or the launcher failing (FAILED): the parent closes so even if
+    every run made so far finished. A job cancelled before it started leaves no run to say so."""
+    global _ended_early
+    _ended_early = status
 
 
 def find_sweep(client: MlflowClient, exp_id: str, name: str):
@@ -160,7 +161,9 @@ class SweepCallback(Callback):
                     client.set_tag(child.info.run_id, "tlsweep.error", "job process ended without closing its run")
                     client.set_terminated(child.info.run_id, "KILLED")
             children = current(self._children(client, self.exp_id, parent))
-            status = "KILLED" if _interrupted else sweep_status(children)
+            status = sweep_status(children)
+            if _ended_early and status == "FINISHED" or _ended_early == "KILLED":
+                status = _ended_early
             print(summary_line(children), flush=True)
             with _or_warn(f"log the shared config of sweep {self.name} as its parent's params"):
                 known = client.get_run(parent).data.params  # a resumed parent has them already
