@@ -50,6 +50,13 @@ if submitit_launcher is not None:
                 jobs_args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
                                   Singleton.get_state()))
             jobs = executor.map_array(self, *zip(*jobs_args))
-            for job in jobs:  # the change: every job ends before the first failure is raised
-                job.wait()
+            try:
+                for job in jobs:  # the change: every job ends before the first failure is raised
+                    job.wait()
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM on the launcher ends the sweep, on the cluster too
+                for job in jobs:
+                    if not job.done():
+                        job.cancel(check=False)
+                log.warning(f"cancelled the sweep's unfinished jobs (array {jobs[0].job_id.split('_')[0]})")
+                raise
             return [job.results()[0] for job in jobs]

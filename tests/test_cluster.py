@@ -190,3 +190,46 @@ def test_a_cancelled_job_does_not_end_the_sweep_early(slurm, tiny_root, tmp_path
     assert parent.info.status == "KILLED"
     runs = pd.read_csv(store.download_artifacts(parent.info.run_id, "report/runs.csv", str(tmp_path / "dl")))
     assert sorted(runs["status"]) == ["FINISHED", "KILLED"]
+
+
+def test_a_killed_slurm_sweep_resumes_where_it_stopped(slurm, tiny_root, tmp_path):
+    """SIGTERM on the launcher once 2 of 4 jobs FINISHED cancels the other two on the cluster; the same
+    command again runs exactly those two, under the same parent, and the report covers all 4."""
+    env = {k: v for k, v in slurm.env.items() if k != "MLFLOW_TRACKING_URI"}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "tlsweep", "-m", "hydra/launcher=slurm", *CPU_NODE, "strategy=probe",
+           "seed=0,1,2,3", "epochs=1", *TINY, f"data.root={tiny_root}", "tracking.sweep_name=resume-on-slurm"]
+    store = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    first = subprocess.Popen([*cmd, "+hydra.launcher.additional_parameters.hold=true"], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (held := [j for j, d in slurm.scontrol_jobs().items() if d["Reason"] == "JobHeldUser"]):
+            assert first.poll() is None and time.monotonic() < deadline, "no held jobs"
+            time.sleep(1)
+        [array] = {j.split("_")[0] for j in held}
+        subprocess.run(["scontrol", "release", f"{array}_0", f"{array}_1"], env=env, check=True)
+        while len(store.search_runs(["1"], "attributes.status = 'FINISHED' and tags.`tlsweep.role` = 'job'")) < 2:
+            assert first.poll() is None and time.monotonic() < deadline, "jobs 0 and 1 did not finish"
+            time.sleep(1)
+        first.send_signal(15)
+        out1, _ = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode != 0 and "cancelled the sweep's unfinished jobs" in out1, out1[-3000:]
+    [parent] = store.search_runs(["1"], "tags.`tlsweep.role` = 'sweep'")
+    assert parent.info.status == "KILLED"
+    before = {r.info.run_id for r in _children(store, parent)}
+    assert len(before) == 2
+
+    again = _tlsweep(*cmd[3:], cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    [same] = store.search_runs(["1"], "tags.`tlsweep.role` = 'sweep'")
+    assert same.info.run_id == parent.info.run_id and same.info.status == "FINISHED"
+    runs = _children(store, parent)
+    new = [r for r in runs if r.info.run_id not in before]
+    assert sorted(r.data.params["seed"] for r in new) == ["2", "3"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["tlsweep.slurm_job_id"] for r in new)
+    summary = pd.read_csv(store.download_artifacts(parent.info.run_id, "report/summary.csv", str(tmp_path / "dl")))
+    assert summary["n"].tolist() == [4]
