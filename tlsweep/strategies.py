@@ -31,7 +31,8 @@ from .models import ModelSpec
 # The ladder's four rungs, then the strategies beyond it (conf/strategy/<name>.yaml each).
 NAMES = ("scratch", "probe", "partial", "finetune", "lpft", "llrd", "gradual", "l2sp", "bitfit", "norm", "auto_rgn")
 
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # timm's/torchvision's LayerNorm2d subclass LayerNorm
+# timm's and torchvision's LayerNorm2d subclass nn.LayerNorm
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 # Which parameters of an unfrozen stage train: (parameter's own name, the module holding it) -> bool.
 FILTERS: dict[str, Callable[[str, nn.Module], bool]] = {
@@ -157,11 +158,15 @@ class Plan:
     """
 
     def __init__(self, recipe: Recipe, groups: list[dict], by_stage: dict[str, list[nn.Parameter]],
-                 head: list[nn.Parameter], named: dict[str, nn.Parameter], total_params: int):
+                 head: list[nn.Parameter], named: dict[str, nn.Parameter], total_params: int,
+                 epochs: int | None = None):
         self.recipe, self.groups, self.total_params = recipe, groups, total_params
         self._by_stage, self._head, self._named = by_stage, head, named
-        self.trainable = [s for s, ps in by_stage.items() if ps]  # stages that train in some epoch
-        self.trainable_params = sum(p.numel() for p in itertools.chain(head, *by_stage.values()))
+        self._stages = list(by_stage)  # every stage the strategy may unfreeze, input to output
+        # stages that train in some epoch of this run (gradual may stop before the lowest ones)
+        self.trainable = self.stages_at(epochs) if epochs else self._stages
+        self.trainable_params = sum(p.numel() for p in head) + sum(
+            p.numel() for s in self.trainable for p in by_stage[s])
         self._scheduled: list[float] | None = None
         self.penalty: Callable[[], torch.Tensor] | None = None
         if recipe.l2sp_alpha or recipe.l2sp_beta:
@@ -176,9 +181,9 @@ class Plan:
         if epoch <= r.probe_epochs:
             return []
         if r.unfreeze_every is None:
-            return self.trainable
+            return self._stages
         n = (epoch - 1 - r.probe_epochs) // r.unfreeze_every + 1
-        return self.trainable[max(len(self.trainable) - n, 0):]  # one more from the top each step
+        return self._stages[max(len(self._stages) - n, 0):]  # one more from the top each step
 
     def segments(self, epochs: int) -> list[tuple[int, int]]:
         """(first epoch, number of epochs) of each run of epochs in which the same parameters train.
@@ -262,7 +267,8 @@ class Plan:
         """Each trainable tensor's relative gradient norm ||g|| / ||theta||, averaged over the first
         `rgn_batches` batches (5 in Lee et al.'s get_lr_weights), divided by the largest.
 
-        As in their code the model is in train mode and the loss is plain cross-entropy; unlike it,
+        As in their code the model is in train mode (BatchNorm statistics see these batches too) and
+        the loss is plain cross-entropy; unlike it,
         the optimizer (and its state) is kept across epochs: only the group LRs change. A tensor
         whose norm is 0 has no scale to be relative to: it trains at the full LR, like a fresh one.
         """
@@ -334,7 +340,7 @@ def apply(model: nn.Module, spec: ModelSpec, strategy, num_classes: int, lr: flo
         groups.append({"name": "head", "params": list(head.parameters()), "lr": lr, **extra})
     by_stage = {s: ps for s, ps in by_stage.items() if ps}
     return Plan(r, groups, by_stage, list(head.parameters()), named,
-                total_params=sum(p.numel() for p in model.parameters()))
+                total_params=sum(p.numel() for p in model.parameters()), epochs=epochs)
 
 
 def frozen_bn_eval(model: nn.Module, every: bool = False) -> None:
