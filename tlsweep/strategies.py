@@ -264,16 +264,26 @@ class Plan:
 
     # --- auto-RGN -------------------------------------------------------------------------------
     def _rgn_weights(self, model: nn.Module, loader: Iterable) -> dict[str, float]:
-        """Each trainable tensor's relative gradient norm ||g|| / ||theta||, averaged over the first
-        `rgn_batches` batches (5 in Lee et al.'s get_lr_weights), divided by the largest.
+        """Each trainable pretrained tensor's relative gradient norm ||g|| / ||theta||, averaged over
+        the first `rgn_batches` batches (5 in Lee et al.'s get_lr_weights), divided by the largest.
+
+        The fresh head is left out: Lee et al. adapt a network whose head is pretrained too, but a
+        randomly initialized head has by far the largest ratio (lite0 on hymenoptera: 1.0 and 0.55
+        for its bias and weight, every pretrained tensor below 0.01), which would hold the whole
+        backbone at about 1% of its LR, a probe in all but name. The head trains at optim.lr, as in
+        every strategy, and the pretrained tensor with the largest ratio at its stage's LR
+        (optim.lr * backbone_lr_scale, as finetune).
 
         As in their code the model is in train mode (BatchNorm statistics see these batches too) and
         the loss is plain cross-entropy; unlike it,
         the optimizer (and its state) is kept across epochs: only the group LRs change. A tensor
         whose norm is 0 has no scale to be relative to: it trains at the full LR, like a fresh one.
         """
-        named = {n: p for n, p in self._named.items() if p.requires_grad}
+        head = {id(p) for p in self._head}
+        named = {n: p for n, p in self._named.items() if p.requires_grad and id(p) not in head}
         params = list(named.values())
+        if not params:
+            return {}
         norms = torch.stack([p.detach().norm() for p in params])
         total = torch.zeros_like(norms)
         batches = 0
