@@ -63,7 +63,7 @@ def naive_run(root: Path, strategy: str, lr: float, seed: int, epochs: int, devi
                                               shuffle=s == "train", num_workers=2) for s in ("train", "val")}
     rung = {"scratch": ("all", 1.0, False), "probe": ([], 0.0, True), "partial": (None, 0.1, True),
             "finetune": ("all", 0.1, False)}[strategy]
-    cfg = {"name": strategy, "pretrained": strategy != "scratch", "unfreeze": rung[0], "backbone_lr_scale": rung[1]}
+    cfg = type("S", (), {"unfreeze": rung[0], "backbone_lr_scale": rung[1]})()
     plan = strategies.apply(model, spec, cfg, 2, lr)
     model.to(device)
     opt = torch.optim.AdamW(plan.groups, lr=lr, weight_decay=1e-4)

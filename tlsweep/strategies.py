@@ -90,7 +90,7 @@ class Recipe:
         def bad(key, value, valid):
             raise ConfigError(f"strategy.{key}={value!r} (strategy {self.name}); valid: {valid}")
 
-        if self.name not in NAMES:
+        if self.name is not None and self.name not in NAMES:  # None: a recipe built in code, unnamed
             bad("name", self.name, ", ".join(NAMES))
         if self.params not in FILTERS:
             bad("params", self.params, ", ".join(FILTERS))
