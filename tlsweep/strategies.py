@@ -249,7 +249,7 @@ class Plan:
     # --- L2-SP ----------------------------------------------------------------------------------
     def _l2sp(self) -> torch.Tensor:
         """alpha/2 * ||w - w0||^2 over the pretrained parameters + beta/2 * ||w||^2 over the head
-        (Li, Grandvalet & Davoine, ICML 2018, eq. for L2-SP)."""
+        (Li, Grandvalet & Davoine, ICML 2018: their Omega for L2-SP)."""
         backbone = list(itertools.chain(*self._by_stage.values()))
         if backbone and self._anchor[0].device != backbone[0].device:  # the model moved after apply()
             self._anchor = [a.to(p.device) for a, p in zip(self._anchor, backbone)]
