@@ -59,5 +59,6 @@ def test_help_is_tlsweeps_own():
     assert p.returncode == 0, p.stderr
     assert "powered by Hydra" not in p.stdout
     for want in ("transfer-learning", "python -m tlsweep -m experiment=quickstart", "python -m tlsweep.report",
-                 "strategy: finetune, partial, probe, scratch", "model: ", "mlruns/mlflow.db"):
+                 "strategy: auto_rgn, bitfit, finetune, gradual, l2sp, llrd, lpft, norm, partial, probe, scratch",
+                 "model: ", "mlruns/mlflow.db"):
         assert want in p.stdout, want

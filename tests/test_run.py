@@ -26,14 +26,19 @@ def _last_run(store_uri):
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
 
 
-@pytest.mark.parametrize("strategy", NAMES)
-@pytest.mark.parametrize("model", list(MODELS))
+RUNGS = NAMES[:4]  # every model runs the ladder; the strategies beyond it run on a timm and a torchvision model
+PHASED = {"lpft": ["epochs=2", "strategy.probe_epochs=1"], "gradual": ["epochs=2"]}  # so that both phases run
+
+
+@pytest.mark.parametrize("model,strategy", [(m, s) for s in RUNGS for m in MODELS] +
+                         [(m, s) for s in NAMES[4:] for m in ("efficientnet_lite0", "resnet18")])
 def test_every_model_and_strategy_trains(make_cfg, store_uri, fake_torchvision_download, model, strategy):
     # torchvision's ViT only accepts the image size it was built for
     size = 224 if model == "vit_b_16" else 32
-    cfg = make_cfg(f"model={model}", f"strategy={strategy}", f"data.image_size={size}", "data.shots=2")
+    cfg = make_cfg(f"model={model}", f"strategy={strategy}", f"data.image_size={size}", "data.shots=2",
+                   *PHASED.get(strategy, []))
     result = run(cfg)
-    assert 0.0 <= result["final_val_acc"] <= 1.0 and result["best_epoch"] == 1
+    assert 0.0 <= result["final_val_acc"] <= 1.0 and 1 <= result["best_epoch"] <= cfg.epochs
     r = _last_run(store_uri)
     assert r.info.status == "FINISHED"
     assert r.data.params["model.name"] == model and r.data.params["strategy.name"] == strategy
@@ -70,6 +75,46 @@ def test_a_run_records_what_a_reader_needs(make_cfg, store_uri):
     assert "tlsweep.overrides" in t
     text = mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/config.yaml")
     assert "name: efficientnet_lite0" in text
+
+
+def _history(store_uri, run_id, key):
+    """Per-epoch values (steps 1..; run() logs its final metrics at step 0)."""
+    history = MlflowClient(store_uri).get_metric_history(run_id, key)
+    return [h.value for h in sorted(history, key=lambda h: h.step) if h.step > 0]
+
+
+def test_gradual_logs_what_trains_each_epoch_and_caches_what_is_still_frozen(make_cfg, store_uri):
+    run(make_cfg("model=efficientnet_lite0", "strategy=gradual", "epochs=3", "optim.scheduler=none"))
+    r = _last_run(store_uri)
+    trainable = _history(store_uri, r.info.run_id, "trainable_params")
+    assert len(trainable) == 3 and trainable[0] < trainable[1] < trainable[2] == r.data.metrics["trainable_params"]
+    assert trainable[0] == 1280 * 2 + 2  # the head alone
+    assert _history(store_uri, r.info.run_id, "lr/blocks.6") == pytest.approx([0.0, 1e-3 * 0.385, 1e-3 * 0.385])
+    assert _history(store_uri, r.info.run_id, "lr/blocks.5") == pytest.approx([0.0, 0.0, 1e-3 * 0.385 ** 2])
+    how = r.data.tags["tlsweep.fast.features"]
+    # each phase caches the stages still frozen: the whole backbone, then all but blocks.6, then blocks.5 too
+    assert how.startswith("epochs 1-1: on: frozen prefix below Dropout")  # the head's own dropout trains
+    assert "epochs 2-2: on: frozen prefix below blocks.6" in how
+    assert "epochs 3-3: on: frozen prefix below blocks.5" in how
+
+
+def test_lpft_probes_on_cached_features_then_fine_tunes(make_cfg, store_uri):
+    result = run(make_cfg("model=efficientnet_lite0", "strategy=lpft", "epochs=3", "optim.scheduler=none"))
+    r = _last_run(store_uri)
+    assert r.data.tags["tlsweep.fast.features"].startswith("epochs 1-2: on: frozen prefix below Dropout")
+    assert "epochs 3-3: off" in r.data.tags["tlsweep.fast.features"]
+    assert _history(store_uri, r.info.run_id, "lr/backbone") == pytest.approx([0.0, 0.0, 1e-4])
+    trainable = _history(store_uri, r.info.run_id, "trainable_params")
+    assert trainable[:2] == [1280 * 2 + 2] * 2 and trainable[2] == result["trainable_params"] == \
+        r.data.metrics["total_params"]
+    assert len(_history(store_uri, r.info.run_id, "val_acc")) == 3
+
+
+def test_l2sp_logs_its_penalty_every_epoch(make_cfg, store_uri):
+    run(make_cfg("model=efficientnet_lite0", "strategy=l2sp", "epochs=2"))
+    r = _last_run(store_uri)
+    reg = _history(store_uri, r.info.run_id, "reg_loss")
+    assert len(reg) == 2 and all(v > 0 for v in reg)
 
 
 def test_same_config_same_seed_same_numbers(make_cfg, store_uri):

@@ -4,17 +4,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import REPO
 from tlsweep import strategies
+from tlsweep.errors import ConfigError
 from tlsweep.models import get_spec
 from tlsweep.run import make_optimizer
 from tlsweep.train import run_epoch
 
 
-def _plan(make_cfg, strategy, *overrides):
+def _plan(make_cfg, strategy, *overrides, epochs=None):
     cfg = make_cfg(f"strategy={strategy}", *overrides)
     spec = get_spec(cfg.model.name)
     model = spec.build()
-    plan = strategies.apply(model, spec, cfg.strategy, num_classes=2, lr=cfg.optim.lr)
+    plan = strategies.apply(model, spec, cfg.strategy, num_classes=2, lr=cfg.optim.lr, epochs=epochs)
     return cfg, model, plan
 
 
@@ -78,3 +80,201 @@ def test_probe_step_changes_only_the_head(make_cfg, freeze_bn):
     else:
         # the sloppy default of hand-written probes: frozen BN layers still update their statistics
         assert changed - head == running
+
+
+# --- the strategies beyond the ladder: what trains, at which LR, in which epoch ---------------------
+
+CONF_STRATEGIES = sorted(p.stem for p in (REPO / "conf" / "strategy").glob("*.yaml"))
+
+
+def test_every_config_is_a_known_strategy_and_composes(make_cfg):
+    assert sorted(strategies.NAMES) == CONF_STRATEGIES
+    for name in CONF_STRATEGIES:
+        recipe = strategies.Recipe.of(make_cfg(f"strategy={name}").strategy)
+        assert recipe.name == name
+
+
+@pytest.mark.parametrize("strategy,message", [
+    ({"name": "probe2"}, r"strategy.name='probe2'.*valid: scratch, probe, partial, finetune, lpft"),
+    ({"name": "bitfit", "params": "weights"}, r"strategy.params='weights'.*valid: all, bias, norm"),
+    ({"name": "finetune", "layer_decy": 0.5}, r"unknown strategy key\(s\) \['layer_decy'\]; valid keys: .*layer_decay"),
+    ({"name": "l2sp", "pretrained": False, "l2sp_alpha": 0.1}, r"no start point"),
+])
+def test_a_bad_strategy_names_what_is_valid(strategy, message):
+    with pytest.raises(ConfigError, match=message):
+        strategies.Recipe.of(strategy)
+
+
+def test_lpft_needs_an_epoch_after_the_probe(make_cfg):
+    with pytest.raises(ConfigError, match=r"epochs=2 leaves no epoch after strategy.probe_epochs=2"):
+        _plan(make_cfg, "lpft", "epochs=2", epochs=2)
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "scratch"])
+def test_scratch_trains_at_optim_lr_whatever_backbone_lr_scale_says(make_cfg, strategy):
+    """The sweep `strategy=scratch,finetune strategy.backbone_lr_scale=0.01` scales finetune only:
+    nothing in scratch is pretrained."""
+    cfg, _, plan = _plan(make_cfg, strategy, "optim.lr=1e-3", "strategy.backbone_lr_scale=0.01")
+    optimizer, _ = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
+    expect = {"scratch": {"backbone": 1e-3, "head": 1e-3}, "finetune": {"backbone": 1e-5, "head": 1e-3}}[strategy]
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups} == pytest.approx(expect)
+
+
+def _trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_llrd_decays_the_lr_per_stage_from_the_top(make_cfg):
+    _, model, plan = _plan(make_cfg, "llrd", "model=resnet18", "optim.lr=1e-3")
+    lrs = {g["name"]: g["lr"] for g in plan.groups}
+    assert lrs == pytest.approx({"head": 1e-3, "layer4": 1e-3 * 0.75, "layer3": 1e-3 * 0.75 ** 2,
+                                 "layer2": 1e-3 * 0.75 ** 3, "layer1": 1e-3 * 0.75 ** 4, "stem": 1e-3 * 0.75 ** 5})
+    assert _trainable(model) == {n for n, _ in model.named_parameters()}
+    assert {id(p) for p in plan.groups[0]["params"]} == {id(p) for p in model.layer4.parameters()}
+
+
+def test_llrd_layer_decay_override_moves_every_stage(make_cfg):
+    _, _, plan = _plan(make_cfg, "llrd", "model=resnet18", "optim.lr=1e-3", "strategy.layer_decay=0.5")
+    assert {g["name"]: g["lr"] for g in plan.groups}["layer3"] == pytest.approx(1e-3 * 0.25)
+
+
+def _epoch(plan, model, optimizer, epoch, loader=()):
+    metrics = plan.start_epoch(epoch, model, optimizer, loader)
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    return metrics, lrs, _trainable(model)
+
+
+def test_gradual_unfreezes_one_stage_per_epoch_with_discriminative_lrs(make_cfg):
+    cfg, model, plan = _plan(make_cfg, "gradual", "model=resnet18", "optim.lr=1e-3", "optim.scheduler=none",
+                             "epochs=4", epochs=4)
+    optimizer, _ = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
+    assert plan.segments(4) == [(1, 1), (2, 1), (3, 1), (4, 1)]
+    head = {"fc.weight", "fc.bias"}
+    layer = lambda name: {n for n, _ in model.named_parameters() if n.startswith(name + ".")}  # noqa: E731
+    expected_trainable = [head, head | layer("layer4"), head | layer("layer4") | layer("layer3"),
+                          head | layer("layer4") | layer("layer3") | layer("layer2")]
+    for epoch, want in enumerate(expected_trainable, start=1):
+        metrics, lrs, trainable = _epoch(plan, model, optimizer, epoch)
+        assert trainable == want, epoch
+        assert metrics["trainable_params"] == sum(p.numel() for n, p in model.named_parameters() if n in want)
+        on = {"head": 0, "layer4": 1, "layer3": 2, "layer2": 3}
+        assert lrs == pytest.approx({s: (1e-3 * 0.385 ** k if s in on and on[s] < epoch else 0.0)
+                                     for s, k in {"head": 0, "layer4": 1, "layer3": 2, "layer2": 3, "layer1": 4,
+                                                  "stem": 5}.items()}), epoch
+        plan.end_epoch(optimizer)
+        assert {g["name"]: g["lr"] for g in optimizer.param_groups}["stem"] == pytest.approx(1e-3 * 0.385 ** 5)
+
+
+def test_a_frozen_phase_leaves_the_frozen_stages_bit_identical_and_stateless(make_cfg):
+    """Frozen by requires_grad=False (not lr 0 alone): AdamW keeps no state for them and weight decay
+    never touches them, and their BatchNorm statistics stay put."""
+    cfg, model, plan = _plan(make_cfg, "gradual", "model=resnet18", "epochs=3", epochs=3)
+    optimizer, _ = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
+    before = _snapshot(model)
+    torch.manual_seed(0)
+    batch = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))]
+    plan.start_epoch(2, model, optimizer, batch)  # head + layer4
+    strategies.train_mode(model, cfg.strategy.freeze_bn)
+    run_epoch(model, batch, torch.device("cpu"), optimizer)
+    plan.end_epoch(optimizer)
+    changed = {k for k in before if not torch.equal(before[k], _snapshot(model)[k])}
+    assert changed and all(k.startswith(("fc.", "layer4.")) for k in changed)
+    stateful = {id(p) for p in optimizer.state}
+    assert stateful == {id(p) for p in [*model.fc.parameters(), *model.layer4.parameters()]}
+
+
+def test_lpft_probes_then_fine_tunes_everything_with_bn_in_eval(make_cfg):
+    cfg, model, plan = _plan(make_cfg, "lpft", "model=resnet18", "optim.lr=1e-3", "optim.scheduler=none",
+                             "epochs=5", epochs=5)
+    optimizer, _ = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
+    assert plan.segments(5) == [(1, 2), (3, 3)]  # the probe phase is one segment: its features can be cached
+    for epoch in (1, 2):
+        _, lrs, trainable = _epoch(plan, model, optimizer, epoch)
+        assert trainable == {"fc.weight", "fc.bias"} and lrs == pytest.approx({"backbone": 0.0, "head": 1e-3})
+        plan.end_epoch(optimizer)
+    _, lrs, trainable = _epoch(plan, model, optimizer, 3)
+    assert trainable == {n for n, _ in model.named_parameters()}
+    assert lrs == pytest.approx({"backbone": 1e-4, "head": 1e-3})
+    strategies.train_mode(model, cfg.strategy.freeze_bn)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns) and model.training  # use_net_val_mode
+
+
+def test_bitfit_trains_only_biases_and_the_head(make_cfg):
+    _, model, plan = _plan(make_cfg, "bitfit", "model=resnet18", "optim.lr=1e-3")
+    assert _trainable(model) == {n for n, _ in model.named_parameters() if n.endswith(".bias")} | {"fc.weight"}
+    bn_biases = sum(m.bias.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert plan.trainable_params == bn_biases + 512 * 2 + 2  # resnet18's convs have no bias
+    assert {g["name"]: g["lr"] for g in plan.groups} == pytest.approx({"backbone": 1e-3, "head": 1e-3})
+
+
+@pytest.mark.parametrize("model_name,norm_type", [("resnet18", torch.nn.BatchNorm2d),
+                                                  ("convnext_tiny", torch.nn.LayerNorm)])
+def test_norm_trains_only_normalization_layers_and_the_head(make_cfg, model_name, norm_type):
+    _, model, plan = _plan(make_cfg, "norm", f"model={model_name}")
+    spec = get_spec(model_name)
+    norms = {f"{n}.{leaf}" for n, m in model.named_modules() if isinstance(m, norm_type)
+             for leaf, _ in m.named_parameters(recurse=False)}
+    assert norms and _trainable(model) == norms | {f"{spec.head}.weight", f"{spec.head}.bias"}
+
+
+def test_l2sp_penalty_is_alpha_half_distance_to_start_plus_beta_half_head_norm(make_cfg):
+    """On a tiny model, by hand: every pretrained weight moved by a known amount."""
+    from torch import nn
+    from tlsweep.models import ModelSpec
+
+    spec = ModelSpec(name="tiny", build=lambda: nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2), nn.Flatten(),
+                                                              nn.Linear(2, 5)),
+                     head="3", stages={"conv": ("0",), "bn": ("1",)}, pretrained=dict, preprocess=None,
+                     weights_name="none")
+    model = spec.build()
+    plan = strategies.apply(model, spec, {"name": "l2sp", "l2sp_alpha": 0.1, "l2sp_beta": 0.01}, 2, lr=1e-3)
+    assert all(g["weight_decay"] == 0.0 for g in plan.groups)  # the penalty replaces plain weight decay
+    start = 0.01 / 2 * (model[3].weight.square().sum() + model[3].bias.square().sum()).item()
+    assert plan.penalty().item() == pytest.approx(start)  # at the start only the head's term
+    with torch.no_grad():
+        model[0].weight += 0.5   # 6 values
+        model[0].bias -= 2.0     # 2 values
+        model[1].weight += 1.0   # 2 values
+        model[3].weight.fill_(3.0)  # 2 x 2 head
+        model[3].bias.fill_(-1.0)
+    want = 0.1 / 2 * (6 * 0.25 + 2 * 4.0 + 2 * 1.0) + 0.01 / 2 * (4 * 9.0 + 2 * 1.0)
+    penalty = plan.penalty()
+    assert penalty.item() == pytest.approx(want)
+    penalty.backward()
+    assert torch.allclose(model[0].bias.grad, torch.full((2,), 0.1 * -2.0))  # alpha * (w - w0)
+    assert torch.allclose(model[3].weight.grad, torch.full((2, 2), 0.01 * 3.0))  # beta * w
+    # reg_loss: the mean of the epoch's penalties, then reset
+    assert plan.end_epoch(torch.optim.SGD(plan.groups, lr=1e-3)) == pytest.approx({"reg_loss": (start + want) / 2})
+    plan.penalty()
+    assert plan.end_epoch(torch.optim.SGD(plan.groups, lr=1e-3)) == pytest.approx({"reg_loss": want})
+
+
+def test_auto_rgn_lrs_follow_the_relative_gradient_norms(make_cfg):
+    cfg, model, plan = _plan(make_cfg, "auto_rgn", "model=resnet18", "optim.lr=1e-3", "optim.scheduler=none")
+    bn = {n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert _trainable(model) == {n for n, _ in model.named_parameters() if n.rpartition(".")[0] not in bn}
+    assert all(len(g["params"]) == 1 for g in plan.groups)  # one group per tensor
+    optimizer, _ = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])) for _ in range(7)]
+    # by hand, on a copy in the same (train) mode: mean over the first 5 batches of ||g|| / ||w||
+    import copy
+    twin = copy.deepcopy(model)
+    twin.train()
+    ratios = {n: 0.0 for n, p in twin.named_parameters() if p.requires_grad}
+    for x, y in batches[:5]:
+        twin.zero_grad()
+        torch.nn.functional.cross_entropy(twin(x), y).backward()
+        for n, p in twin.named_parameters():
+            if p.requires_grad:
+                ratios[n] += (p.grad.norm() / p.detach().norm()).item() / 5
+    head = {"fc.weight", "fc.bias"}
+    top = max(r for n, r in ratios.items() if n not in head)  # the fresh head's ratio is left out
+    _, lrs, _ = _epoch(plan, model, optimizer, 1, batches)
+    assert lrs == pytest.approx({n: 1e-3 if n in head else 1e-4 * r / top for n, r in ratios.items()}, rel=1e-4)
+    assert max(v for n, v in lrs.items() if n not in head) == pytest.approx(1e-4)  # lr * backbone_lr_scale
+    assert len(set(round(v, 12) for v in lrs.values())) > len(lrs) // 2  # they differ per tensor
+    plan.end_epoch(optimizer)
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups} == pytest.approx(
+        {n: 1e-3 if n in head else 1e-4 for n in ratios})  # restored for the scheduler

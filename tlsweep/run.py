@@ -61,18 +61,16 @@ def _weights_id(spec: models.ModelSpec, weights, seed: int) -> str:
     return hashlib.sha256(open(weights, "rb").read()).hexdigest()
 
 
-def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device):
+def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device, epochs, seed):
     """(what trains, (train loader, val loader), how) with the frozen prefix cached when valid,
-    else (the model, None, the reason)."""
+    else (the model, None, the reason). `epochs`: how many epochs these loaders serve."""
     if decoded is None:
         return model, None, "off: needs the decode-once data (data.cache=true within its budget)"
-    model.train()  # decide in the mode the model trains in
-    if cfg.strategy.freeze_bn:
-        strategies.frozen_bn_eval(model)
+    strategies.train_mode(model, cfg.strategy.freeze_bn)  # decide in the mode the model trains in
     cut = features.split(model, spec)
     if isinstance(cut, str):
         return model, None, f"off: {cut}"
-    views = cfg.strategy.feature_views or cfg.epochs
+    views = cfg.strategy.feature_views or epochs
     with torch.no_grad():
         per_image = cut.prefix(torch.zeros(1, 3, pp.crop, pp.crop, device=device)).numel() * 4
     need = per_image * (views * len(decoded[0]) + len(decoded[1])) / 2**20
@@ -85,7 +83,7 @@ def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device):
         cut.prefix, *decoded, key, views, pp.crop, pp.mean, pp.std, cfg.batch_size, device,
         lambda: autocast(device, bf16), cfg.cache_dir, channels_last=cfg.channels_last,
         interpolation=pp.interpolation)
-    train = features.FeatureLoader(train_f, decoded[0].targets, cfg.batch_size, train=True, seed=cfg.seed)
+    train = features.FeatureLoader(train_f, decoded[0].targets, cfg.batch_size, train=True, seed=seed)
     val = features.FeatureLoader(val_f, decoded[1].targets, cfg.batch_size, train=False)
     how = (f"on: frozen prefix below {cut.at} run once ({source}); {views} augmented train views "
            f"(seed {features.VIEW_SEED}) shared across runs; epoch e uses view (e-1) mod {views}")
@@ -114,6 +112,15 @@ class Stopwatch:
             self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - t0
 
 
+def _merge(before: dict, part: dict) -> dict:
+    """fit() results of consecutive segments as one run's: the best over all, the last one's final."""
+    if not before:
+        return part
+    best = part if part["best_val_acc"] > before["best_val_acc"] else before
+    return {**before, **part, "best_val_acc": best["best_val_acc"], "best_epoch": best["best_epoch"],
+            "train_seconds": before["train_seconds"] + part["train_seconds"]}
+
+
 def run(cfg: DictConfig) -> dict:
     """Train one model with one strategy on one dataset; log everything to MLflow."""
     tune_allocator()
@@ -132,7 +139,7 @@ def run(cfg: DictConfig) -> dict:
         progress.start()
         with clock("model"):
             spec = models.get_spec(cfg.model.name)
-            strategies.resolve_unfreeze(spec, cfg.strategy.unfreeze)  # a bad stage name fails before any work
+            strategies.check(spec, cfg.strategy, cfg.epochs)  # a bad key, value or stage fails before any work
             seed_everything(cfg.seed)
             device = resolve_device(cfg.device)
         with clock("data"):
@@ -141,7 +148,7 @@ def run(cfg: DictConfig) -> dict:
             weights = cfg.model.weights if cfg.strategy.pretrained else None  # scratch: random init
             model, pp = models.build_model(spec, weights)
             pp = pp.with_crop(cfg.data.image_size)
-            plan = strategies.apply(model, spec, cfg.strategy, len(data.classes), cfg.optim.lr)
+            plan = strategies.apply(model, spec, cfg.strategy, len(data.classes), cfg.optim.lr, cfg.epochs)
             model.to(device)
             if cfg.channels_last:
                 model.to(memory_format=torch.channels_last)
@@ -149,17 +156,28 @@ def run(cfg: DictConfig) -> dict:
             clock.device = device
         with clock("data"):
             decoded, decode_how = datasets.decode(data, pp, cfg.data, cfg.cache_dir)
-        net, batches, features_how = model, None, "off (strategy.cache_features=false)"
-        if cfg.strategy.cache_features:
-            with clock("features"):
-                net, batches, features_how = cached_prefix(cfg, spec, model, weights, pp, data, decoded, device)
-        with clock("data"):
+        images = []  # the image loaders, built once, when the first segment needs them
+
+        def segment_batches(first: int, epochs: int):
+            """(net, loaders, how) for epochs first.. of one segment: its frozen prefix may be cached."""
+            plan.set_phase(first)  # the cache cuts below what trains in this segment
+            net, batches, how = model, None, "off (strategy.cache_features=false)"
+            if cfg.strategy.cache_features:  # seed: segment 1 keeps the run's seed, later ones a new stream
+                with clock("features"):
+                    net, batches, how = cached_prefix(cfg, spec, model, weights, pp, data, decoded, device, epochs,
+                                                      cfg.seed + 1_000_003 * (first - 1))
             if batches is None:  # images, not features: only now do they go to the device
-                batches = datasets.loaders(data, pp, cfg.batch_size, cfg.seed, cfg.data.num_workers, device,
-                                           decoded, cfg.channels_last)
-                if decoded is not None:
-                    decode_how += f", batches built on {device.type}"
-        train_loader, val_loader = batches
+                if not images:
+                    with clock("data"):
+                        images.append(datasets.loaders(data, pp, cfg.batch_size, cfg.seed, cfg.data.num_workers,
+                                                       device, decoded, cfg.channels_last))
+                batches = images[0]
+            return net, batches, how
+
+        segments = plan.segments(cfg.epochs)  # phases of a phased strategy (lpft, gradual); else one
+        net, (train_loader, val_loader), features_how = segment_batches(*segments[0])
+        if images and decoded is not None:
+            decode_how += f", batches built on {device.type}"
 
         with clock("mlflow"):
             mlflow.set_tags({
@@ -185,9 +203,19 @@ def run(cfg: DictConfig) -> dict:
             progress.epoch(epoch, metrics)
 
         try:
-            result = fit(net, train_loader, val_loader, optimizer, scheduler, cfg.epochs, device,
-                         freeze_bn=cfg.strategy.freeze_bn, bf16=cfg.bf16, channels_last=cfg.channels_last,
-                         on_epoch=on_epoch)
+            result, hows = {}, []
+            for i, (first, epochs) in enumerate(segments):
+                if i:  # a later phase: its own cut of the frozen prefix; the time counts as preparation
+                    t0 = time.perf_counter()
+                    net, (train_loader, val_loader), features_how = segment_batches(first, epochs)
+                    prep_seconds += time.perf_counter() - t0
+                if len(segments) > 1:  # say which epochs each way of running served
+                    hows.append(f"epochs {first}-{first + epochs - 1}: {features_how}")
+                    mlflow.set_tag("tlsweep.fast.features", "; ".join(hows))
+                part = fit(net, train_loader, val_loader, optimizer, scheduler, epochs, device,
+                           freeze_bn=cfg.strategy.freeze_bn, bf16=cfg.bf16, channels_last=cfg.channels_last,
+                           on_epoch=on_epoch, plan=plan, first_epoch=first)
+                result = _merge(result, part)
         finally:
             progress.close()
         clock.seconds["train"] = result["train_seconds"] - (clock.seconds["mlflow"] - logged_before)  # fit logs too

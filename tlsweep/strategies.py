@@ -1,33 +1,125 @@
-"""What trains, and at which learning rate: the rungs of the transfer-learning ladder.
+"""What trains, at which learning rate, in which epoch: the one place that decides it.
 
-A strategy is data, not a script (conf/strategy/*.yaml):
-- `pretrained`: start from the model's weights (false for scratch),
-- `unfreeze`: `all`, or a list of stage names (`[]` for probe, null = the model's last stage),
-- `backbone_lr_scale`: pretrained parameters train at `optim.lr * backbone_lr_scale`
-  (discriminative learning rates, as in ULMFiT); the fresh head always trains at `optim.lr`,
-- `freeze_bn`: BatchNorm layers whose parameters are frozen stay in eval mode, so their
-  running statistics never change.
+A strategy is data (conf/strategy/*.yaml) over a few shared mechanisms, never its own code path:
 
-This module is where every learning rate of a run is decided.
+- What can train: the `unfreeze` stages (`all`, a list, `[]`, or null = the model's last stage),
+  narrowed by the `params` filter (`all`, `bias`, `norm`, `no_batchnorm`). The fresh head always trains.
+- Per-stage learning rates: stage k from the top (k = 1 is the model's last stage) trains at
+  `optim.lr * backbone_lr_scale * layer_decay**(k-1)`, the head at `optim.lr`. With `layer_decay: 1`
+  every pretrained stage shares `backbone_lr_scale` (ULMFiT's discriminative LRs in their simplest
+  form). Nothing in a `pretrained: false` network is pretrained, so there all scales are 1.
+- A schedule of phases: the head alone for `probe_epochs`, then the stages, all at once
+  (`unfreeze_every: null`) or one more from the top every `unfreeze_every` epochs.
+- A regularizer added to the loss: `l2sp_alpha`, `l2sp_beta` (L2-SP).
+- A per-epoch LR reweighting: `reweight: rgn` (auto-RGN).
+- `freeze_bn`: BatchNorm layers whose parameters are all frozen stay in eval mode (true), none do
+  (false), or every BatchNorm does (`all`, LP-FT's `use_net_val_mode`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterable
 
+import torch
 from torch import nn
 
 from .errors import ConfigError
 from .models import ModelSpec
 
-NAMES = ("scratch", "probe", "partial", "finetune")
+# The ladder's four rungs, then the strategies beyond it (conf/strategy/<name>.yaml each).
+NAMES = ("scratch", "probe", "partial", "finetune", "lpft", "llrd", "gradual", "l2sp", "bitfit", "norm", "auto_rgn")
+
+# timm's and torchvision's LayerNorm2d subclass nn.LayerNorm
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+# Which parameters of an unfrozen stage train: (parameter's own name, the module holding it) -> bool.
+FILTERS: dict[str, Callable[[str, nn.Module], bool]] = {
+    "all": lambda leaf, module: True,
+    # BitFit (Ben Zaken et al. 2022) / TinyTL-B: every tensor named `bias`, normalization layers' too
+    "bias": lambda leaf, module: leaf == "bias",
+    # TinyTL "FT-Norm+Last": the affine parameters of normalization layers
+    "norm": lambda leaf, module: isinstance(module, _NORM_TYPES),
+    # auto-RGN: Lee et al.'s get_lr_weights leaves out parameters named "bn" (their ResNets' BatchNorms)
+    "no_batchnorm": lambda leaf, module: not isinstance(module, nn.modules.batchnorm._BatchNorm),
+}
+REWEIGHTS = (None, "rgn")
+FREEZE_BN = (True, False, "all")
 
 
-@dataclass
-class Plan:
-    groups: list[dict]  # optimizer parameter groups, each with "name", "params", "lr"
-    trainable: list[str]  # stages that train besides the head ("all" stages for scratch/finetune)
-    trainable_params: int
-    total_params: int
+@dataclass(frozen=True)
+class Recipe:
+    """A strategy config, checked; keys a yaml leaves out take these defaults."""
+
+    name: str
+    pretrained: bool = True
+    unfreeze: Any = "all"
+    params: str = "all"
+    backbone_lr_scale: float = 1.0
+    layer_decay: float = 1.0
+    probe_epochs: int = 0
+    unfreeze_every: int | None = None
+    l2sp_alpha: float = 0.0
+    l2sp_beta: float = 0.0
+    reweight: str | None = None
+    rgn_batches: int = 5
+    freeze_bn: bool | str = True
+    cache_features: bool = True
+    feature_views: int | None = None
+
+    @classmethod
+    def of(cls, strategy) -> "Recipe":
+        """From the `strategy` config (a DictConfig, a dict, or any object with these attributes)."""
+        if isinstance(strategy, Recipe):
+            return strategy
+        known = {f.name for f in fields(cls)}
+        keys = set(strategy.keys()) if hasattr(strategy, "keys") else known
+        unknown = sorted(keys - known)
+        if unknown:
+            raise ConfigError(f"unknown strategy key(s) {unknown}; valid keys: {sorted(known)}")
+        get = strategy.get if hasattr(strategy, "get") else lambda k, d: getattr(strategy, k, d)
+        values = {f.name: get(f.name, f.default) for f in fields(cls) if f.name != "name"}
+        if hasattr(values["unfreeze"], "__iter__") and not isinstance(values["unfreeze"], str):
+            values["unfreeze"] = list(values["unfreeze"])  # a ListConfig, as a plain list
+        recipe = cls(name=get("name", None), **values)
+        recipe._check()
+        return recipe
+
+    def _check(self) -> None:
+        def bad(key, value, valid):
+            raise ConfigError(f"strategy.{key}={value!r} (strategy {self.name}); valid: {valid}")
+
+        if self.name is not None and self.name not in NAMES:  # None: a recipe built in code, unnamed
+            bad("name", self.name, ", ".join(NAMES))
+        if self.params not in FILTERS:
+            bad("params", self.params, ", ".join(FILTERS))
+        if self.reweight not in REWEIGHTS:
+            bad("reweight", self.reweight, "null, rgn")
+        if self.freeze_bn not in FREEZE_BN:
+            bad("freeze_bn", self.freeze_bn, "true, false, all")
+        if self.probe_epochs < 0:
+            bad("probe_epochs", self.probe_epochs, "an integer >= 0")
+        if self.unfreeze_every is not None and self.unfreeze_every < 1:
+            bad("unfreeze_every", self.unfreeze_every, "null or an integer >= 1")
+        if self.layer_decay <= 0 or self.backbone_lr_scale < 0:
+            bad("layer_decay/backbone_lr_scale", (self.layer_decay, self.backbone_lr_scale), "> 0 / >= 0")
+        if min(self.l2sp_alpha, self.l2sp_beta) < 0:
+            bad("l2sp_alpha/l2sp_beta", (self.l2sp_alpha, self.l2sp_beta), ">= 0")
+        if self.l2sp_alpha and not self.pretrained:
+            bad("l2sp_alpha", self.l2sp_alpha, "0 when pretrained=false: there is no start point to pull toward")
+        if self.rgn_batches < 1:
+            bad("rgn_batches", self.rgn_batches, "an integer >= 1")
+
+    @property
+    def phased(self) -> bool:
+        return self.probe_epochs > 0 or self.unfreeze_every is not None
+
+    def lr_scale(self, k: int) -> float:
+        """The LR multiplier of stage k from the top (k = 1: the last stage)."""
+        if not self.pretrained:  # scratch: nothing is pretrained, so nothing earns a smaller LR
+            return 1.0
+        return self.backbone_lr_scale * self.layer_decay ** (k - 1)
 
 
 def resolve_unfreeze(spec: ModelSpec, unfreeze) -> list[str]:
@@ -44,37 +136,234 @@ def resolve_unfreeze(spec: ModelSpec, unfreeze) -> list[str]:
             f"strategy.unfreeze names unknown stage(s) {unknown} for model {spec.name}; "
             f"valid stages (input to output): {list(spec.stages)}"
         )
-    return list(unfreeze)
+    return [s for s in spec.stages if s in unfreeze]  # input to output, whatever order the list had
 
 
-def apply(model: nn.Module, spec: ModelSpec, strategy, num_classes: int, lr: float) -> Plan:
-    """Freeze what the strategy keeps fixed, then put a fresh head on top, and group the
-    trainable parameters for the optimizer.
+def check(spec: ModelSpec, strategy, epochs: int | None = None) -> Recipe:
+    """The checked recipe; fails on a bad key, value or stage name before any work is done."""
+    recipe = Recipe.of(strategy)
+    resolve_unfreeze(spec, recipe.unfreeze)
+    if epochs is not None and recipe.probe_epochs and epochs <= recipe.probe_epochs:
+        raise ConfigError(f"strategy {recipe.name}: epochs={epochs} leaves no epoch after "
+                          f"strategy.probe_epochs={recipe.probe_epochs}; raise epochs or lower probe_epochs")
+    return recipe
 
-    The head is replaced *after* freezing, so it always trains. Only trainable
-    parameters reach the optimizer.
+
+class Plan:
+    """What one run trains: the optimizer's parameter groups and the per-epoch hooks that fit() calls.
+
+    `groups`: dicts with "name", "params", "lr" (and "weight_decay" where the strategy overrides
+    optim.weight_decay), for torch.optim. Every parameter that trains in *any* epoch is in a group;
+    `set_phase` decides which of them train in a given epoch.
     """
-    stages = resolve_unfreeze(spec, strategy.unfreeze)
+
+    def __init__(self, recipe: Recipe, groups: list[dict], by_stage: dict[str, list[nn.Parameter]],
+                 head: list[nn.Parameter], named: dict[str, nn.Parameter], total_params: int,
+                 epochs: int | None = None):
+        self.recipe, self.groups, self.total_params = recipe, groups, total_params
+        self._by_stage, self._head, self._named = by_stage, head, named
+        self._stages = list(by_stage)  # every stage the strategy may unfreeze, input to output
+        # stages that train in some epoch of this run (gradual may stop before the lowest ones)
+        self.trainable = self.stages_at(epochs) if epochs else self._stages
+        self.trainable_params = sum(p.numel() for p in head) + sum(
+            p.numel() for s in self.trainable for p in by_stage[s])
+        self._scheduled: list[float] | None = None
+        self.penalty: Callable[[], torch.Tensor] | None = None
+        if recipe.l2sp_alpha or recipe.l2sp_beta:
+            self._anchor = [p.detach().clone() for p in itertools.chain(*by_stage.values())]
+            self._reg_sum, self._reg_steps = 0.0, 0
+            self.penalty = self._l2sp
+
+    # --- phases -------------------------------------------------------------------------------
+    def stages_at(self, epoch: int) -> list[str]:
+        """The stages that train in `epoch` (1-based), besides the head."""
+        r = self.recipe
+        if epoch <= r.probe_epochs:
+            return []
+        if r.unfreeze_every is None:
+            return self._stages
+        n = (epoch - 1 - r.probe_epochs) // r.unfreeze_every + 1
+        return self._stages[max(len(self._stages) - n, 0):]  # one more from the top each step
+
+    def segments(self, epochs: int) -> list[tuple[int, int]]:
+        """(first epoch, number of epochs) of each run of epochs in which the same parameters train.
+
+        The frozen prefix, and so the feature cache, can only change between segments.
+        """
+        out: list[tuple[int, int]] = []
+        for epoch in range(1, epochs + 1):
+            if out and self.stages_at(epoch) == self.stages_at(out[-1][0]):
+                out[-1] = (out[-1][0], out[-1][1] + 1)
+            else:
+                out.append((epoch, 1))
+        return out
+
+    def set_phase(self, epoch: int) -> int:
+        """Set requires_grad for `epoch`; returns the number of parameters that train in it.
+
+        A frozen parameter gets requires_grad=False, not only lr 0: its .grad stays None, so AdamW
+        and SGD skip it entirely. With lr 0 alone it would still be computed (a backward pass through
+        the frozen stages), AdamW would fill its moments with the gradients of epochs in which it did
+        not train and start with those stale moments once unfrozen, and the feature cache could never
+        cut it off. Skipped, its state starts at its own step 0 when it is unfrozen (AdamW keeps a
+        step count per tensor, so bias correction is right for it), and weight decay, decoupled in
+        AdamW and added to the gradient in SGD, never touches it while frozen: frozen stays bit-identical.
+        """
+        on = set(self.stages_at(epoch))
+        for stage, params in self._by_stage.items():
+            for p in params:
+                p.requires_grad_(stage in on)
+        return sum(p.numel() for p in self._head) + sum(
+            p.numel() for s in on for p in self._by_stage[s])
+
+    # --- per-epoch hooks, called by train.fit ----------------------------------------------------
+    def start_epoch(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    loader: Iterable) -> dict:
+        """Before epoch `epoch`: set what trains, scale each group's scheduled LR (0 for a frozen
+        group; auto-RGN's weights), put `model` in train mode. Returns the epoch's metrics."""
+        n = self.set_phase(epoch)
+        train_mode(model, self.recipe.freeze_bn)
+        # The scheduler owns the LR; the multipliers apply for this epoch only and end_epoch undoes
+        # them before scheduler.step(), so they never compound (CosineAnnealingLR's step is relative).
+        self._scheduled = [g["lr"] for g in optimizer.param_groups]
+        weights = self._rgn_weights(model, loader) if self.recipe.reweight == "rgn" else {}
+        for g in optimizer.param_groups:
+            if not any(p.requires_grad for p in g["params"]):
+                g["lr"] = 0.0
+            elif g.get("name") in weights:
+                g["lr"] *= weights[g["name"]]
+        return {"trainable_params": n}
+
+    def end_epoch(self, optimizer: torch.optim.Optimizer) -> dict:
+        """After the epoch's training pass: restore the scheduled LRs. Returns the epoch's metrics."""
+        if self._scheduled is not None:
+            for g, lr in zip(optimizer.param_groups, self._scheduled):
+                g["lr"] = lr
+            self._scheduled = None
+        if self.penalty is None:
+            return {}
+        mean = float(self._reg_sum) / max(self._reg_steps, 1)
+        self._reg_sum, self._reg_steps = 0.0, 0
+        return {"reg_loss": mean}
+
+    # --- L2-SP ----------------------------------------------------------------------------------
+    def _l2sp(self) -> torch.Tensor:
+        """alpha/2 * ||w - w0||^2 over the pretrained parameters + beta/2 * ||w||^2 over the head
+        (Li, Grandvalet & Davoine, ICML 2018: their Omega for L2-SP)."""
+        backbone = list(itertools.chain(*self._by_stage.values()))
+        if backbone and self._anchor[0].device != backbone[0].device:  # the model moved after apply()
+            self._anchor = [a.to(p.device) for a, p in zip(self._anchor, backbone)]
+        r = self.recipe
+        zero = self._head[0].new_zeros(())
+        sp = sum(((p - a) ** 2).sum() for p, a in zip(backbone, self._anchor)) if backbone else zero
+        head = sum((p ** 2).sum() for p in self._head)
+        reg = r.l2sp_alpha / 2 * sp + r.l2sp_beta / 2 * head
+        self._reg_sum = self._reg_sum + reg.detach()  # stays on the device: no host sync per step
+        self._reg_steps += 1
+        return reg
+
+    # --- auto-RGN -------------------------------------------------------------------------------
+    def _rgn_weights(self, model: nn.Module, loader: Iterable) -> dict[str, float]:
+        """Each trainable pretrained tensor's relative gradient norm ||g|| / ||theta||, averaged over
+        the first `rgn_batches` batches (5 in Lee et al.'s get_lr_weights), divided by the largest.
+
+        The fresh head is left out: Lee et al. adapt a network whose head is pretrained too, but a
+        randomly initialized head has by far the largest ratio (lite0 on hymenoptera: 1.0 and 0.55
+        for its bias and weight, every pretrained tensor below 0.01), which would hold the whole
+        backbone at about 1% of its LR, a probe in all but name. The head trains at optim.lr, as in
+        every strategy, and the pretrained tensor with the largest ratio at its stage's LR
+        (optim.lr * backbone_lr_scale, as finetune).
+
+        As in their code the model is in train mode (BatchNorm statistics see these batches too) and
+        the loss is plain cross-entropy; unlike it,
+        the optimizer (and its state) is kept across epochs: only the group LRs change. A tensor
+        whose norm is 0 has no scale to be relative to: it trains at the full LR, like a fresh one.
+        """
+        head = {id(p) for p in self._head}
+        named = {n: p for n, p in self._named.items() if p.requires_grad and id(p) not in head}
+        params = list(named.values())
+        if not params:
+            return {}
+        norms = torch.stack([p.detach().norm() for p in params])
+        total = torch.zeros_like(norms)
+        batches = 0
+        device = params[0].device
+        for x, y in itertools.islice(loader, self.recipe.rgn_batches):
+            loss = nn.functional.cross_entropy(model(x.to(device)).float(), y.to(device))
+            grads = torch.autograd.grad(loss, params, allow_unused=True)  # unused (off the path): 0
+            g_norms = torch.stack([g.norm() if g is not None else norms.new_zeros(()) for g in grads])
+            total += g_norms / norms.clamp_min(torch.finfo(norms.dtype).tiny)
+            batches += 1
+        rgn = (total / max(batches, 1)).where(norms > 0, torch.full_like(norms, math.inf))
+        finite = rgn[torch.isfinite(rgn)]
+        top = finite.max().item() if len(finite) else 0.0
+        weights = (rgn / top).clamp(max=1.0) if top > 0 else torch.ones_like(rgn)
+        return dict(zip(named, weights.tolist()))
+
+
+def _owner(model: nn.Module, name: str) -> tuple[str, nn.Module]:
+    module, _, leaf = name.rpartition(".")
+    return leaf, model.get_submodule(module)
+
+
+def apply(model: nn.Module, spec: ModelSpec, strategy, num_classes: int, lr: float,
+          epochs: int | None = None) -> Plan:
+    """Freeze what the strategy never trains, put a fresh head on top, and group the parameters
+    that train in some epoch for the optimizer.
+
+    The head is replaced *after* freezing, so it always trains. Only parameters that train in some
+    epoch reach the optimizer; they keep requires_grad=True until `Plan.set_phase` picks an epoch.
+    """
+    r = check(spec, strategy, epochs)
+    stages = resolve_unfreeze(spec, r.unfreeze)
+    keep = FILTERS[r.params]
+    by_stage: dict[str, list[nn.Parameter]] = {s: [] for s in stages}
+    named: dict[str, nn.Parameter] = {}
     for name, p in model.named_parameters():
-        p.requires_grad_(spec.stage_of(name) in stages)
+        stage = spec.stage_of(name)
+        trains = stage in by_stage and keep(*_owner(model, name))
+        p.requires_grad_(trains)
+        if trains:
+            by_stage[stage].append(p)
+            named[name] = p
     head = spec.replace_head(model, num_classes)
+    named.update({f"{spec.head}.{n}": p for n, p in head.named_parameters()})
 
-    # Scratch has nothing pretrained, so its scale is 1 (conf/strategy/scratch.yaml).
-    backbone = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(spec.head + ".")]
-    groups = []
-    if backbone:
-        groups.append({"name": "backbone", "params": backbone, "lr": lr * strategy.backbone_lr_scale})
-    groups.append({"name": "head", "params": list(head.parameters()), "lr": lr})
-    return Plan(
-        groups=groups,
-        trainable=stages,
-        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        total_params=sum(p.numel() for p in model.parameters()),
-    )
+    top = list(reversed(spec.stages))  # k from the top: top.index(stage) + 1
+    extra = {"weight_decay": 0.0} if r.l2sp_alpha or r.l2sp_beta else {}  # L2-SP replaces plain decay
+    groups: list[dict] = []
+    if r.reweight is not None:  # one group per tensor: auto-RGN sets each tensor's LR
+        for name, p in named.items():
+            stage = spec.stage_of(name) if not name.startswith(spec.head + ".") else None
+            scale = 1.0 if stage is None else r.lr_scale(top.index(stage) + 1)
+            groups.append({"name": name, "params": [p], "lr": lr * scale, **extra})
+    else:
+        per_stage = r.layer_decay != 1 or r.unfreeze_every is not None
+        if per_stage:  # stages differ in LR or in when they start: one group each, named by stage
+            for stage in top:
+                if by_stage.get(stage):
+                    groups.append({"name": stage, "params": by_stage[stage],
+                                   "lr": lr * r.lr_scale(top.index(stage) + 1), **extra})
+        elif any(by_stage.values()):
+            groups.append({"name": "backbone", "params": list(itertools.chain(*by_stage.values())),
+                           "lr": lr * r.lr_scale(1), **extra})
+        groups.append({"name": "head", "params": list(head.parameters()), "lr": lr, **extra})
+    by_stage = {s: ps for s, ps in by_stage.items() if ps}
+    return Plan(r, groups, by_stage, list(head.parameters()), named,
+                total_params=sum(p.numel() for p in model.parameters()), epochs=epochs)
 
 
-def frozen_bn_eval(model: nn.Module) -> None:
-    """Put every BatchNorm whose parameters are all frozen in eval mode (call after model.train())."""
+def frozen_bn_eval(model: nn.Module, every: bool = False) -> None:
+    """Put every BatchNorm whose parameters are all frozen (every one: `every`) in eval mode
+    (call after model.train())."""
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+                every or not any(p.requires_grad for p in m.parameters())):
             m.eval()
+
+
+def train_mode(model: nn.Module, freeze_bn: bool | str) -> None:
+    """model.train(), then the strategy's BatchNorm policy (see the module docstring)."""
+    model.train()
+    if freeze_bn:
+        frozen_bn_eval(model, every=freeze_bn == "all")

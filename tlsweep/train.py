@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .errors import Diverged
-from .strategies import frozen_bn_eval
+from .strategies import Plan, train_mode
 
 
 def tune_allocator() -> None:
@@ -47,10 +47,12 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
 
 
 def run_epoch(model: nn.Module, loader: Iterable, device: torch.device, optimizer=None,
-              bf16: bool = False, channels_last: bool = False) -> tuple[float, float]:
+              bf16: bool = False, channels_last: bool = False,
+              penalty: Callable[[], torch.Tensor] | None = None) -> tuple[float, float]:
     """One pass over `loader`; trains when an optimizer is given. Returns (mean loss, accuracy).
 
-    Sums stay on the device, so there is no host sync per step.
+    `penalty()` (a regularizer such as L2-SP) is added to the loss it trains on, not to the loss it
+    reports, which stays the data's cross-entropy. Sums stay on the device: no host sync per step.
     """
     train = optimizer is not None
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -64,7 +66,7 @@ def run_epoch(model: nn.Module, loader: Iterable, device: torch.device, optimize
                 loss = nn.functional.cross_entropy(logits.float(), y)
             if train:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss + penalty() if penalty is not None else loss).backward()
                 optimizer.step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
@@ -74,19 +76,24 @@ def run_epoch(model: nn.Module, loader: Iterable, device: torch.device, optimize
 
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimizer: torch.optim.Optimizer,
         scheduler, epochs: int, device: torch.device, freeze_bn: bool = True, bf16: bool = False,
-        channels_last: bool = False, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
-    """Train for `epochs`, evaluating after each. Raises Diverged on a non-finite train or val loss.
+        channels_last: bool = False, on_epoch: Callable[[int, dict], None] | None = None,
+        plan: Plan | None = None, first_epoch: int = 1) -> dict:
+    """Train for `epochs`, numbered from `first_epoch`, evaluating after each. Raises Diverged on a
+    non-finite train or val loss. `plan` (strategies.Plan) decides per epoch what trains, at which LR,
+    and what is added to the loss.
 
     Returns best/final validation accuracy and timing.
     """
     best_acc, best_epoch, start = -1.0, 0, time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, first_epoch + epochs):
         t0 = time.perf_counter()
-        model.train()
-        if freeze_bn:
-            frozen_bn_eval(model)
+        extra = plan.start_epoch(epoch, model, optimizer, train_loader) if plan is not None else {}
+        train_mode(model, freeze_bn)
         lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
-        train_loss, train_acc = run_epoch(model, train_loader, device, optimizer, bf16, channels_last)
+        train_loss, train_acc = run_epoch(model, train_loader, device, optimizer, bf16, channels_last,
+                                          plan.penalty if plan is not None else None)
+        if plan is not None:
+            extra.update(plan.end_epoch(optimizer))
         if not math.isfinite(train_loss):
             raise Diverged(f"non-finite training loss ({train_loss}) in epoch {epoch}; lower optim.lr")
         model.eval()
@@ -98,7 +105,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimize
         if val_acc > best_acc:
             best_acc, best_epoch = val_acc, epoch
         metrics = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
-                   **lrs, "epoch_seconds": time.perf_counter() - t0}
+                   **lrs, **extra, "epoch_seconds": time.perf_counter() - t0}
         if on_epoch:
             on_epoch(epoch, metrics)
     return {"best_val_acc": best_acc, "best_epoch": best_epoch, "final_val_acc": val_acc,
