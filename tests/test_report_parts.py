@@ -121,3 +121,21 @@ def test_the_parts_load_without_mlflow():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_ladder_climbs_by_trainable_params_with_a_colour_per_strategy():
+    """Eleven strategies: eleven distinct colours, ordered left to right by what trains."""
+    from tlsweep.report.keys import STRATEGIES
+
+    size = {s: (i * 7919) % 101 * 1000 + 10 for i, s in enumerate(STRATEGIES)}  # an order unlike the names'
+    rows = [{"strategy.name": s, "seed": str(k), "value": 0.5 + 0.01 * k, "trainable_params": size[s]}
+            for s in STRATEGIES for k in range(3)]
+    data = pd.DataFrame(rows, index=[f"r{i}" for i in range(len(rows))])
+    fig = figures.ladder(data, stats.summary(data, ["strategy.name"]), ["strategy.name"], "final_val_acc")
+    ax = fig.axes[0]
+    ticks = [t.get_text().split("\n")[0] for t in ax.get_xticklabels()]
+    assert ticks == sorted(STRATEGIES, key=size.get)
+    from matplotlib.collections import PathCollection
+
+    colours = {tuple(c.get_facecolor()[0]) for c in ax.collections if isinstance(c, PathCollection)}
+    assert len(colours) == 11

@@ -19,13 +19,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from tlsweep.report.keys import STRATEGY_KEY, as_number, is_fraction, label, metric_label
+from tlsweep.report.keys import STRATEGIES, STRATEGY_KEY, as_number, is_fraction, label, metric_label, sort_key
 from tlsweep.report.stats import t_interval
 
 # fontTools logs each font-subsetting step of a PDF at INFO, which Hydra's logging would print
 logging.getLogger("fontTools.subset").setLevel(logging.WARNING)
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]  # Okabe & Ito 2008
+# eleven strategies need eleven colours: Okabe-Ito's eight, then three of Paul Tol's muted scheme
+PALETTE = OKABE_ITO + ["#882255", "#44AA99", "#999933"]
 MARKERS = ["o", "s", "^", "D", "v", "P"]
 NAMES = ("ladder", "curves", "lr", "shots")
 SIZE = (3.3, 2.4)  # inches: one column of a two-column paper
@@ -83,7 +85,9 @@ class _Layout:
         return (row[self.primary] if self.primary else "all"), tuple(row[k] for k in self.others)
 
     def color(self, primary: str) -> str:
-        return OKABE_ITO[self.primaries.index(primary) % len(OKABE_ITO)]
+        if self.primary == STRATEGY_KEY and primary in STRATEGIES:  # a strategy keeps its colour across figures
+            return PALETTE[STRATEGIES.index(primary)]
+        return PALETTE[self.primaries.index(primary) % len(PALETTE)]
 
     def label(self, combo: tuple) -> str:
         return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(self.others, combo))
@@ -133,6 +137,9 @@ def ladder(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], metric: str
     Groups that share a strategy stand side by side, told apart by marker.
     """
     lay = _Layout(summary, by)
+    if lay.primary == STRATEGY_KEY and "trainable_params" in data:  # the ladder climbs by what trains
+        size = data.groupby(STRATEGY_KEY)["trainable_params"].median()
+        lay.primaries.sort(key=lambda p: (size.get(p, np.inf), sort_key(STRATEGY_KEY, p)))
     scale = _scale(metric)
     fig = Figure(figsize=SIZE, layout="constrained")
     ax = fig.add_subplot()

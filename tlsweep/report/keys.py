@@ -12,6 +12,8 @@ import pandas as pd
 
 STRATEGY_KEY = "strategy.name"
 LADDER = ("scratch", "probe", "partial", "finetune")  # the order of the paper's ladder
+# every strategy tlsweep ships (conf/strategy/), the ladder first: table order, and each its own colour
+STRATEGIES = LADDER + ("lpft", "llrd", "gradual", "l2sp", "bitfit", "norm", "auto_rgn")
 # Params that differ between runs of one configuration: they identify a replicate, not a group.
 PER_RUN_LAST = {"device", "root", "output_dir", "run_dir", "out_dir", "num_workers", "job_num", "job_id"}
 PER_RUN_PREFIXES = ("tracking.", "hydra.")
@@ -68,8 +70,8 @@ def as_number(value) -> float | None:
 
 def sort_key(key: str, value: str) -> tuple:
     """Strategies in ladder order, numbers numerically ("3e-4" < "0.01"), then text ("None" last)."""
-    if key == STRATEGY_KEY and value in LADDER:
-        return (0, LADDER.index(value), "")
+    if key == STRATEGY_KEY and value in STRATEGIES:
+        return (0, STRATEGIES.index(value), "")
     x = as_number(value)
     return (1, x, "") if x is not None and math.isfinite(x) else (2, 0.0, str(value))
 
