@@ -61,8 +61,8 @@ def _weights_id(spec: models.ModelSpec, weights, seed: int) -> str:
 
 
 def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device):
-    """(what trains, (train loader, val loader), how) with the frozen prefix cached when valid,
-    else (the model, None, the reason)."""
+    """(what trains, (train, val, select or None loaders), how) with the frozen prefix cached when
+    valid, else (the model, None, the reason)."""
     if decoded is None:
         return model, None, "off: needs the decode-once data (data.cache=true within its budget)"
     model.train()  # decide in the mode the model trains in
@@ -74,21 +74,28 @@ def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device):
     views = cfg.strategy.feature_views or cfg.epochs
     with torch.no_grad():
         per_image = cut.prefix(torch.zeros(1, 3, pp.crop, pp.crop, device=device)).numel() * 4
-    need = per_image * (views * len(decoded[0]) + len(decoded[1])) / 2**20
+    need = per_image * (views * len(decoded[0]) + sum(map(len, decoded[1:]))) / 2**20
     if need > cfg.data.cache_budget_mb:
         return model, None, f"off: {need:.0f} MB of features exceed data.cache_budget_mb={cfg.data.cache_budget_mb}"
     bf16 = cfg.bf16 and device.type == "cuda"
+    # the selection split is evaluated like val: one center-crop pass, cached with val's
+    evaluated = decoded[1] if len(decoded) == 2 else fastdata.DecodedImages.pack(
+        [d.image(i) for d in decoded[1:] for i in range(len(d))], torch.cat([d.targets for d in decoded[1:]]))
     key = [spec.name, _weights_id(spec, weights, cfg.seed), cut.at, len(cut.prefix), f"bf16={bf16}",
-           *(fastdata.content_key(s.items, pp.resize, pp.interpolation) for s in (data.train, data.val))]
-    train_f, val_f, source = features.features(
-        cut.prefix, *decoded, key, views, pp.crop, pp.mean, pp.std, cfg.batch_size, device,
+           fastdata.content_key(data.train.items, pp.resize, pp.interpolation),
+           fastdata.content_key([it for s in data.eval_splits() for it in s.items], pp.resize, pp.interpolation)]
+    train_f, eval_f, source = features.features(
+        cut.prefix, decoded[0], evaluated, key, views, pp.crop, pp.mean, pp.std, cfg.batch_size, device,
         lambda: autocast(device, bf16), cfg.cache_dir, channels_last=cfg.channels_last,
         interpolation=pp.interpolation)
     train = features.FeatureLoader(train_f, decoded[0].targets, cfg.batch_size, train=True, seed=cfg.seed)
-    val = features.FeatureLoader(val_f, decoded[1].targets, cfg.batch_size, train=False)
+    n_val = len(decoded[1])
+    val = features.FeatureLoader(eval_f[:n_val], decoded[1].targets, cfg.batch_size, train=False)
+    select = None if len(decoded) == 2 else features.FeatureLoader(eval_f[n_val:], decoded[2].targets,
+                                                                     cfg.batch_size, train=False)
     how = (f"on: frozen prefix below {cut.at} run once ({source}); {views} augmented train views "
            f"(seed {features.VIEW_SEED}) shared across runs; epoch e uses view (e-1) mod {views}")
-    return cut.suffix, (train, val), how
+    return cut.suffix, (train, val, select), how
 
 
 def run(cfg: DictConfig) -> dict:
@@ -123,11 +130,13 @@ def run(cfg: DictConfig) -> dict:
         if cfg.strategy.cache_features:
             net, batches, features_how = cached_prefix(cfg, spec, model, weights, pp, data, decoded, device)
         if batches is None:  # images, not features: only now do they go to the device
-            batches = datasets.loaders(data, pp, cfg.batch_size, cfg.seed, cfg.data.num_workers, device, decoded,
-                                       cfg.channels_last)
+            batches = (*datasets.loaders(data, pp, cfg.batch_size, cfg.seed, cfg.data.num_workers, device, decoded,
+                                         cfg.channels_last),
+                       datasets.select_loader(data, pp, cfg.batch_size, cfg.data.num_workers, device, decoded,
+                                              cfg.channels_last))
             if decoded is not None:
                 decode_how += f", batches built on {device.type}"
-        train_loader, val_loader = batches
+        train_loader, val_loader, select_loader = batches
 
         mlflow.set_tags({
             "tlsweep.fast.decode_once": decode_how,
@@ -136,6 +145,7 @@ def run(cfg: DictConfig) -> dict:
             "tlsweep.fast.channels_last": str(cfg.channels_last),
             "tlsweep.device": str(device),
             "tlsweep.data.val": data.val_from,
+            "tlsweep.data.select": data.select_from,
             "tlsweep.weights": spec.weights_name if str(weights).upper() == "DEFAULT" else str(weights),
             "tlsweep.preprocess": str(pp),
             "tlsweep.trainable_stages": ",".join(plan.trainable),
@@ -152,7 +162,7 @@ def run(cfg: DictConfig) -> dict:
         try:
             result = fit(net, train_loader, val_loader, optimizer, scheduler, cfg.epochs, device,
                          freeze_bn=cfg.strategy.freeze_bn, bf16=cfg.bf16, channels_last=cfg.channels_last,
-                         on_epoch=on_epoch)
+                         on_epoch=on_epoch, select_loader=select_loader)
         finally:
             progress.close()
         result.update(trainable_params=plan.trainable_params, total_params=plan.total_params,
