@@ -123,7 +123,8 @@ def make_report(tracking_uri: str | None = None, sweep: str | None = None, metri
 
     from tlsweep.report import figures  # imports matplotlib: not needed until the data has checked out
 
-    out_dir = Path(out) if out is not None else default_out(sweep_name, metric, by, default_by, select, select_on)
+    unselected = [k for k in default_by if k not in select]
+    out_dir = Path(out) if out is not None else default_out(sweep_name, metric, by, unselected, select, select_on)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.p[dn][fg]"):  # a figure this sweep no longer supports must not linger
         if stale.stem in figures.NAMES:
