@@ -219,9 +219,17 @@ def test_size_estimate_equals_decoded_bytes(tmp_path):
     assert estimate == data.pixels.nbytes
 
 
-def test_cache_round_trips_and_key_follows_content(tmp_path):
+def test_cache_round_trips_and_key_follows_content(tmp_path, monkeypatch):
     paths = write_images(tmp_path / "img", [(30, 50), (64, 40)])
-    calls = []
+    calls, loaded = [], []
+    real_load = fastdata.diskcache.load
+
+    def spying_load(path, check):  # what came back from the disk copy, if anything
+        saved = real_load(path, check)
+        loaded.append(saved is not None)
+        return saved
+
+    monkeypatch.setattr(fastdata.diskcache, "load", spying_load)
 
     def counting_loader(item):
         calls.append(item)
@@ -230,8 +238,11 @@ def test_cache_round_trips_and_key_follows_content(tmp_path):
     cache = tmp_path / "cache"
     first = decode_images(paths, [0, 1], 24, BILINEAR, counting_loader, cache_dir=cache)
     assert len(calls) == 2 and len(list(cache.glob("decoded-*.pt"))) == 1
+    assert loaded == [False]
+    fastdata._STORES.clear()  # as a fresh process starts: nothing is served from memory
     again = decode_images(paths, [1, 0], 24, BILINEAR, counting_loader, cache_dir=cache)
-    assert len(calls) == 2  # served from the cache
+    assert len(calls) == 2 and loaded == [False, True]  # read back from the disk copy, not decoded
+    assert again.pixels is not first.pixels
     assert all(torch.equal(getattr(again, k), getattr(first, k)) for k in ("pixels", "offsets", "sizes"))
     assert again.targets.tolist() == [1, 0]  # targets come from the caller, not the cache
 

@@ -132,8 +132,10 @@ def _expected_gap(x, r) -> dict:
     if len(d) == 1:
         return {"n_pairs": 1, "mean_diff": d[0], "ci95_low": math.nan, "ci95_high": math.nan, "p_value": math.nan}
     low, high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    # the paired t-test by hand, not the code's ttest_rel: t = mean(d) / (sd(d) / sqrt(n)), two-sided
+    t = d.mean() / (np.std(d, ddof=1) / math.sqrt(len(d)))
     return {"n_pairs": len(d), "mean_diff": d.mean(), "ci95_low": low, "ci95_high": high,
-            "p_value": stats.ttest_rel(x, r).pvalue}
+            "p_value": 2 * stats.t.sf(abs(t), len(d) - 1)}
 
 
 def _assert_row(row: pd.Series, expected: dict) -> None:
@@ -144,7 +146,7 @@ def _assert_row(row: pd.Series, expected: dict) -> None:
 def _read(path: Path) -> pd.DataFrame:
     """A report CSV with param values kept as logged ("None" stays a string) and numbers as floats."""
     numeric = ["n", "mean", "std", "sem", "ci95_low", "ci95_high", "min", "max", "n_pairs", "mean_diff",
-               "p_value", "boot_ci95_low", "boot_ci95_high"]
+               "p_value", "p_holm", "boot_ci95_low", "boot_ci95_high"]
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     return frame.apply(lambda c: c.map(lambda v: float(v) if v else math.nan) if c.name in numeric else c)
 
@@ -176,7 +178,8 @@ def test_summary_matches_scipy(ladder):
 
 def test_gaps_match_scipy_paired_by_seed(ladder):
     gaps = _read(ladder.out_dir / "gaps.csv").set_index("strategy.name")
-    assert list(gaps.columns) == ["reference", "n_pairs", "mean_diff", "ci95_low", "ci95_high", "p_value"]
+    assert list(gaps.columns) == ["reference", "n_pairs", "mean_diff", "ci95_low", "ci95_high", "p_value",
+                                  "p_holm"]
     assert list(gaps.index) == ["probe", "partial", "finetune"]
     assert set(gaps["reference"]) == {"strategy.name=scratch"}
     ref = _finished(LADDER, "scratch")
@@ -185,6 +188,12 @@ def test_gaps_match_scipy_paired_by_seed(ladder):
         seeds = sorted(set(runs) & set(ref))
         _assert_row(gaps.loc[strategy], _expected_gap([runs[s] for s in seeds], [ref[s] for s in seeds]))
     assert gaps.loc["finetune", "n_pairs"] == 1 and gaps.loc["partial", "n_pairs"] == 2
+    # Holm over the two gaps with a p-value (finetune's single pair has none): 2 x the smaller,
+    # then max(that, 1 x the larger)
+    (small, p_small), (large, p_large) = sorted(gaps["p_value"].dropna().items(), key=lambda kv: kv[1])
+    assert gaps.loc[small, "p_holm"] == pytest.approx(min(1.0, 2 * p_small))
+    assert gaps.loc[large, "p_holm"] == pytest.approx(max(min(1.0, 2 * p_small), p_large))
+    assert math.isnan(gaps.loc["finetune", "p_holm"])
 
 
 def test_grid_sorts_numbers_and_compares_at_the_same_lr_and_shots(grid):
@@ -198,7 +207,7 @@ def test_grid_sorts_numbers_and_compares_at_the_same_lr_and_shots(grid):
         _assert_row(summary.iloc[keys.index((row[0], row[1], row[2]))], _expected_stats(x))
 
     gaps = _read(grid.out_dir / "gaps.csv")
-    assert list(gaps.columns)[-3:] == ["p_value", "boot_ci95_low", "boot_ci95_high"]
+    assert list(gaps.columns)[-4:] == ["p_value", "p_holm", "boot_ci95_low", "boot_ci95_high"]
     assert len(gaps) == 6 and set(gaps["strategy.name"]) == {"finetune"}
     for _, row in gaps.iterrows():
         pick = lambda s: [v for s_, lr, shots, _, _, v in GRID  # noqa: E731 - seeds 0, 1 in order
@@ -231,8 +240,9 @@ def test_bootstrap_and_pairing_over_keys_left_out_of_by(store):
 def test_tables_for_humans(ladder):
     md = (ladder.out_dir / "summary.md").read_text()
     assert md == ladder.markdown
-    assert "| strategy | n | final val accuracy (%) | Δ vs scratch (pp) | p |" in md  # labels, not raw keys
+    assert "| strategy | n | final val accuracy (%) | Δ vs scratch (pp) | p | p (Holm) |" in md  # labels
     assert "| scratch | 3 | 61.3 ± 6.7 | reference |" in md
+    assert "Holm-adjusted over the 2 gap(s)" in md
     assert "| probe | 3 | 70.0 ± 0.0 |" in md  # tied values: a true zero-width interval
     assert "| finetune | 1 | **90.0** (n=1, no CI) | +28.8 (1 pair, no CI) |" in md
     assert md.count("**90.0**") == 2  # partial and finetune tie for the best mean

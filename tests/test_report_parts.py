@@ -64,7 +64,8 @@ def test_gaps_pair_runs_by_seed_at_the_same_lr():
         x, r = pick(row["strategy.name"]).sort_values("seed")["value"], pick("scratch").sort_values("seed")["value"]
         d = x.to_numpy() - r.to_numpy()
         assert row["n_pairs"] == 3 and row["mean_diff"] == pytest.approx(d.mean())
-        assert row["p_value"] == pytest.approx(sps.ttest_rel(x, r).pvalue)
+        t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))  # by hand, not the code's ttest_rel
+        assert row["p_value"] == pytest.approx(2 * sps.t.sf(abs(t), len(d) - 1))
         # a resampled mean cannot leave [min, max] of the differences (up to float rounding)
         assert d.min() - 1e-12 <= row["boot_ci95_low"] < d.mean() < row["boot_ci95_high"] <= d.max() + 1e-12
 
@@ -139,3 +140,25 @@ def test_the_ladder_climbs_by_trainable_params_with_a_colour_per_strategy():
 
     colours = {tuple(c.get_facecolor()[0]) for c in ax.collections if isinstance(c, PathCollection)}
     assert len(colours) == 11
+
+
+def test_holm_step_down_by_hand():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> raised to 0.06 (monotone)
+    assert stats.holm(np.array([0.01, 0.04, 0.03, 0.005])) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # NaN (a gap without a test) is not counted in m, and stays NaN; adjusted values stop at 1
+    assert stats.holm(np.array([np.nan, 0.2, 0.6])) == pytest.approx([np.nan, 0.4, 0.6], nan_ok=True)
+    assert stats.holm(np.array([0.5, 0.7])) == pytest.approx([1.0, 1.0])
+    assert len(stats.holm(np.array([]))) == 0
+
+
+def test_gaps_carry_holm_over_the_table():
+    gaps = stats.gaps(DATA, BY, ["seed"], {"strategy.name": "scratch"}, stats.summary(DATA, BY), bootstrap=False)
+    p = gaps["p_value"].to_numpy()
+    m, order = len(p), np.argsort(p)
+    by_hand = np.empty(m)
+    running = 0.0
+    for i, j in enumerate(order):  # Holm 1979: step down from the smallest p-value
+        running = max(running, min(1.0, (m - i) * p[j]))
+        by_hand[j] = running
+    assert gaps["p_holm"].to_numpy() == pytest.approx(by_hand)
+    assert (gaps["p_holm"] >= gaps["p_value"]).all()

@@ -51,6 +51,12 @@ class ImageData:
     train: Split
     val: Split
     val_from: str = "its own val split"  # where val came from, for the run's tags
+    select: Split | None = None  # held out of train to choose hyperparameters on (data.select_fraction)
+    select_from: str = "none (data.select_fraction=null)"  # for the run's tags
+
+    def eval_splits(self) -> list[Split]:
+        """val, then the selection split when there is one: the splits evaluated, never trained on."""
+        return [self.val] + ([self.select] if self.select is not None else [])
 
 
 def load_rgb(item) -> torch.Tensor:
@@ -65,6 +71,8 @@ def load_rgb(item) -> torch.Tensor:
 
 # The held-out split of a folder without val/ is the same for every run and seed of a study.
 SPLIT_SEED = 0
+# The selection split too: every run of a sweep (any seed, any LR) is chosen on the same images.
+SELECT_SEED = SPLIT_SEED
 
 
 def _class_folder(folder: Path) -> tuple[list[str], Split]:
@@ -215,7 +223,8 @@ def few_shot(split: Split, shots: int, seed: int) -> Split:
 
 
 def load(cfg) -> ImageData:
-    """The dataset a `data` config names, with `data.shots` applied."""
+    """The dataset a `data` config names, with `data.select_fraction` held out of train, then
+    `data.shots` applied."""
     if cfg.name == "digits":
         data = digits()
     elif cfg.name == "hymenoptera":
@@ -226,6 +235,11 @@ def load(cfg) -> ImageData:
         data = image_folder(cfg.root, val_fraction=cfg.get("val_fraction"))
     else:
         raise DataError(f"unknown data.name {cfg.name!r}; valid: digits, hymenoptera, imagefolder")
+    if cfg.get("select_fraction"):
+        # carved before data.shots, so that a few-shot sweep is selected on the same images as a full one
+        data.train, data.select = stratified_holdout(data.train, float(cfg.select_fraction), SELECT_SEED)
+        data.select_from = (f"{cfg.select_fraction} of train held out, stratified by class (seed {SELECT_SEED}): "
+                            f"{len(data.select.items)} images, never trained on")
     if cfg.get("shots"):
         data.train = few_shot(data.train, int(cfg.shots), int(cfg.get("shots_seed", 0)))
     return data
@@ -263,22 +277,23 @@ class SplitDataset(Dataset):
 
 
 def decode(data: ImageData, pp: Preprocess, cfg, cache_dir: str | None):
-    """Both splits decoded once, when `data.cache` is on and the images fit `data.cache_budget_mb`.
+    """Every split decoded once, when `data.cache` is on and the images fit `data.cache_budget_mb`.
 
-    Returns (decoded (train, val) or None, how: a line for the run's tags). None means the
+    Returns (decoded (train, val[, select]) or None, how: a line for the run's tags). None means the
     streaming loaders: `loaders` then builds those.
     """
     from . import fastdata
 
     if not cfg.cache:
         return None, "off (data.cache=false)"
-    need = sum(fastdata.decoded_size_bytes(s.items, pp.resize) for s in (data.train, data.val)) / 2**20
+    splits = [data.train, *data.eval_splits()]
+    need = sum(fastdata.decoded_size_bytes(s.items, pp.resize) for s in splits) / 2**20
     if need > cfg.cache_budget_mb:
         return None, f"off: {need:.0f} MB of decoded images exceed data.cache_budget_mb={cfg.cache_budget_mb}; streaming"
     # decoding hymenoptera takes about 0.7 s, writing its 102 MB store a good part of that: disk is opt-in
     disk = cache_dir if cfg.get("cache_to_disk") else None
     decoded = tuple(fastdata.decode_images(s.items, s.targets, pp.resize, pp.interpolation, load_rgb, disk)
-                    for s in (data.train, data.val))
+                    for s in splits)
     return decoded, f"on ({need:.0f} MB of uint8 images)"
 
 
@@ -295,6 +310,20 @@ def loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_wor
                   channels_last=channels_last, interpolation=pp.interpolation)
     return (fastdata.TensorLoader(decoded[0], train=True, seed=seed, **common),
             fastdata.TensorLoader(decoded[1], train=False, **common))
+
+
+def select_loader(data: ImageData, pp: Preprocess, batch_size: int, num_workers: int, device: torch.device,
+                  decoded=None, channels_last: bool = False):
+    """The selection split's loader, evaluated exactly like val (center crop, in order); None without one."""
+    from . import fastdata
+
+    if data.select is None:
+        return None
+    if decoded is None:
+        return DataLoader(SplitDataset(data.select, eval_transform(pp)), batch_size=batch_size, shuffle=False,
+                          num_workers=num_workers, persistent_workers=num_workers > 0)
+    return fastdata.TensorLoader(decoded[2], batch_size, train=False, crop=pp.crop, mean=pp.mean, std=pp.std,
+                                 device=device, channels_last=channels_last, interpolation=pp.interpolation)
 
 
 def plain_loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_workers: int):

@@ -62,8 +62,8 @@ def _weights_id(spec: models.ModelSpec, weights, seed: int) -> str:
 
 
 def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device, epochs, seed):
-    """(what trains, (train loader, val loader), how) with the frozen prefix cached when valid,
-    else (the model, None, the reason). `epochs`: how many epochs these loaders serve."""
+    """(what trains, (train, val, select or None loaders), how) with the frozen prefix cached when
+    valid, else (the model, None, the reason). `epochs`: how many epochs these loaders serve."""
     if decoded is None:
         return model, None, "off: needs the decode-once data (data.cache=true within its budget)"
     strategies.train_mode(model, cfg.strategy.freeze_bn)  # decide in the mode the model trains in
@@ -73,21 +73,28 @@ def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device, epochs, 
     views = cfg.strategy.feature_views or epochs
     with torch.no_grad():
         per_image = cut.prefix(torch.zeros(1, 3, pp.crop, pp.crop, device=device)).numel() * 4
-    need = per_image * (views * len(decoded[0]) + len(decoded[1])) / 2**20
+    need = per_image * (views * len(decoded[0]) + sum(map(len, decoded[1:]))) / 2**20
     if need > cfg.data.cache_budget_mb:
         return model, None, f"off: {need:.0f} MB of features exceed data.cache_budget_mb={cfg.data.cache_budget_mb}"
     bf16 = cfg.bf16 and device.type == "cuda"
+    # the selection split is evaluated like val: one center-crop pass, cached with val's
+    evaluated = decoded[1] if len(decoded) == 2 else fastdata.DecodedImages.pack(
+        [d.image(i) for d in decoded[1:] for i in range(len(d))], torch.cat([d.targets for d in decoded[1:]]))
     key = [spec.name, _weights_id(spec, weights, cfg.seed), cut.at, len(cut.prefix), f"bf16={bf16}",
-           *(fastdata.content_key(s.items, pp.resize, pp.interpolation) for s in (data.train, data.val))]
-    train_f, val_f, source = features.features(
-        cut.prefix, *decoded, key, views, pp.crop, pp.mean, pp.std, cfg.batch_size, device,
+           fastdata.content_key(data.train.items, pp.resize, pp.interpolation),
+           fastdata.content_key([it for s in data.eval_splits() for it in s.items], pp.resize, pp.interpolation)]
+    train_f, eval_f, source = features.features(
+        cut.prefix, decoded[0], evaluated, key, views, pp.crop, pp.mean, pp.std, cfg.batch_size, device,
         lambda: autocast(device, bf16), cfg.cache_dir, channels_last=cfg.channels_last,
         interpolation=pp.interpolation)
     train = features.FeatureLoader(train_f, decoded[0].targets, cfg.batch_size, train=True, seed=seed)
-    val = features.FeatureLoader(val_f, decoded[1].targets, cfg.batch_size, train=False)
+    n_val = len(decoded[1])
+    val = features.FeatureLoader(eval_f[:n_val], decoded[1].targets, cfg.batch_size, train=False)
+    select = None if len(decoded) == 2 else features.FeatureLoader(eval_f[n_val:], decoded[2].targets,
+                                                                     cfg.batch_size, train=False)
     how = (f"on: frozen prefix below {cut.at} run once ({source}); {views} augmented train views "
            f"(seed {features.VIEW_SEED}) shared across runs; epoch e uses view (e-1) mod {views}")
-    return cut.suffix, (train, val), how
+    return cut.suffix, (train, val, select), how
 
 
 class Stopwatch:
@@ -169,13 +176,15 @@ def run(cfg: DictConfig) -> dict:
             if batches is None:  # images, not features: only now do they go to the device
                 if not images:
                     with clock("data"):
-                        images.append(datasets.loaders(data, pp, cfg.batch_size, cfg.seed, cfg.data.num_workers,
-                                                       device, decoded, cfg.channels_last))
+                        images.append((*datasets.loaders(data, pp, cfg.batch_size, cfg.seed, cfg.data.num_workers,
+                                                         device, decoded, cfg.channels_last),
+                                       datasets.select_loader(data, pp, cfg.batch_size, cfg.data.num_workers, device,
+                                                              decoded, cfg.channels_last)))
                 batches = images[0]
             return net, batches, how
 
         segments = plan.segments(cfg.epochs)  # phases of a phased strategy (lpft, gradual); else one
-        net, (train_loader, val_loader), features_how = segment_batches(*segments[0])
+        net, (train_loader, val_loader, select_loader), features_how = segment_batches(*segments[0])
         if images and decoded is not None:
             decode_how += f", batches built on {device.type}"
 
@@ -187,6 +196,7 @@ def run(cfg: DictConfig) -> dict:
             "tlsweep.fast.channels_last": str(cfg.channels_last),
             "tlsweep.device": str(device),
             "tlsweep.data.val": data.val_from,
+            "tlsweep.data.select": data.select_from,
             "tlsweep.weights": spec.weights_name if str(weights).upper() == "DEFAULT" else str(weights),
             "tlsweep.preprocess": str(pp),
             "tlsweep.trainable_stages": ",".join(plan.trainable),
@@ -207,14 +217,15 @@ def run(cfg: DictConfig) -> dict:
             for i, (first, epochs) in enumerate(segments):
                 if i:  # a later phase: its own cut of the frozen prefix; the time counts as preparation
                     t0 = time.perf_counter()
-                    net, (train_loader, val_loader), features_how = segment_batches(first, epochs)
+                    net, (train_loader, val_loader, select_loader), features_how = segment_batches(first, epochs)
                     prep_seconds += time.perf_counter() - t0
                 if len(segments) > 1:  # say which epochs each way of running served
                     hows.append(f"epochs {first}-{first + epochs - 1}: {features_how}")
                     mlflow.set_tag("tlsweep.fast.features", "; ".join(hows))
                 part = fit(net, train_loader, val_loader, optimizer, scheduler, epochs, device,
                            freeze_bn=cfg.strategy.freeze_bn, bf16=cfg.bf16, channels_last=cfg.channels_last,
-                           on_epoch=on_epoch, plan=plan, first_epoch=first)
+                           on_epoch=on_epoch, plan=plan, first_epoch=first,
+                           select_loader=select_loader)
                 result = _merge(result, part)
         finally:
             progress.close()

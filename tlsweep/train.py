@@ -77,12 +77,14 @@ def run_epoch(model: nn.Module, loader: Iterable, device: torch.device, optimize
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimizer: torch.optim.Optimizer,
         scheduler, epochs: int, device: torch.device, freeze_bn: bool = True, bf16: bool = False,
         channels_last: bool = False, on_epoch: Callable[[int, dict], None] | None = None,
-        plan: Plan | None = None, first_epoch: int = 1) -> dict:
+        plan: Plan | None = None, first_epoch: int = 1, select_loader: Iterable | None = None) -> dict:
     """Train for `epochs`, numbered from `first_epoch`, evaluating after each. Raises Diverged on a
     non-finite train or val loss. `plan` (strategies.Plan) decides per epoch what trains, at which LR,
     and what is added to the loss.
 
-    Returns best/final validation accuracy and timing.
+    Returns best/final validation accuracy and timing. With `select_loader` (a split held out of
+    train for model selection), each epoch also logs select_loss/select_acc, and the result holds
+    the last epoch's select_acc.
     """
     best_acc, best_epoch, start = -1.0, 0, time.perf_counter()
     for epoch in range(first_epoch, first_epoch + epochs):
@@ -106,7 +108,13 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimize
             best_acc, best_epoch = val_acc, epoch
         metrics = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
                    **lrs, **extra, "epoch_seconds": time.perf_counter() - t0}
+        if select_loader is not None:  # in eval mode, like val: the split model selection reads
+            metrics["select_loss"], metrics["select_acc"] = run_epoch(model, select_loader, device, None, bf16,
+                                                                      channels_last)
         if on_epoch:
             on_epoch(epoch, metrics)
-    return {"best_val_acc": best_acc, "best_epoch": best_epoch, "final_val_acc": val_acc,
-            "train_seconds": time.perf_counter() - start}
+    result = {"best_val_acc": best_acc, "best_epoch": best_epoch, "final_val_acc": val_acc,
+              "train_seconds": time.perf_counter() - start}
+    if select_loader is not None:
+        result["select_acc"] = metrics["select_acc"]
+    return result

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 
 from tlsweep.report import stats, store, tables
-from tlsweep.report.keys import ReportError, design_keys, label, resolve_keys, seed_keys
+from tlsweep.report.keys import ReportError, design_keys, label, lower_is_better, resolve_keys, seed_keys
 from tlsweep.tracking import EXPERIMENT, current, default_tracking_uri
 
 DEFAULT_METRIC = "final_val_acc"  # best_val_acc is selected on the validation set it is scored on
+SELECTION_METRIC = "select_acc"  # logged by runs with data.select_fraction; higher is better
 
 
 @dataclass
@@ -29,30 +30,41 @@ class Report:
     by: list[str]
     markdown: str  # the summary table as printed to the console
     files: list[Path] = field(default_factory=list)
+    selected: pd.DataFrame | None = None  # with `select`: per group, the chosen values (selected.csv)
 
 
-def default_out(sweep_name: str, metric: str, by: list[str], default_by: list[str]) -> Path:
+def default_out(sweep_name: str, metric: str, by: list[str], default_by: list[str],
+                select: list[str] | None = None, select_on: str = "select") -> Path:
     """reports/<sweep>/ for the default table (where the end-of-sweep report writes it); another
-    metric or `by` gets its own subfolder, reports/<sweep>/<metric>[_by_<key>+<key>]/, so no report
-    overwrites another's files.
+    metric, `by` or `select` gets its own subfolder,
+    reports/<sweep>/<metric>[_by_<key>+<key>][_select_<key>[_on_val]]/, so no report overwrites another's files.
     """
     base = Path("reports") / sweep_name.replace(os.sep, "_")
-    if metric == DEFAULT_METRIC and by == default_by:
+    if metric == DEFAULT_METRIC and by == default_by and not select:
         return base
     name = metric if by == default_by else f"{metric}_by_{'+'.join(by) or 'nothing'}"
+    if select:
+        name += f"_select_{'+'.join(select)}" + ("_on_val" if select_on == "val" else "")
     return base / name.replace(os.sep, "_")
 
 
 def make_report(tracking_uri: str | None = None, sweep: str | None = None, metric: str = DEFAULT_METRIC,
                 by: list[str] | None = None, out: str | os.PathLike | None = None, ci: str = "t",
-                reference: str | None = None, experiment: str = EXPERIMENT) -> Report:
+                reference: str | None = None, experiment: str = EXPERIMENT, select: list[str] | None = None,
+                select_on: str = "select") -> Report:
     """Summarise one sweep of `experiment` and write tables and figures to `out`.
 
     `sweep` is a parent run id or name (None: the latest sweep with a finished run); `out` defaults
     to `default_out`; `ci` is "t" or "bootstrap"; `reference` is "key=value" or a bare value.
+    `select` (e.g. ["optim.lr"]): within each group of the other `by` keys, keep only the value with
+    the best mean selection metric over seeds: `select_acc` (the split held out of train by
+    data.select_fraction), or with select_on="val" the scored metric itself (optimistic).
     """
     if ci not in ("t", "bootstrap"):
         raise ReportError(f"ci={ci!r} is not known: use ci=t or ci=bootstrap")
+    if select_on not in ("select", "val"):
+        raise ReportError(f"select_on={select_on!r} is not known: use select_on=select (the selection split, "
+                          "data.select_fraction) or select_on=val (the scored split: optimistic)")
     uri = default_tracking_uri(tracking_uri)
     client, exp_id = store.open_store(uri, experiment)
     parent = store.find_parent(client, exp_id, sweep, uri, experiment)
@@ -62,8 +74,11 @@ def make_report(tracking_uri: str | None = None, sweep: str | None = None, metri
 
     default_by = design_keys(params)
     by = resolve_keys([by] if isinstance(by, str) else by, params) if by is not None else default_by
-    # Pairs share their seeds and every design param outside `by`, so they differ only in `by`.
-    pair_keys = [k for k in dict.fromkeys(seed_keys(params) + default_by) if k not in by]
+    select = resolve_keys([select] if isinstance(select, str) else select, params) if select else []
+    by = [k for k in by if k not in select]  # the groups within which a value is selected
+    # Pairs share their seeds and every design param outside `by`, so they differ only in `by`
+    # (and, with `select`, in each group's selected values).
+    pair_keys = [k for k in dict.fromkeys(seed_keys(params) + default_by) if k not in by + select]
 
     if runs.empty:
         raise ReportError(f"sweep {sweep_name!r} ({parent.info.run_id}) has no child runs; nothing to report")
@@ -77,41 +92,81 @@ def make_report(tracking_uri: str | None = None, sweep: str | None = None, metri
         logged = sorted(c for c in runs.columns if c not in ("run_name", "status", "error", "start_time"))
         raise ReportError(f"no finished run of sweep {sweep_name!r} logged metric {metric!r}; "
                           f"logged metrics: {', '.join(logged)}")
-    used = finished & runs[metric].notna() & np.isfinite(runs[metric].astype(float))
+    selection = SELECTION_METRIC if select_on == "select" else metric
+    if select and (selection not in runs.columns or runs.loc[finished, selection].isna().all()):
+        raise ReportError(f"select={select} needs a selection split, but no finished run of sweep {sweep_name!r} "
+                          f"logged {selection}: rerun the sweep with data.select_fraction=0.2 (held out of train), "
+                          "or pass select_on=val to select on the scored split (the numbers are then optimistic)")
+    needed = [metric] + ([selection] if select else [])
+    used = finished & np.logical_and.reduce([np.isfinite(runs[m].astype(float)) for m in needed])
     failed = [{"run_id": rid, "run_name": r.run_name, "status": r.status,
-               "reason": r.error if r.status != "FINISHED" else f"no finite {metric} logged"}
+               "reason": r.error if r.status != "FINISHED" else
+               f"no finite {' or '.join(m for m in needed if not np.isfinite(float(r[m])))} logged"}
               for rid, r in runs[~used].iterrows()]
 
-    data = params.loc[used, by + pair_keys].fillna("<unset>").copy()
+    data = params.loc[used, by + pair_keys + select].fillna("<unset>").copy()
     data["value"] = runs.loc[used, metric].astype(float)
     data["trainable_params"] = runs.loc[used].get("trainable_params", np.nan)
+    selected = None
+    if select:
+        data["selection"] = runs.loc[used, selection].astype(float)
+        selected = stats.select_best(data, by, select, higher_is_better=not lower_is_better(selection))
+        keep = data.reset_index().merge(selected[by + select], on=by + select)["run_id"]
+        data = data.loc[keep]
 
     summary = stats.summary(data, by)
     ref = stats.reference(reference, by, summary)
     gaps = stats.gaps(data, by, pair_keys, ref, summary, bootstrap=ci == "bootstrap")
+    shown = by + select  # the tables also show each group's selected values
+    if select:
+        summary, gaps = (_with_selected(frame, selected, by, select) for frame in (summary, gaps))
 
     from tlsweep.report import figures  # imports matplotlib: not needed until the data has checked out
 
-    out_dir = Path(out) if out is not None else default_out(sweep_name, metric, by, default_by)
+    unselected = [k for k in default_by if k not in select]
+    out_dir = Path(out) if out is not None else default_out(sweep_name, metric, by, unselected, select, select_on)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.p[dn][fg]"):  # a figure this sweep no longer supports must not linger
         if stale.stem in figures.NAMES:
             stale.unlink()
     summary.to_csv(out_dir / "summary.csv", index=False)  # CSVs keep the raw keys
     gaps.to_csv(out_dir / "gaps.csv", index=False)
-    runs_out = pd.concat([runs[["run_name", "status"]], params[by + pair_keys],
-                          runs[metric].rename(metric)], axis=1).assign(used=used)
+    metrics = [metric] + ([selection] if select and selection != metric else [])
+    runs_out = pd.concat([runs[["run_name", "status"]], params[by + pair_keys + select], runs[metrics]], axis=1)
+    runs_out = runs_out.assign(used=runs_out.index.isin(data.index))  # with select: only the selected values
     runs_out.rename_axis("run_id").to_csv(out_dir / "runs.csv")
-
-    notes = tables.method_notes(metric, ref, ci, failed, pair_keys)
-    title = f"**{sweep_name}** ({parent.info.run_id}): {label(metric)}, {int(used.sum())} of {len(runs)} runs"
-    markdown = tables.markdown(title, summary, gaps, by, metric, ref, ci, notes, failed)
-    (out_dir / "summary.md").write_text(markdown)
-    (out_dir / "summary.tex").write_text(tables.latex(summary, gaps, by, metric, ref, notes, sweep_name))
     files = [out_dir / f for f in ("summary.csv", "gaps.csv", "runs.csv", "summary.md", "summary.tex")]
+
+    notes = tables.method_notes(metric, ref, ci, failed, pair_keys, n_gaps=int(gaps["p_value"].notna().sum()))
+    if select:
+        selected.assign(selection_metric=selection, selected_on=select_on).to_csv(out_dir / "selected.csv",
+                                                                                 index=False)
+        files.append(out_dir / "selected.csv")
+        notes.insert(1, _selection_note(select, by, selection, select_on, metric))
+    title = f"**{sweep_name}** ({parent.info.run_id}): {label(metric)}, {len(data)} of {len(runs)} runs"
+    markdown = tables.markdown(title, summary, gaps, shown, metric, ref, ci, notes, failed)
+    (out_dir / "summary.md").write_text(markdown)
+    (out_dir / "summary.tex").write_text(tables.latex(summary, gaps, shown, metric, ref, notes, sweep_name))
 
     history = store.history(client, data.index, "val_acc")
     files += figures.make_all(out_dir, data, summary, history, by, metric)
     return Report(summary=summary, gaps=gaps, out_dir=out_dir, failed=failed,
                   parent_run_id=parent.info.run_id, sweep_name=sweep_name, metric=metric, by=by,
-                  markdown=markdown, files=files)
+                  markdown=markdown, files=files, selected=selected)
+
+
+def _with_selected(frame: pd.DataFrame, selected: pd.DataFrame, by: list[str], select: list[str]) -> pd.DataFrame:
+    """`frame` (one row per group) with each group's selected values after the group keys."""
+    merged = frame.merge(selected[by + select], on=by, how="left") if by else \
+        frame.assign(**selected[select].iloc[0].to_dict())
+    return merged[by + select + [c for c in frame.columns if c not in by]]
+
+
+def _selection_note(select: list[str], by: list[str], selection: str, select_on: str, metric: str) -> str:
+    within = f"within each {', '.join(by)}" if by else "over the whole sweep"
+    if select_on == "val":
+        return (f"Selected {', '.join(select)} {within} by the best mean {selection} over seeds on the validation "
+                f"split that {metric} is scored on: these numbers are optimistic (selected.csv).")
+    return (f"Selected {', '.join(select)} {within} by the best mean {selection} over seeds on the selection split "
+            "(data.select_fraction, held out of train, disjoint from val); "
+            f"{metric} is scored on val at the selected values only (selected.csv).")

@@ -18,7 +18,7 @@ from tlsweep.report.keys import STRATEGY_KEY, ReportError, resolve_keys, sort_ke
 log = logging.getLogger(__name__)
 
 STAT_COLUMNS = ["n", "mean", "std", "sem", "ci95_low", "ci95_high", "min", "max"]
-GAP_COLUMNS = ["reference", "n_pairs", "mean_diff", "ci95_low", "ci95_high", "p_value"]
+GAP_COLUMNS = ["reference", "n_pairs", "mean_diff", "ci95_low", "ci95_high", "p_value", "p_holm"]
 BOOT_COLUMNS = ["boot_ci95_low", "boot_ci95_high"]
 N_BOOT = 10_000
 BOOT_SEED = 0
@@ -53,6 +53,28 @@ def summary(data: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         rows.append({**dict(zip(by, group)), "n": len(x), "mean": float(x.mean()), "std": std, "sem": sem,
                      "ci95_low": low, "ci95_high": high, "min": float(x.min()), "max": float(x.max())})
     return pd.DataFrame(rows, columns=by + STAT_COLUMNS)
+
+
+def select_best(data: pd.DataFrame, group_keys: list[str], select_keys: list[str],
+                higher_is_better: bool = True) -> pd.DataFrame:
+    """Per group of `group_keys`, the `select_keys` values whose runs have the best mean `selection`.
+
+    One row per group, in report order: the group and select keys, `selection_mean` and
+    `selection_n` (runs averaged). A tie goes to the first candidate in report order.
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    rows = []
+    for group, part in groups(data, group_keys):
+        best = None
+        for values, runs in groups(part, select_keys):
+            x = runs["selection"].to_numpy(dtype=float)
+            x = x[np.isfinite(x)]
+            if len(x) and (best is None or sign * x.mean() > sign * best["selection_mean"]):
+                best = {**dict(zip(select_keys, values)), "selection_mean": float(x.mean()), "selection_n": len(x)}
+        if best is None:
+            raise ReportError(f"no run of group {dict(zip(group_keys, group))} logged a finite selection metric")
+        rows.append({**dict(zip(group_keys, group)), **best})
+    return pd.DataFrame(rows, columns=group_keys + select_keys + ["selection_mean", "selection_n"])
 
 
 def reference(reference: str | None, by: list[str], summary: pd.DataFrame) -> dict[str, str]:
@@ -105,7 +127,7 @@ def gaps(data: pd.DataFrame, by: list[str], pair_keys: list[str], ref: dict[str,
         if ref_group == group:
             continue
         row = {**dict(zip(by, group)), "reference": label, "n_pairs": 0, "mean_diff": math.nan,
-               "ci95_low": math.nan, "ci95_high": math.nan, "p_value": math.nan}
+               "ci95_low": math.nan, "ci95_high": math.nan, "p_value": math.nan, "p_holm": math.nan}
         if bootstrap:
             row |= {"boot_ci95_low": math.nan, "boot_ci95_high": math.nan}
         if ref_group in by_group and pair_keys:
@@ -124,7 +146,25 @@ def gaps(data: pd.DataFrame, by: list[str], pair_keys: list[str], ref: dict[str,
                 if bootstrap:
                     row["boot_ci95_low"], row["boot_ci95_high"] = bootstrap_ci(d)
         rows.append(row)
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns)
+    table["p_holm"] = holm(table["p_value"].to_numpy(dtype=float))  # the family: every gap of this table
+    return table
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979), over the non-NaN entries; NaN stays NaN.
+
+    The i-th smallest of m p-values becomes max over j <= i of min(1, (m - j + 1) * p_(j)): it
+    controls the family-wise error rate under any dependence (scipy's false_discovery_control is
+    Benjamini-Hochberg, which controls the false discovery rate instead).
+    """
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, math.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
 
 
 def _by_pair(part: pd.DataFrame, pair_keys: list[str], group: tuple) -> pd.Series:

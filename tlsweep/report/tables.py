@@ -40,7 +40,7 @@ def cells(summary: pd.DataFrame, gaps: pd.DataFrame, by: list[str], metric: str,
     header = [label(k) for k in by] or ["group"]
     header += ["n", metric_label(metric)]
     if by:
-        header += [f"Δ vs {_ref_label(ref)}" + (" (pp)" if frac else ""), "p"]
+        header += [f"Δ vs {_ref_label(ref)}" + (" (pp)" if frac else ""), "p", "p (Holm)"]
         if ci == "bootstrap":
             header += ["Δ bootstrap 95% CI"]
     gap_rows = {tuple(r[by]): r for _, r in gaps.iterrows()} if by else {}
@@ -56,16 +56,16 @@ def cells(summary: pd.DataFrame, gaps: pd.DataFrame, by: list[str], metric: str,
         if by:
             g = gap_rows.get(tuple(s[by]))
             if g is None:
-                row += ["reference", ""]
+                row += ["reference", "", ""]
             elif g["n_pairs"] == 0:
-                row += ["no pairs", ""]
+                row += ["no pairs", "", ""]
             else:
                 diff = _fmt(g["mean_diff"], frac, signed=True)
                 if g["n_pairs"] < 2:
-                    row += [f"{diff} (1 pair, no CI)", ""]
+                    row += [f"{diff} (1 pair, no CI)", "", ""]
                 else:
                     row += [f"{diff} [{_fmt(g['ci95_low'], frac, True)}, {_fmt(g['ci95_high'], frac, True)}]",
-                            _fmt_p(g["p_value"])]
+                            _fmt_p(g["p_value"]), _fmt_p(g["p_holm"])]
             if ci == "bootstrap":
                 row += [f"[{_fmt(g['boot_ci95_low'], frac, True)}, {_fmt(g['boot_ci95_high'], frac, True)}]"
                         if g is not None and g["n_pairs"] > 1 else ""]
@@ -73,7 +73,8 @@ def cells(summary: pd.DataFrame, gaps: pd.DataFrame, by: list[str], metric: str,
     return header, rows
 
 
-def method_notes(metric: str, ref: dict, ci: str, failed: list[dict], pair_keys: list[str]) -> list[str]:
+def method_notes(metric: str, ref: dict, ci: str, failed: list[dict], pair_keys: list[str],
+                 n_gaps: int = 0) -> list[str]:
     """The method, in sentences both tables carry; raw keys in parentheses match the CSVs."""
     frac = is_fraction(metric)
     out = [f"Mean ± 95% CI half-width of {label(metric)} ({metric}) over seeds (Student's t, n-1 dof)"
@@ -83,7 +84,8 @@ def method_notes(metric: str, ref: dict, ci: str, failed: list[dict], pair_keys:
         out.append(f"Δ: mean paired difference to the reference ({ref_text}, same values of the other "
                    f"grouping keys), runs paired on {', '.join(pair_keys) or 'nothing (no seed param)'}; "
                    "95% t-interval and paired t-test p-value over the pairs"
-                   + (" (pp = percentage points)." if frac else "."))
+                   + (" (pp = percentage points)" if frac else "")
+                   + f"; p (Holm, p_holm): Holm-adjusted over the {n_gaps} gap(s) of this table.")
     if ci == "bootstrap":
         out.append(f"Bootstrap: percentile 95% CI of the mean difference, {N_BOOT:,} resamples, seed {BOOT_SEED}.")
     if metric == "best_val_acc":
