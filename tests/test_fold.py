@@ -1,7 +1,6 @@
 """The BN-folded prefix is checked as tightly as the README says, in the precision the cached pass runs."""
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 

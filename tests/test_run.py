@@ -17,7 +17,6 @@ from tlsweep.errors import Diverged
 from tlsweep.models import MODELS
 from tlsweep.run import run
 from tlsweep.strategies import NAMES
-from tests.conftest import REPO
 
 
 def _last_run(store_uri):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 
 import mlflow
-import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
