@@ -113,6 +113,12 @@ def test_slurm_sweep_into_the_tracking_server(slurm, server, tiny_root, tmp_path
     rep = make_report(tracking_uri=server.uri, sweep="on-slurm", out=tmp_path / "again")
     assert rep.parent_run_id == parent.info.run_id
     pd.testing.assert_frame_equal(pd.read_csv(rep.out_dir / "summary.csv"), served)
+    # and so does the report's command line, given the server by the run config's key
+    cli = subprocess.run([sys.executable, "-m", "tlsweep.report", f"tracking.uri={server.uri}", "sweep=on-slurm",
+                          f"out={tmp_path / 'cli'}"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cli" / "summary.csv"), served)
 
 
 def test_eight_concurrent_writers_lose_nothing(server, tiny_root, tmp_path):
@@ -154,7 +160,10 @@ def test_a_cancelled_job_does_not_end_the_sweep_early(slurm, tiny_root, tmp_path
     env = {k: v for k, v in slurm.env.items() if k != "MLFLOW_TRACKING_URI"}
     launcher = subprocess.Popen(  # every job held at submission: the test starts each one
         [sys.executable, "-m", "tlsweep", "-m", "hydra/launcher=slurm", *CPU_NODE,
-         "+hydra.launcher.additional_parameters.hold=true", "strategy=probe", "epochs=200,1", *TINY,
+         "+hydra.launcher.additional_parameters.hold=true", "strategy=probe", "epochs=2000,1", *TINY,
+         # every epoch runs the backbone: job 0 must outlast the cancel (on cached features its 2000
+         # epochs took a few seconds and could finish first)
+         "strategy.cache_features=false",
          f"data.root={tiny_root}", "tracking.sweep_name=cancelled"],
         cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -171,7 +180,7 @@ def test_a_cancelled_job_does_not_end_the_sweep_early(slurm, tiny_root, tmp_path
         [array] = {j.split("_")[0] for j in held}
         store = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")  # made and migrated before any job
         subprocess.run(["scontrol", "release", f"{array}_0"], env=env, check=True)
-        wait_for("epoch of job 0", lambda: store.search_runs(["1"], "params.epochs = '200' and metrics.val_acc >= 0"))
+        wait_for("epoch of job 0", lambda: store.search_runs(["1"], "params.epochs = '2000' and metrics.val_acc >= 0"))
         subprocess.run(["scancel", f"{array}_0"], env=env, check=True)
         wait_for("cancel", lambda: slurm.scontrol_jobs()[f"{array}_0"]["JobState"] == "CANCELLED")
         time.sleep(35)  # submitit polls the states 2, 4, 8, 16, 32, 64 s after submitting: it has seen the cancel
@@ -186,7 +195,7 @@ def test_a_cancelled_job_does_not_end_the_sweep_early(slurm, tiny_root, tmp_path
 
     [parent] = store.search_runs(["1"], "tags.`tlsweep.role` = 'sweep'")
     status = {r.data.params["epochs"]: r.info.status for r in _children(store, parent)}
-    assert status == {"200": "KILLED", "1": "FINISHED"}
+    assert status == {"2000": "KILLED", "1": "FINISHED"}
     assert parent.info.status == "KILLED"
     runs = pd.read_csv(store.download_artifacts(parent.info.run_id, "report/runs.csv", str(tmp_path / "dl")))
     assert sorted(runs["status"]) == ["FINISHED", "KILLED"]

