@@ -134,7 +134,7 @@ def test_the_ladder_climbs_by_trainable_params_with_a_colour_per_strategy():
     data = pd.DataFrame(rows, index=[f"r{i}" for i in range(len(rows))])
     fig = figures.ladder(data, stats.summary(data, ["strategy.name"]), ["strategy.name"], "final_val_acc")
     ax = fig.axes[0]
-    ticks = [t.get_text().split("\n")[0] for t in ax.get_xticklabels()]
+    ticks = [t.get_text().split()[0] for t in ax.get_xticklabels()]
     assert ticks == sorted(STRATEGIES, key=size.get)
     from matplotlib.collections import PathCollection
 

@@ -161,9 +161,12 @@ def ladder(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], metric: str
         ax.set_xlabel(label(lay.primary))
         if "trainable_params" in data and data["trainable_params"].notna().any():
             counts = data.groupby(lay.primary)["trainable_params"].median()
-            labels = [f"{p}\n{_human(counts[p])}" if pd.notna(counts.get(p)) else str(p) for p in lay.primaries]
+            sep = "\n" if len(lay.primaries) <= 6 else "  "  # slanted names below take the count on their line
+            labels = [f"{p}{sep}{_human(counts[p])}" if pd.notna(counts.get(p)) else str(p) for p in lay.primaries]
             ax.set_xlabel(ax.get_xlabel() + " (trainable parameters)")
-    ax.set_xticks(range(len(labels)), labels)
+    # more than six names side by side overlap in one column's width: slant them
+    slant = dict(rotation=40, ha="right", rotation_mode="anchor") if len(labels) > 6 else {}
+    ax.set_xticks(range(len(labels)), labels, **slant)
     ax.set_xlim(-0.6, len(labels) - 0.4)
     ax.set_ylabel(metric_label(metric))
     if lay.others:  # colour already names the strategy: the legend only decodes the markers
