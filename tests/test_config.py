@@ -40,8 +40,12 @@ def test_every_key_a_preset_sets_comes_through(preset):
             assert cfg.hydra.runtime.choices[group] == option, (group, option)
             assert OmegaConf.select(cfg, f"{group}.name") == option  # the group's config is the option's
             checked += 1
+    swept = "hydra.sweeper.params."
     for key, value in _leaves(text):
-        assert OmegaConf.select(cfg, key) == value, (key, value, OmegaConf.select(cfg, key))
+        # a swept key is itself dotted (data.shots): look it up whole, not as a path
+        found = cfg.hydra.sweeper.params.get(key.removeprefix(swept)) if key.startswith(swept) else \
+            OmegaConf.select(cfg, key)
+        assert found == value, (key, value, found)
         checked += 1
     assert checked >= 2
 
@@ -62,3 +66,16 @@ def test_help_is_tlsweeps_own():
                  "strategy: auto_rgn, bitfit, finetune, gradual, l2sp, llrd, lpft, norm, partial, probe, scratch",
                  "model: ", "mlruns/mlflow.db"):
         assert want in p.stdout, want
+
+
+def test_the_flowchart_sweeps_datasets_with_one_data_root():
+    """`experiment=flowchart data.root=...` must compose for every dataset the preset sweeps: a
+    dataset config without a `root` key would fail those jobs only, mid-sweep."""
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        params = compose("config", overrides=["experiment=flowchart"], return_hydra_config=True).hydra.sweeper.params
+        datasets = params["data"].split(",")
+        assert len(datasets) >= 2 and "hymenoptera" in datasets and len(params["data.shots"].split(",")) >= 2
+        for dataset in datasets:
+            cfg = compose("config", overrides=["experiment=flowchart", f"data={dataset}", "data.root=/elsewhere",
+                                               "data.shots=10"])
+            assert (cfg.data.name, cfg.data.root, cfg.data.shots) == (dataset, "/elsewhere", 10)

@@ -270,7 +270,8 @@ def test_sweep_by_parent_run_id_reads_only_its_children(store, grid):
 
 def test_figures_are_valid_pdf_and_png(ladder, grid):
     assert {p.stem for p in ladder.out_dir.glob("*.png")} == {"ladder", "curves"}  # lr and shots did not vary
-    assert {p.stem for p in grid.out_dir.glob("*.png")} == {"ladder", "curves", "lr", "shots"}
+    # the grid varies data.shots: a decision figure too, one column of cells per shots value
+    assert {p.stem for p in grid.out_dir.glob("*.png")} == {"ladder", "curves", "lr", "shots", "decision"}
     for path in [*ladder.out_dir.glob("*.p[dn][fg]"), *grid.out_dir.glob("*.p[dn][fg]")]:
         head = path.read_bytes()[:8]
         if path.suffix == ".pdf":
@@ -278,7 +279,8 @@ def test_figures_are_valid_pdf_and_png(ladder, grid):
         else:
             assert head == b"\x89PNG\r\n\x1a\n", path
             image = matplotlib.image.imread(path)
-            assert image.shape[1] == 990, path  # 3.3 in at 300 dpi: one paper column
+            # 3.3 in at 300 dpi: one paper column; the decision grid widens by its three shots columns
+            assert image.shape[1] == (round(300 * (0.9 + 1.05 * 3)) if path.stem == "decision" else 990), path
 
 
 def test_latest_sweep_is_the_latest_with_a_finished_run(store, ladder):
@@ -383,3 +385,105 @@ def test_cli_errors_exit_nonzero_without_traceback(store, tmp_path, args, messag
     assert done.returncode != 0
     assert message in done.stderr and "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# Experiment "flow": the flowchart as two sweeps, one per dataset, pooled by sweep=[a,b].
+# hymenoptera: probe and finetune within noise of each other at both shots values; digits:
+# finetune ahead of probe by 0.2 +- 0.005 at every seed. One digits config (finetune, 10 shots,
+# seed 0) also ran, later and with another value, inside the hymenoptera sweep: it counts once.
+FLOW_NOISE = {0: 0.004, 1: -0.006, 2: 0.001, 3: 0.003}
+FLOW = {("hymenoptera", "probe"): 0.90, ("hymenoptera", "finetune"): 0.895,
+        ("digits", "probe"): 0.60, ("digits", "finetune"): 0.80}
+
+
+def _flow_value(dataset, strategy, shots, seed):
+    base = FLOW[dataset, strategy] + (0.02 if shots == "None" else 0.0)
+    if dataset == "hymenoptera" and strategy == "finetune":
+        return base - 3 * FLOW_NOISE[seed]  # differences to probe swing both ways: no winner
+    return base + FLOW_NOISE[seed] * (1.0 if strategy == "probe" else 0.5)
+
+
+@pytest.fixture(scope="module")
+def flow(store):
+    client = MlflowClient(store.uri)
+    exp = client.create_experiment("flow")
+    start = T0 + 100 * 3_600_000
+    for k, dataset in enumerate(("hymenoptera", "digits")):
+        name = f"flow-{dataset}"
+        parent = client.create_run(exp, run_name=name, start_time=start + k * 1000,
+                                   tags={"tlsweep.role": "sweep", "tlsweep.sweep_name": name})
+        jobs = [(dataset, s, shots, seed) for s in ("probe", "finetune") for shots in ("10", "None")
+                for seed in FLOW_NOISE]
+        if dataset == "hymenoptera":
+            jobs.append(("digits", "finetune", "10", 0))  # the repeated config: started before digits' own
+        for i, (ds, s, shots, seed) in enumerate(jobs):
+            params = {"strategy.name": s, "optim.lr": "1e-3", "data.shots": shots, "seed": seed, "data.name": ds,
+                      "data.image_size": "32" if ds == "digits" else "None"}  # follows the dataset
+            value = _flow_value(ds, s, shots, seed) if i < 16 else 0.1  # the repeat: the earlier value counts
+            _log_run(client, exp, parent.info.run_id, f"{name}-{i}", start + k * 1000 + i + 1, params,
+                     "FINISHED", value)
+        client.set_terminated(parent.info.run_id, "FINISHED")
+    runs = client.search_runs([exp], "tags.`tlsweep.role` = 'job'")
+    for run in runs:  # the config key as tlsweep.tracking tags it: every param but the per-run ones
+        p = run.data.params
+        client.set_tag(run.info.run_id, "tlsweep.config_key",
+                       "|".join(p[k] for k in ("data.name", "strategy.name", "data.shots", "seed")))
+    return store
+
+
+def test_several_sweeps_pool_into_one_decision(flow):
+    report = make_report(flow.uri, experiment="flow", sweep=["flow-hymenoptera", "flow-digits"],
+                         out=flow.tmp / "flow")
+    assert report.sweep_name == "flow-hymenoptera+flow-digits" and report.parent_run_id.count(",") == 1
+    assert report.by == ["strategy.name", "data.name", "data.shots"]  # image_size follows the dataset
+    runs = pd.read_csv(report.out_dir / "runs.csv", dtype={"data.shots": str})
+    assert len(runs) == 32  # 2 datasets x 2 strategies x 2 shots x 4 seeds: the repeated config once
+    assert "1 configuration(s) ran in more than one" in report.markdown
+    # the earliest finished run of the repeated config counts: the one in the hymenoptera sweep
+    repeat = runs[(runs["data.name"] == "digits") & (runs["strategy.name"] == "finetune")
+                  & (runs["data.shots"] == "10") & (runs["seed"] == 0)]
+    assert repeat["final_val_acc"].tolist() == [0.1]
+
+    table = pd.read_csv(report.out_dir / "decision.csv", dtype={"data.shots": str}, keep_default_na=False,
+                        converters={"p_value": float, "p_holm": float})
+    assert list(table[["data.name", "data.shots"]].itertuples(index=False, name=None)) == [
+        ("digits", "10"), ("digits", "None"), ("hymenoptera", "10"), ("hymenoptera", "None")]
+    # by hand: each cell's best and runner-up by mean, the paired t statistic, then Holm over the 4 cells
+    p = []
+    for ds, shots in table[["data.name", "data.shots"]].itertuples(index=False):
+        vals = {s: np.array([0.1 if (ds, s, shots, seed) == ("digits", "finetune", "10", 0)
+                             else _flow_value(ds, s, shots, seed) for seed in FLOW_NOISE])
+                for s in ("probe", "finetune")}
+        best, other = sorted(vals, key=lambda s: -vals[s].mean())
+        row = table[(table["data.name"] == ds) & (table["data.shots"] == shots)].iloc[0]
+        assert (row["best"], row["runner_up"]) == (best, other)
+        d = vals[best] - vals[other]
+        t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+        p.append(2 * stats.t.sf(abs(t), len(d) - 1))
+    order = np.argsort(p)
+    holm = np.maximum.accumulate([min(1.0, (4 - i) * p[j]) for i, j in enumerate(order)])
+    expected = np.empty(4)
+    expected[order] = holm
+    assert table["p_value"].to_numpy() == pytest.approx(p, rel=1e-9)
+    assert table["p_holm"].to_numpy() == pytest.approx(expected, rel=1e-9)
+    # digits at all shots: finetune ahead at every seed; with 10 shots its seed-0 run is the
+    # repeated 0.1: still ahead by mean, behind at one seed, so not significantly; hymenoptera: a tie
+    assert table["verdict"].tolist() == ["finetune ≈ probe", "finetune", "probe ≈ finetune", "probe ≈ finetune"]
+    assert table["significant"].tolist() == [False, True, False, False]
+    assert "| digits | finetune ≈ probe" in report.markdown and "| finetune (82.0, p (Holm)" in report.markdown
+    assert {"decision.pdf", "decision.png", "decision.csv"} <= {p.name for p in report.files}
+    assert matplotlib.image.imread(report.out_dir / "decision.png").shape[0] > 0
+    # one sweep alone: one dataset, so one row, still a decision over shots
+    alone = make_report(flow.uri, experiment="flow", sweep="flow-digits", out=flow.tmp / "flow-digits")
+    assert alone.decision["data.shots"].tolist() == ["10", "None"] and "data.name" not in alone.decision
+    assert alone.decision["verdict"].tolist() == ["finetune", "finetune"]
+
+
+def test_cli_takes_a_list_of_sweeps(flow, tmp_path):
+    done = _cli(f"tracking.uri={flow.uri}", "tracking.experiment=flow", "sweep=[flow-hymenoptera,flow-digits]",
+                cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "**flow-hymenoptera+flow-digits**" in done.stdout and "Best strategy by mean" in done.stdout
+    assert (tmp_path / "reports" / "flow-hymenoptera+flow-digits" / "decision.pdf").exists()
+    done = _cli(f"tracking.uri={flow.uri}", "tracking.experiment=flow", "sweep=[flow-hymenoptera,nope]", cwd=tmp_path)
+    assert done.returncode == 2 and "no sweep 'nope'" in done.stderr

@@ -162,3 +162,22 @@ def test_gaps_carry_holm_over_the_table():
         by_hand[j] = running
     assert gaps["p_holm"].to_numpy() == pytest.approx(by_hand)
     assert (gaps["p_holm"] >= gaps["p_value"]).all()
+
+
+def test_pairs_that_all_differ_by_the_same_amount_get_no_p_value():
+    """Seen on hymenoptera: probe vs finetune, three seeds, each 2 of 153 images apart. scipy's
+    ttest_rel says p=0 (t is infinite); the report must not claim that."""
+    x, r = np.array([0.954, 0.928, 0.935]), np.array([0.954, 0.928, 0.935]) - 2 / 153
+    assert stats.paired_p(x, r) != stats.paired_p(x, r)  # NaN
+    assert stats.paired_p(x, r + [0, 0.001, 0]) == pytest.approx(sps.ttest_rel(x, r + [0, 0.001, 0]).pvalue)
+    data = pd.DataFrame({"strategy.name": ["probe"] * 3 + ["finetune"] * 3, "seed": ["0", "1", "2"] * 2,
+                         "value": np.concatenate([x, r])})
+    summary = stats.summary(data, ["strategy.name"])
+    gaps = stats.gaps(data, ["strategy.name"], ["seed"], {"strategy.name": "probe"}, summary, bootstrap=False)
+    assert gaps["n_pairs"].tolist() == [3] and np.isnan(gaps["p_value"]).all() and np.isnan(gaps["p_holm"]).all()
+    md = tables.markdown("t", summary, gaps, ["strategy.name"], "final_val_acc", {"strategy.name": "probe"}, "t",
+                         tables.method_notes("final_val_acc", {"strategy.name": "probe"}, "t", [], ["seed"], 0, 1), [])
+    assert "| finetune | 3 | 92.6 ± 3.3 | -1.3 [-1.3, -1.3] | no spread |  |" in md and "no p-value is claimed" in md
+    # the decision treats it as no evidence: the best is not named alone
+    choice = stats.decide(data.assign(**{"data.shots": "10"}), ["data.shots"], ["strategy.name"], ["seed"])
+    assert choice["verdict"].tolist() == ["probe ≈ finetune"]

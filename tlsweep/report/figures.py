@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from tlsweep.report.keys import STRATEGIES, STRATEGY_KEY, as_number, is_fraction, label, metric_label, sort_key
+from tlsweep.report.keys import SHOTS_KEY, STRATEGIES, STRATEGY_KEY, as_number, is_fraction, label, metric_label, sort_key
 from tlsweep.report.stats import t_interval
 
 # fontTools logs each font-subsetting step of a PDF at INFO, which Hydra's logging would print
@@ -29,7 +30,7 @@ OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "
 # eleven strategies need eleven colours: Okabe-Ito's eight, then three of Paul Tol's muted scheme
 PALETTE = OKABE_ITO + ["#882255", "#44AA99", "#999933"]
 MARKERS = ["o", "s", "^", "D", "v", "P"]
-NAMES = ("ladder", "curves", "lr", "shots")
+NAMES = ("ladder", "curves", "lr", "shots", "decision")
 SIZE = (3.3, 2.4)  # inches: one column of a two-column paper
 RC = {"font.size": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7, "legend.fontsize": 6.5,
       "axes.spines.top": False, "axes.spines.right": False, "lines.linewidth": 1.2,
@@ -37,11 +38,13 @@ RC = {"font.size": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsiz
 
 
 def make_all(out_dir: Path, data: pd.DataFrame, summary: pd.DataFrame, history: pd.DataFrame,
-             by: list[str], metric: str) -> list[Path]:
+             by: list[str], metric: str, choice: pd.DataFrame | None = None, row_key: str | None = None,
+             rows_label: str = "") -> list[Path]:
     """Draw every figure the sweep supports; returns the files written.
 
     `data`: one row per run (index run_id) with the `by` columns, `value` and `trainable_params`;
-    `summary`: one row per group, in report order; `history`: run_id, step, value of val_acc.
+    `summary`: one row per group, in report order; `history`: run_id, step, value of val_acc;
+    `choice`: the table of stats.decide over (row_key, data.shots), when the sweep varies the shots.
     """
     fraction = is_fraction(metric)
     files = []
@@ -53,6 +56,8 @@ def make_all(out_dir: Path, data: pd.DataFrame, summary: pd.DataFrame, history: 
             x_key = next((k for k in by if k.rsplit(".", 1)[-1] == name), None)
             if x_key is not None and summary[x_key].nunique() > 1:
                 files += _save(versus(data, summary, by, x_key, metric), out_dir, name, fraction)
+        if choice is not None:
+            files += _save(decision(choice, row_key, SHOTS_KEY, metric, rows_label), out_dir, "decision", False)
     return files
 
 
@@ -241,4 +246,45 @@ def versus(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], x_key: str,
     fig.supxlabel(label(x_key), fontsize=8)
     fig.supylabel(metric_label(metric), fontsize=8)
     lay.color_legend(fig, marker="o")
+    return fig
+
+
+def decision(table: pd.DataFrame, row_key: str | None, col_key: str, metric: str, rows_label: str = "") -> Figure:
+    """The decision chart as evidence: one row per dataset, one column per shots value; each cell
+    names the best strategy by mean and its mean, or "A ≈ B" when it is not significantly ahead of
+    the runner-up (stats.decide). A clear winner's cell is filled in its colour, a tie only tinted.
+    """
+    scale = _scale(metric)
+    rows = list(dict.fromkeys(table[row_key])) if row_key else [rows_label]
+    cols = sorted(dict.fromkeys(table[col_key]), key=lambda v: sort_key(col_key, v))
+    width = max(SIZE[0], 0.9 + 1.05 * len(cols))
+    fig = Figure(figsize=(width, 0.75 + 0.55 * len(rows)), layout="constrained")
+    ax = fig.add_subplot()
+    for _, r in table.iterrows():
+        i = rows.index(r[row_key]) if row_key else 0
+        j = cols.index(r[col_key])
+        best = r["best"]
+        color = PALETTE[STRATEGIES.index(best) % len(PALETTE)] if best in STRATEGIES else "0.5"
+        clear = bool(r["significant"]) or not r["runner_up"]
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=color,
+                               alpha=0.45 if clear else 0.15, edgecolor="white", lw=2))
+        fmt = (lambda m: f"{m * scale:.1f}") if scale != 1 else (lambda m: f"{m:.3g}")
+        text = f"{best} {fmt(r['best_mean'])}"
+        if not clear:
+            text += f"\n≈ {r['runner_up']} {fmt(r['runner_up_mean'])}"
+        ax.text(j, i, text, ha="center", va="center", fontsize=6.5, linespacing=1.3)
+    ax.set_xlim(-0.5, len(cols) - 0.5)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xticks(range(len(cols)), ["all" if c == "None" else str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.xaxis.tick_top()
+    ax.xaxis.set_label_position("top")
+    ax.set_xlabel(label(col_key))
+    if row_key:
+        ax.set_ylabel(label(row_key))
+    ax.tick_params(length=0)
+    for side in ("left", "bottom", "top", "right"):
+        ax.spines[side].set_visible(False)
+    fig.supxlabel(f"the best mean {metric_label(metric)}; A ≈ B: A is not significantly ahead\n"
+                  "of the runner-up B (paired t-test on seeds, Holm over the cells, 0.05)", fontsize=6)
     return fig

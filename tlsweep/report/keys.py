@@ -11,6 +11,8 @@ import math
 import pandas as pd
 
 STRATEGY_KEY = "strategy.name"
+DATASET_KEY = "data.name"
+SHOTS_KEY = "data.shots"  # the decision figure's columns
 LADDER = ("scratch", "probe", "partial", "finetune")  # the order of the paper's ladder
 # every strategy tlsweep ships (conf/strategy/), the ladder first: table order, and each its own colour
 STRATEGIES = LADDER + ("lpft", "llrd", "gradual", "l2sp", "bitfit", "norm", "auto_rgn")

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from tlsweep.report import stats, store, tables
-from tlsweep.report.keys import ReportError, design_keys, label, lower_is_better, resolve_keys, seed_keys
-from tlsweep.tracking import EXPERIMENT, current, default_tracking_uri
+from tlsweep.report.keys import DATASET_KEY, SHOTS_KEY, ReportError, design_keys, label, lower_is_better, resolve_keys, seed_keys
+from tlsweep.tracking import CONFIG_KEY_TAG, EXPERIMENT, current, default_tracking_uri
 
 DEFAULT_METRIC = "final_val_acc"  # best_val_acc is selected on the validation set it is scored on
 SELECTION_METRIC = "select_acc"  # logged by runs with data.select_fraction; higher is better
@@ -24,13 +24,14 @@ class Report:
     gaps: pd.DataFrame
     out_dir: Path
     failed: list[dict]  # runs left out: run_id, run_name, status, reason
-    parent_run_id: str
-    sweep_name: str
+    parent_run_id: str  # several sweeps: their parent run ids, comma-separated
+    sweep_name: str     # several sweeps: their names joined by "+"
     metric: str
     by: list[str]
     markdown: str  # the summary table as printed to the console
     files: list[Path] = field(default_factory=list)
     selected: pd.DataFrame | None = None  # with `select`: per group, the chosen values (selected.csv)
+    decision: pd.DataFrame | None = None  # when data.shots varies: best strategy per cell (decision.csv)
 
 
 def default_out(sweep_name: str, metric: str, by: list[str], default_by: list[str],
@@ -48,13 +49,14 @@ def default_out(sweep_name: str, metric: str, by: list[str], default_by: list[st
     return base / name.replace(os.sep, "_")
 
 
-def make_report(tracking_uri: str | None = None, sweep: str | None = None, metric: str = DEFAULT_METRIC,
+def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None = None, metric: str = DEFAULT_METRIC,
                 by: list[str] | None = None, out: str | os.PathLike | None = None, ci: str = "t",
                 reference: str | None = None, experiment: str = EXPERIMENT, select: list[str] | None = None,
                 select_on: str = "select") -> Report:
-    """Summarise one sweep of `experiment` and write tables and figures to `out`.
+    """Summarise one sweep of `experiment`, or several as one, and write tables and figures to `out`.
 
-    `sweep` is a parent run id or name (None: the latest sweep with a finished run); `out` defaults
+    `sweep` is a parent run id or name (None: the latest sweep with a finished run), or a list of
+    them: their runs are pooled, one per configuration (the earliest finished); `out` defaults
     to `default_out`; `ci` is "t" or "bootstrap"; `reference` is "key=value" or a bare value.
     `select` (e.g. ["optim.lr"]): within each group of the other `by` keys, keep only the value with
     the best mean selection metric over seeds: `select_acc` (the split held out of train by
@@ -67,10 +69,20 @@ def make_report(tracking_uri: str | None = None, sweep: str | None = None, metri
                           "data.select_fraction) or select_on=val (the scored split: optimistic)")
     uri = default_tracking_uri(tracking_uri)
     client, exp_id = store.open_store(uri, experiment)
-    parent = store.find_parent(client, exp_id, sweep, uri, experiment)
-    sweep_name = parent.data.tags.get("tlsweep.sweep_name") or parent.info.run_name or parent.info.run_id
-    # a resumed sweep: a config's FINISHED rerun replaces its FAILED or KILLED first attempt
-    runs, params = store.run_tables(current(store.children(client, exp_id, parent.info.run_id)))
+    asked = [sweep] if sweep is None or isinstance(sweep, str) else [str(s) for s in sweep]
+    if not asked:
+        raise ReportError("sweep=[] names no sweep: pass a name or parent run id, or a list of them")
+    parents = list({p.info.run_id: p for p in (store.find_parent(client, exp_id, s, uri, experiment)
+                                               for s in asked)}.values())
+    names = [p.data.tags.get("tlsweep.sweep_name") or p.info.run_name or p.info.run_id for p in parents]
+    sweep_name, parent_ids = "+".join(names), ",".join(p.info.run_id for p in parents)
+    found = sorted((c for p in parents for c in store.children(client, exp_id, p.info.run_id)),
+                   key=lambda r: r.info.start_time or 0)
+    # a resumed sweep: a config's FINISHED rerun replaces its FAILED or KILLED first attempt; across
+    # sweeps, a config that ran in several counts once (its earliest finished run), never twice
+    kept = current(found)
+    repeated = _repeated_configs(found) if len(parents) > 1 else 0
+    runs, params = store.run_tables(kept)
 
     default_by = design_keys(params)
     by = resolve_keys([by] if isinstance(by, str) else by, params) if by is not None else default_by
@@ -81,7 +93,7 @@ def make_report(tracking_uri: str | None = None, sweep: str | None = None, metri
     pair_keys = [k for k in dict.fromkeys(seed_keys(params) + default_by) if k not in by + select]
 
     if runs.empty:
-        raise ReportError(f"sweep {sweep_name!r} ({parent.info.run_id}) has no child runs; nothing to report")
+        raise ReportError(f"sweep {sweep_name!r} ({parent_ids}) has no child runs; nothing to report")
     finished = runs["status"] == "FINISHED"
     if not finished.any():
         errors = [e for e in runs["error"] if e]
@@ -137,22 +149,50 @@ def make_report(tracking_uri: str | None = None, sweep: str | None = None, metri
     runs_out.rename_axis("run_id").to_csv(out_dir / "runs.csv")
     files = [out_dir / f for f in ("summary.csv", "gaps.csv", "runs.csv", "summary.md", "summary.tex")]
 
-    notes = tables.method_notes(metric, ref, ci, failed, pair_keys, n_gaps=int(gaps["p_value"].notna().sum()))
+    notes = tables.method_notes(metric, ref, ci, failed, pair_keys, n_gaps=int(gaps["p_value"].notna().sum()),
+                                n_flat=int(((gaps["n_pairs"] > 1) & gaps["p_value"].isna()).sum()))
+    if len(parents) > 1:
+        notes.insert(0, f"Pooled {len(parents)} sweeps: {', '.join(names)}"
+                     + (f"; {repeated} configuration(s) ran in more than one, each counted once "
+                        "(its earliest finished run)." if repeated else "."))
+    choice, row_key, rows_label = None, None, ""
+    if SHOTS_KEY in by and data[SHOTS_KEY].nunique() > 1:
+        row_key = DATASET_KEY if DATASET_KEY in by else None
+        rows_label = ", ".join(sorted(params.loc[used, DATASET_KEY].dropna().unique())) \
+            if DATASET_KEY in params else ""
+        cells = [k for k in (row_key, SHOTS_KEY) if k]
+        choice = stats.decide(data, cells, [k for k in by if k not in cells], pair_keys,
+                              higher_is_better=not lower_is_better(metric))
+        choice.to_csv(out_dir / "decision.csv", index=False)
+        files.append(out_dir / "decision.csv")
+        notes.append(tables.decision_note(choice, metric))
     if select:
         selected.assign(selection_metric=selection, selected_on=select_on).to_csv(out_dir / "selected.csv",
                                                                                  index=False)
         files.append(out_dir / "selected.csv")
         notes.insert(1, _selection_note(select, by, selection, select_on, metric))
-    title = f"**{sweep_name}** ({parent.info.run_id}): {label(metric)}, {len(data)} of {len(runs)} runs"
+    title = f"**{sweep_name}** ({parent_ids}): {label(metric)}, {len(data)} of {len(runs)} runs"
     markdown = tables.markdown(title, summary, gaps, shown, metric, ref, ci, notes, failed)
+    if choice is not None:
+        markdown += "\n" + tables.decision_markdown(choice, row_key, metric, rows_label)
     (out_dir / "summary.md").write_text(markdown)
     (out_dir / "summary.tex").write_text(tables.latex(summary, gaps, shown, metric, ref, notes, sweep_name))
 
     history = store.history(client, data.index, "val_acc")
-    files += figures.make_all(out_dir, data, summary, history, by, metric)
+    files += figures.make_all(out_dir, data, summary, history, by, metric, choice, row_key, rows_label)
     return Report(summary=summary, gaps=gaps, out_dir=out_dir, failed=failed,
-                  parent_run_id=parent.info.run_id, sweep_name=sweep_name, metric=metric, by=by,
-                  markdown=markdown, files=files, selected=selected)
+                  parent_run_id=parent_ids, sweep_name=sweep_name, metric=metric, by=by,
+                  markdown=markdown, files=files, selected=selected, decision=choice)
+
+
+def _repeated_configs(found: list) -> int:
+    """How many configurations (tlsweep.config_key) have a finished run in more than one sweep."""
+    sweeps: dict[str, set] = {}
+    for run in found:
+        key = run.data.tags.get(CONFIG_KEY_TAG)
+        if key and run.info.status == "FINISHED":
+            sweeps.setdefault(key, set()).add(run.data.tags.get("mlflow.parentRunId"))
+    return sum(len(s) > 1 for s in sweeps.values())
 
 
 def _with_selected(frame: pd.DataFrame, selected: pd.DataFrame, by: list[str], select: list[str]) -> pd.DataFrame:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -140,15 +139,26 @@ def gaps(data: pd.DataFrame, by: list[str], pair_keys: list[str], ref: dict[str,
                 row["mean_diff"] = float(d.mean())
                 _, _, row["ci95_low"], row["ci95_high"] = t_interval(d)
             if len(d) > 1:
-                with warnings.catch_warnings():  # identical differences: scipy warns, returns p=0 or NaN
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    row["p_value"] = float(stats.ttest_rel(x, r).pvalue)
+                row["p_value"] = paired_p(x, r)
                 if bootstrap:
                     row["boot_ci95_low"], row["boot_ci95_high"] = bootstrap_ci(d)
         rows.append(row)
     table = pd.DataFrame(rows, columns=columns)
     table["p_holm"] = holm(table["p_value"].to_numpy(dtype=float))  # the family: every gap of this table
     return table
+
+
+def paired_p(x: np.ndarray, r: np.ndarray) -> float:
+    """Two-sided paired t-test p-value; NaN when the differences have no spread.
+
+    Accuracy moves in steps of one image, so pairs that all differ by exactly the same count happen
+    (three seeds, each 2 of 153 images apart). scipy then returns p=0 from an infinite t: a
+    certainty the data cannot give. No spread, no test: the tables say so.
+    """
+    d = np.asarray(x, dtype=float) - np.asarray(r, dtype=float)
+    if len(d) < 2 or np.ptp(d) == 0:
+        return math.nan
+    return float(stats.ttest_rel(x, r).pvalue)
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -180,3 +190,52 @@ def bootstrap_ci(d: np.ndarray) -> tuple[float, float]:
     means = d[rng.integers(0, len(d), size=(N_BOOT, len(d)))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
+
+
+DECISION_COLUMNS = ["best", "best_mean", "runner_up", "runner_up_mean", "n_pairs", "mean_diff", "p_value",
+                    "p_holm", "significant", "verdict"]
+ALPHA = 0.05
+
+
+def decide(data: pd.DataFrame, cell_keys: list[str], candidate_keys: list[str], pair_keys: list[str],
+           higher_is_better: bool = True, alpha: float = ALPHA) -> pd.DataFrame:
+    """Per cell of `cell_keys` (e.g. dataset x shots), the candidate (a value of `candidate_keys`,
+    e.g. a strategy) with the best mean, and whether it is significantly ahead of the runner-up.
+
+    Best and runner-up are paired on `pair_keys` (the seeds) and compared by a paired t-test; the
+    p-values are Holm-adjusted over every cell that has a test (the family: one figure). The verdict
+    names the best alone only when its adjusted p is below `alpha` and it is ahead; else "best ≈
+    runner-up". A cell with one candidate names it alone; one without two pairs is never significant.
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    rows = []
+    for cell, part in groups(data, cell_keys):
+        ranked = sorted(groups(part, candidate_keys), key=lambda gp: -sign * gp[1]["value"].mean())
+        names = [_candidate(candidate_keys, values) for values, _ in ranked]
+        row = {**dict(zip(cell_keys, cell)), "best": names[0], "best_mean": float(ranked[0][1]["value"].mean()),
+               "runner_up": "", "runner_up_mean": math.nan, "n_pairs": 0, "mean_diff": math.nan,
+               "p_value": math.nan}
+        if len(ranked) > 1:
+            row |= {"runner_up": names[1], "runner_up_mean": float(ranked[1][1]["value"].mean())}
+            paired = pd.concat([_by_pair(ranked[0][1], pair_keys, cell), _by_pair(ranked[1][1], pair_keys, cell)],
+                               axis=1, join="inner") if pair_keys else pd.DataFrame()
+            row["n_pairs"] = len(paired)
+            if len(paired):
+                x, r = paired.iloc[:, 0].to_numpy(), paired.iloc[:, 1].to_numpy()
+                row["mean_diff"] = float((x - r).mean())
+                if len(paired) > 1:
+                    row["p_value"] = paired_p(x, r)
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=cell_keys + DECISION_COLUMNS[:-3])
+    table["p_holm"] = holm(table["p_value"].to_numpy(dtype=float))
+    ahead = sign * table["mean_diff"].fillna(0.0) > 0  # paired means can disagree with the group means
+    table["significant"] = (table["p_holm"] < alpha) & ahead
+    table["verdict"] = [r.best if (r.significant or not r.runner_up) else f"{r.best} ≈ {r.runner_up}"
+                        for r in table.itertuples()]
+    return table
+
+
+def _candidate(keys: list[str], values: tuple) -> str:
+    """A candidate's name: the strategy alone, other keys as key=value ("finetune, lr=0.001")."""
+    return ", ".join(str(v) if k == STRATEGY_KEY or len(keys) == 1 else f"{k.rsplit('.', 1)[-1]}={v}"
+                     for k, v in zip(keys, values)) or "all"

@@ -9,7 +9,7 @@ import re
 
 import pandas as pd
 
-from tlsweep.report.keys import STRATEGY_KEY, is_fraction, label, lower_is_better, metric_label
+from tlsweep.report.keys import SHOTS_KEY, STRATEGY_KEY, is_fraction, label, lower_is_better, metric_label, sort_key
 from tlsweep.report.stats import BOOT_SEED, N_BOOT
 
 
@@ -64,8 +64,11 @@ def cells(summary: pd.DataFrame, gaps: pd.DataFrame, by: list[str], metric: str,
                 if g["n_pairs"] < 2:
                     row += [f"{diff} (1 pair, no CI)", "", ""]
                 else:
+                    # every pair differs by the same amount: a t-test would claim p=0 (stats.paired_p)
+                    no_spread = math.isnan(g["p_value"])
                     row += [f"{diff} [{_fmt(g['ci95_low'], frac, True)}, {_fmt(g['ci95_high'], frac, True)}]",
-                            _fmt_p(g["p_value"]), _fmt_p(g["p_holm"])]
+                            "no spread" if no_spread else _fmt_p(g["p_value"]),
+                            "" if no_spread else _fmt_p(g["p_holm"])]
             if ci == "bootstrap":
                 row += [f"[{_fmt(g['boot_ci95_low'], frac, True)}, {_fmt(g['boot_ci95_high'], frac, True)}]"
                         if g is not None and g["n_pairs"] > 1 else ""]
@@ -74,7 +77,7 @@ def cells(summary: pd.DataFrame, gaps: pd.DataFrame, by: list[str], metric: str,
 
 
 def method_notes(metric: str, ref: dict, ci: str, failed: list[dict], pair_keys: list[str],
-                 n_gaps: int = 0) -> list[str]:
+                 n_gaps: int = 0, n_flat: int = 0) -> list[str]:
     """The method, in sentences both tables carry; raw keys in parentheses match the CSVs."""
     frac = is_fraction(metric)
     out = [f"Mean ± 95% CI half-width of {label(metric)} ({metric}) over seeds (Student's t, n-1 dof)"
@@ -86,6 +89,9 @@ def method_notes(metric: str, ref: dict, ci: str, failed: list[dict], pair_keys:
                    "95% t-interval and paired t-test p-value over the pairs"
                    + (" (pp = percentage points)" if frac else "")
                    + f"; p (Holm, p_holm): Holm-adjusted over the {n_gaps} gap(s) of this table.")
+        if n_flat:
+            out.append(f"\"no spread\" ({n_flat} gap(s)): every pair differs by exactly the same amount, so there "
+                       "is no variance to test against (a t-test would give p=0); no p-value is claimed.")
     if ci == "bootstrap":
         out.append(f"Bootstrap: percentile 95% CI of the mean difference, {N_BOOT:,} resamples, seed {BOOT_SEED}.")
     if metric == "best_val_acc":
@@ -95,6 +101,28 @@ def method_notes(metric: str, ref: dict, ci: str, failed: list[dict], pair_keys:
     if failed:
         out.append(f"{len(failed)} run(s) left out of the statistics (failed or without the metric).")
     return out
+
+
+def decision_note(choice: pd.DataFrame, metric: str) -> str:
+    tested = int(choice["p_value"].notna().sum())
+    return (f"Decision (decision.csv, decision.pdf): per cell the best mean {label(metric)}; \"A ≈ B\" when A is not "
+            "significantly ahead of the runner-up B (paired t-test on the seeds, Holm-adjusted over the "
+            f"{tested} cell(s) with a test, 0.05). Best and runner-up are ranked on the same runs that are tested, "
+            "which makes the test somewhat optimistic, more so with many candidates.")
+
+
+def decision_markdown(choice: pd.DataFrame, row_key: str | None, metric: str, rows_label: str = "") -> str:
+    """The decision grid as a Markdown table: rows datasets, columns shots, cells the verdict."""
+    frac = is_fraction(metric)
+    cols = sorted(dict.fromkeys(choice[SHOTS_KEY]), key=lambda v: sort_key(SHOTS_KEY, v))
+    header = [label(row_key) if row_key else "dataset"] + [f"{'all' if c == 'None' else c} shots" for c in cols]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row, part in (choice.groupby(row_key, sort=False) if row_key else [(rows_label or "all", choice)]):
+        verdicts = {r[SHOTS_KEY]: f"{r['verdict']} ({_fmt(r['best_mean'], frac)}"
+                    + (f", p (Holm) {_fmt_p(r['p_holm'])})" if r["runner_up"] else ")")
+                    for _, r in part.iterrows()}
+        lines.append("| " + " | ".join([str(row)] + [verdicts.get(c, "") for c in cols]) + " |")
+    return "Best strategy by mean:\n\n" + "\n".join(lines) + "\n"
 
 
 def markdown(title: str, summary, gaps, by, metric, ref, ci, notes: list[str], failed: list[dict]) -> str:
@@ -117,7 +145,7 @@ def latex(summary, gaps, by, metric, ref, notes: list[str], sweep_name: str) -> 
     header, rows = cells(summary, gaps, by, metric, ref, "t", bold=lambda s: f"@B{s}@E")
 
     def cell(s: str) -> str:  # escape first, then swap in the LaTeX that must stay unescaped
-        s = _tex_escape(s).replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+        s = _tex_escape(s).replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("≈", r"$\approx$")
         return s.replace("@B", r"\textbf{").replace("@E", "}")
 
     n_key = len(by) or 1
