@@ -27,6 +27,11 @@ Method (also written into summary.md / summary.tex):
   design params left out of `by` (so pairs differ only in the `by` keys); duplicates of a pair key
   are averaged. Reported: mean paired difference, its 95% t-interval and the paired t-test p-value
   over the n pairs; with ci=bootstrap also a percentile bootstrap CI (10,000 resamples, seed 0).
+  Pairs that all differ by the same amount get no p-value ("no spread"): the t statistic is infinite.
+- Several sweeps (`sweep=[a,b]`): their children pooled, one run per configuration (its earliest
+  finished run, by the `tlsweep.config_key` tag).
+- Decision (when data.shots varies): per dataset x shots cell, the best `by` candidate by mean,
+  and whether it is ahead of the runner-up (paired t-test on seeds, Holm over the cells, 0.05).
 """
 from __future__ import annotations
 

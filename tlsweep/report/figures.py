@@ -95,7 +95,9 @@ class _Layout:
         return PALETTE[self.primaries.index(primary) % len(PALETTE)]
 
     def label(self, combo: tuple) -> str:
-        return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(self.others, combo))
+        # a choice (data.name, model.name) speaks for itself: "digits", not "name=digits"
+        return ", ".join(str(v) if k.endswith(".name") else f"{k.rsplit('.', 1)[-1]}={v}"
+                         for k, v in zip(self.others, combo))
 
     def panels(self) -> tuple[Figure, dict]:
         """One panel per combination of the other keys, sharing axes; the figure grows in height."""
