@@ -125,17 +125,18 @@ def test_the_parts_load_without_mlflow():
 
 
 def test_the_ladder_climbs_by_trainable_params_with_a_colour_per_strategy():
-    """Eleven strategies: eleven distinct colours, ordered left to right by what trains."""
+    """Eleven strategies: eleven distinct colours, scratch first, then left to right by what trains."""
     from tlsweep.report.keys import STRATEGIES
 
     size = {s: (i * 7919) % 101 * 1000 + 10 for i, s in enumerate(STRATEGIES)}  # an order unlike the names'
+    size["scratch"] = 10**8  # trains the most, yet the baseline stays first
     rows = [{"strategy.name": s, "seed": str(k), "value": 0.5 + 0.01 * k, "trainable_params": size[s]}
             for s in STRATEGIES for k in range(3)]
     data = pd.DataFrame(rows, index=[f"r{i}" for i in range(len(rows))])
     fig = figures.ladder(data, stats.summary(data, ["strategy.name"]), ["strategy.name"], "final_val_acc")
     ax = fig.axes[0]
     ticks = [t.get_text().split()[0] for t in ax.get_xticklabels()]
-    assert ticks == sorted(STRATEGIES, key=size.get)
+    assert ticks == ["scratch"] + sorted((s for s in STRATEGIES if s != "scratch"), key=size.get)  # the baseline first
     from matplotlib.collections import PathCollection
 
     colours = {tuple(c.get_facecolor()[0]) for c in ax.collections if isinstance(c, PathCollection)}
@@ -181,3 +182,22 @@ def test_pairs_that_all_differ_by_the_same_amount_get_no_p_value():
     # the decision treats it as no evidence: the best is not named alone
     choice = stats.decide(data.assign(**{"data.shots": "10"}), ["data.shots"], ["strategy.name"], ["seed"])
     assert choice["verdict"].tolist() == ["probe ≈ finetune"]
+
+
+def test_a_key_the_reference_never_has_pairs_with_it():
+    """Pooled sweeps `strategy=scratch,finetune` and `strategy=lpft strategy.probe_epochs=1,3`: scratch
+    has no probe_epochs (unset), so lpft at either value is compared with scratch, not with nothing.
+    A key the reference does have (its own lr) still pairs on equal values only."""
+    rows = [(s, pe, lr, seed, 0.5 + 0.1 * i + 0.01 * int(seed))
+            for i, (s, pe) in enumerate([("scratch", keys.UNSET), ("finetune", keys.UNSET), ("lpft", "1"), ("lpft", "3")])
+            for lr in ("0.001",) for seed in ("0", "1", "2")]
+    rows += [("finetune", keys.UNSET, "0.01", seed, 0.9) for seed in ("0", "1", "2")]  # scratch never ran at 0.01
+    data = pd.DataFrame(rows, columns=["strategy.name", "strategy.probe_epochs", "optim.lr", "seed", "value"])
+    by = ["strategy.name", "strategy.probe_epochs", "optim.lr"]
+    summary = stats.summary(data, by)
+    gaps = stats.gaps(data, by, ["seed"], {"strategy.name": "scratch"}, summary, bootstrap=False)
+    got = {tuple(r[by]): (r["n_pairs"], r["mean_diff"]) for _, r in gaps.iterrows()}
+    assert got[("lpft", "1", "0.001")] == (3, pytest.approx(0.2)) and got[("lpft", "3", "0.001")] == (3, pytest.approx(0.3))
+    assert got[("finetune", keys.UNSET, "0.001")] == (3, pytest.approx(0.1))
+    assert got[("finetune", keys.UNSET, "0.01")][0] == 0  # no scratch at lr 0.01: no pairs, as before
+    assert stats._candidate(by, ("scratch", keys.UNSET, "0.001")) == "scratch, lr=0.001"

@@ -145,8 +145,9 @@ def ladder(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], metric: str
     """
     lay = _Layout(summary, by)
     if lay.primary == STRATEGY_KEY and "trainable_params" in data:  # the ladder climbs by what trains
+        # scratch, the baseline with nothing pretrained, stays leftmost (it trains as much as finetune)
         size = data.groupby(STRATEGY_KEY)["trainable_params"].median()
-        lay.primaries.sort(key=lambda p: (size.get(p, np.inf), sort_key(STRATEGY_KEY, p)))
+        lay.primaries.sort(key=lambda p: (p != "scratch", size.get(p, np.inf), sort_key(STRATEGY_KEY, p)))
     scale = _scale(metric)
     fig = Figure(figsize=SIZE, layout="constrained")
     ax = fig.add_subplot()

@@ -13,6 +13,7 @@ import pandas as pd
 STRATEGY_KEY = "strategy.name"
 DATASET_KEY = "data.name"
 SHOTS_KEY = "data.shots"  # the decision figure's columns
+UNSET = "<unset>"  # a param some runs never had (a key only some strategies set, e.g. lpft's probe_epochs)
 LADDER = ("scratch", "probe", "partial", "finetune")  # the order of the paper's ladder
 # every strategy tlsweep ships (conf/strategy/), the ladder first: table order, and each its own colour
 STRATEGIES = LADDER + ("lpft", "llrd", "gradual", "l2sp", "bitfit", "norm", "auto_rgn")

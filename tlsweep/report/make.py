@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tlsweep.report import stats, store, tables
-from tlsweep.report.keys import DATASET_KEY, SHOTS_KEY, ReportError, design_keys, label, lower_is_better, resolve_keys, seed_keys
+from tlsweep.report.keys import DATASET_KEY, SHOTS_KEY, UNSET, ReportError, design_keys, label, lower_is_better, resolve_keys, seed_keys
 from tlsweep.tracking import CONFIG_KEY_TAG, EXPERIMENT, current, default_tracking_uri
 
 DEFAULT_METRIC = "final_val_acc"  # best_val_acc is selected on the validation set it is scored on
@@ -116,7 +116,7 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
                f"no finite {' or '.join(m for m in needed if not np.isfinite(float(r[m])))} logged"}
               for rid, r in runs[~used].iterrows()]
 
-    data = params.loc[used, by + pair_keys + select].fillna("<unset>").copy()
+    data = params.loc[used, by + pair_keys + select].fillna(UNSET).copy()
     data["value"] = runs.loc[used, metric].astype(float)
     data["trainable_params"] = runs.loc[used].get("trainable_params", np.nan)
     selected = None

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tlsweep.report.keys import STRATEGY_KEY, ReportError, resolve_keys, sort_key
+from tlsweep.report.keys import STRATEGY_KEY, UNSET, ReportError, resolve_keys, sort_key
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +120,13 @@ def gaps(data: pd.DataFrame, by: list[str], pair_keys: list[str], ref: dict[str,
         return pd.DataFrame(columns=columns)
     label = ",".join(f"{k}={v}" for k, v in ref.items())
     by_group = dict(groups(data, by))
+    # A key the reference never has (scratch has no strategy.probe_epochs: unset in all its runs)
+    # matches any value of it: lpft at probe_epochs=3 is compared with scratch, not with nothing.
+    is_ref = np.logical_and.reduce([summary[k] == v for k, v in ref.items()]) if ref else np.zeros(len(summary), bool)
+    unset_in_ref = {k for k in by if k not in ref and is_ref.any() and set(summary.loc[is_ref, k]) == {UNSET}}
     rows = []
     for group in map(tuple, summary[by].itertuples(index=False)):
-        ref_group = tuple(ref.get(k, v) for k, v in zip(by, group))
+        ref_group = tuple(ref.get(k, UNSET if k in unset_in_ref else v) for k, v in zip(by, group))
         if ref_group == group:
             continue
         row = {**dict(zip(by, group)), "reference": label, "n_pairs": 0, "mean_diff": math.nan,
@@ -238,4 +242,4 @@ def decide(data: pd.DataFrame, cell_keys: list[str], candidate_keys: list[str], 
 def _candidate(keys: list[str], values: tuple) -> str:
     """A candidate's name: the strategy alone, other keys as key=value ("finetune, lr=0.001")."""
     return ", ".join(str(v) if k == STRATEGY_KEY or len(keys) == 1 else f"{k.rsplit('.', 1)[-1]}={v}"
-                     for k, v in zip(keys, values)) or "all"
+                     for k, v in zip(keys, values) if v != UNSET) or "all"
