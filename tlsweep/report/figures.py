@@ -258,6 +258,7 @@ def decision(table: pd.DataFrame, row_key: str | None, col_key: str, metric: str
     the runner-up (stats.decide). A clear winner's cell is filled in its colour, a tie only tinted.
     """
     scale = _scale(metric)
+    fmt = (lambda m: f"{m * scale:.1f}") if scale != 1 else (lambda m: f"{m:.3g}")
     rows = list(dict.fromkeys(table[row_key])) if row_key else [rows_label]
     cols = sorted(dict.fromkeys(table[col_key]), key=lambda v: sort_key(col_key, v))
     width = max(SIZE[0], 0.9 + 1.05 * len(cols))
@@ -271,7 +272,6 @@ def decision(table: pd.DataFrame, row_key: str | None, col_key: str, metric: str
         clear = bool(r["significant"]) or not r["runner_up"]
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=color,
                                alpha=0.45 if clear else 0.15, edgecolor="white", lw=2))
-        fmt = (lambda m: f"{m * scale:.1f}") if scale != 1 else (lambda m: f"{m:.3g}")
         text = f"{best} {fmt(r['best_mean'])}"
         if not clear:
             text += f"\n≈ {r['runner_up']} {fmt(r['runner_up_mean'])}"

@@ -134,9 +134,7 @@ def gaps(data: pd.DataFrame, by: list[str], pair_keys: list[str], ref: dict[str,
         if bootstrap:
             row |= {"boot_ci95_low": math.nan, "boot_ci95_high": math.nan}
         if ref_group in by_group and pair_keys:
-            paired = pd.concat([_by_pair(by_group[group], pair_keys, group),
-                                _by_pair(by_group[ref_group], pair_keys, ref_group)], axis=1, join="inner")
-            x, r = paired.iloc[:, 0].to_numpy(), paired.iloc[:, 1].to_numpy()
+            x, r = paired(by_group[group], by_group[ref_group], pair_keys, group)
             d = x - r
             row["n_pairs"] = len(d)
             if len(d):
@@ -181,6 +179,12 @@ def holm(p: np.ndarray) -> np.ndarray:
     return out
 
 
+def paired(a: pd.DataFrame, b: pd.DataFrame, pair_keys: list[str], group: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The values of runs `a` and `b` that share their `pair_keys` (the seeds), aligned pair by pair."""
+    both = pd.concat([_by_pair(a, pair_keys, group), _by_pair(b, pair_keys, group)], axis=1, join="inner")
+    return both.iloc[:, 0].to_numpy(), both.iloc[:, 1].to_numpy()
+
+
 def _by_pair(part: pd.DataFrame, pair_keys: list[str], group: tuple) -> pd.Series:
     values = part.groupby(pair_keys)["value"]
     if (values.size() > 1).any():
@@ -221,14 +225,11 @@ def decide(data: pd.DataFrame, cell_keys: list[str], candidate_keys: list[str], 
                "p_value": math.nan}
         if len(ranked) > 1:
             row |= {"runner_up": names[1], "runner_up_mean": float(ranked[1][1]["value"].mean())}
-            paired = pd.concat([_by_pair(ranked[0][1], pair_keys, cell), _by_pair(ranked[1][1], pair_keys, cell)],
-                               axis=1, join="inner") if pair_keys else pd.DataFrame()
-            row["n_pairs"] = len(paired)
-            if len(paired):
-                x, r = paired.iloc[:, 0].to_numpy(), paired.iloc[:, 1].to_numpy()
+            x, r = paired(ranked[0][1], ranked[1][1], pair_keys, cell) if pair_keys else ([], [])
+            row["n_pairs"] = len(x)
+            if len(x):
                 row["mean_diff"] = float((x - r).mean())
-                if len(paired) > 1:
-                    row["p_value"] = paired_p(x, r)
+                row["p_value"] = paired_p(x, r)
         rows.append(row)
     table = pd.DataFrame(rows, columns=cell_keys + DECISION_COLUMNS[:-3])
     table["p_holm"] = holm(table["p_value"].to_numpy(dtype=float))
