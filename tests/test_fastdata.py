@@ -321,3 +321,21 @@ def test_cuda_batches_match_cpu():
                 torch.testing.assert_close(xg.cpu(), xc, atol=1e-4, rtol=0)
             else:
                 assert torch.equal(xg.cpu(), xc)
+
+
+def test_the_next_job_finds_every_split_in_memory(tmp_path):
+    """A job with data.select_fraction reads train, val and select in turn; the next job of the
+    sweep (same process) must find all three in memory. With room for two they evicted each other
+    and every job decoded every split again."""
+    fastdata._STORES.clear()
+    calls = []
+
+    def counting_loader(item):
+        calls.append(item)
+        return item
+
+    splits = [random_images([(30, 40)] * n, seed=n) for n in (3, 2, 1)]  # train, val, select
+    for _ in range(2):  # two jobs of a sweep
+        for items in splits:
+            decode_images(items, [0] * len(items), 24, BILINEAR, counting_loader)
+    assert len(calls) == 6  # each image decoded once, by the first job

@@ -146,6 +146,9 @@ def pad_batch(images: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 _STORES: OrderedDict[str, DecodedImages] = OrderedDict()
+# Every split of one dataset: train, val and, with data.select_fraction, select. With room for two,
+# the three splits a job reads in turn evicted each other and every job decoded all of them again.
+MEMO_STORES = 3
 
 
 def decode_images(
@@ -186,7 +189,7 @@ def decode_images(
             del resized
             diskcache.save({"key": key, "pixels": store.pixels, "offsets": store.offsets, "sizes": store.sizes}, path)
     _STORES[key] = store
-    while len(_STORES) > 2:  # train and val of one dataset
+    while len(_STORES) > MEMO_STORES:
         _STORES.popitem(last=False)
     return store
 

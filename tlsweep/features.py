@@ -204,8 +204,9 @@ def features(prefix: nn.Module, train: DecodedImages, val: DecodedImages, key_pa
             return saved["train"].to(device), saved["val"].to(device), "disk"
         tr, va, folded = _compute(prefix, train, val, views, crop, mean, std, batch_size, device, autocast,
                                   channels_last, interpolation)
-        diskcache.save({"key": key, "train": tr.cpu(), "val": va.cpu()}, path)
-    _remember(key, tr.cpu(), va.cpu())
+        host = {"train": tr.cpu(), "val": va.cpu()}  # one device-to-host copy for the disk and the memo
+        diskcache.save({"key": key, **host}, path)
+    _remember(key, host["train"], host["val"])
     return tr, va, f"computed, {folded} BatchNorms folded into their convs" if folded else "computed"
 
 

@@ -223,7 +223,7 @@ def run(cfg: DictConfig) -> dict:
                     hows.append(f"epochs {first}-{first + epochs - 1}: {features_how}")
                     mlflow.set_tag("tlsweep.fast.features", "; ".join(hows))
                 part = fit(net, train_loader, val_loader, optimizer, scheduler, epochs, device,
-                           freeze_bn=cfg.strategy.freeze_bn, bf16=cfg.bf16, channels_last=cfg.channels_last,
+                           bf16=cfg.bf16, channels_last=cfg.channels_last,  # the plan holds freeze_bn
                            on_epoch=on_epoch, plan=plan, first_epoch=first,
                            select_loader=select_loader)
                 result = _merge(result, part)

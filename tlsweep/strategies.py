@@ -170,7 +170,8 @@ class Plan:
         self._scheduled: list[float] | None = None
         self.penalty: Callable[[], torch.Tensor] | None = None
         if recipe.l2sp_alpha or recipe.l2sp_beta:
-            self._anchor = [p.detach().clone() for p in itertools.chain(*by_stage.values())]
+            self._backbone = list(itertools.chain(*by_stage.values()))  # once, not per training step
+            self._anchor = [p.detach().clone() for p in self._backbone]
             self._reg_sum, self._reg_steps = 0.0, 0
             self.penalty = self._l2sp
 
@@ -250,7 +251,7 @@ class Plan:
     def _l2sp(self) -> torch.Tensor:
         """alpha/2 * ||w - w0||^2 over the pretrained parameters + beta/2 * ||w||^2 over the head
         (Li, Grandvalet & Davoine, ICML 2018: their Omega for L2-SP)."""
-        backbone = list(itertools.chain(*self._by_stage.values()))
+        backbone = self._backbone
         if backbone and self._anchor[0].device != backbone[0].device:  # the model moved after apply()
             self._anchor = [a.to(p.device) for a, p in zip(self._anchor, backbone)]
         r = self.recipe

@@ -80,7 +80,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimize
         plan: Plan | None = None, first_epoch: int = 1, select_loader: Iterable | None = None) -> dict:
     """Train for `epochs`, numbered from `first_epoch`, evaluating after each. Raises Diverged on a
     non-finite train or val loss. `plan` (strategies.Plan) decides per epoch what trains, at which LR,
-    and what is added to the loss.
+    and what is added to the loss, and puts the model in train mode; without one, `freeze_bn` does.
 
     Returns best/final validation accuracy and timing. With `select_loader` (a split held out of
     train for model selection), each epoch also logs select_loss/select_acc, and the result holds
@@ -89,8 +89,11 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimize
     best_acc, best_epoch, start = -1.0, 0, time.perf_counter()
     for epoch in range(first_epoch, first_epoch + epochs):
         t0 = time.perf_counter()
-        extra = plan.start_epoch(epoch, model, optimizer, train_loader) if plan is not None else {}
-        train_mode(model, freeze_bn)
+        if plan is not None:  # the plan puts the model in train mode, with its strategy's BatchNorm rule
+            extra = plan.start_epoch(epoch, model, optimizer, train_loader)
+        else:
+            extra = {}
+            train_mode(model, freeze_bn)
         lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
         train_loss, train_acc = run_epoch(model, train_loader, device, optimizer, bf16, channels_last,
                                           plan.penalty if plan is not None else None)
