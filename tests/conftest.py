@@ -118,6 +118,41 @@ def make_cfg(tiny_root, store_uri):
     return make
 
 
+def model_spec(name: str, *overrides: str, image_size: int | None = None):
+    """The ModelSpec of conf/model/<name>.yaml (or model=timm with `model.arch=...` in overrides)."""
+    from tlsweep.models import get_spec
+
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=[f"model={name}", *overrides])
+    return get_spec(cfg.model, image_size)
+
+
+# Small random-init timm models, one per family tlsweep cuts as a chain (and one it cannot): the
+# families the tests run every strategy on. Built at 32 px, each takes well under a second.
+TINY_TIMM = ["resnet10t", "efficientnet_b0", "convnext_atto", "vit_tiny_patch16_224", "mobilenetv3_small_050"]
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """Stand in for the Hugging Face hub: timm's hub loader returns a random state dict of the
+    requested architecture (seeded). Everything after the download (timm's filter, strict load) runs for real."""
+    import timm
+    import timm.models._builder
+
+    from tlsweep import models
+
+    calls = []
+
+    def fake(model_id, filename=None, *args, **kwargs):
+        calls.append(model_id)
+        torch.manual_seed(1234)
+        return timm.create_model(model_id.split("/")[-1], pretrained=False).state_dict()
+
+    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_hf", fake)
+    monkeypatch.setattr(models, "_unreachable", lambda where: None)
+    return calls
+
+
 @pytest.fixture
 def fake_torchvision_download(monkeypatch):
     """Stand in for the network: the torchvision weights "download" returns a random
@@ -126,14 +161,8 @@ def fake_torchvision_download(monkeypatch):
     import torchvision
     import torchvision.models._api
 
-    from tlsweep.models import MODELS
-
-    by_url = {}
-    for name in MODELS:
-        try:
-            by_url[torchvision.models.get_model_weights(name).DEFAULT.url] = name
-        except ValueError:  # not a torchvision model
-            pass
+    by_url = {torchvision.models.get_model_weights(name).DEFAULT.url: name
+              for name in ("mobilenet_v3_large", "convnext_tiny", "vit_b_16")}
     calls = []
 
     def fake(url, *args, **kwargs):

@@ -1,9 +1,11 @@
 """The benchmark script's GPU-sized ladder runs end to end on the CPU (tiny data, 1 epoch), so
 that a GPU session spends its few minutes measuring, not debugging. The ladder covers every
-strategy on both sides; the probe and fine-tune workloads use the same code."""
+strategy on both sides; the probe and fine-tune workloads use the same code. The vit-probe
+workload (tlsweep cached vs uncached, and the bound) runs the same way."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -22,3 +24,29 @@ def test_bench_smoke_runs_the_ladder(tiny_root, tmp_path):
         assert 0 <= row[side][0] <= 1
     # probe and partial trained on cached features; the other rungs cannot
     assert row["tlsweep_feature_cache"] == ["off", "on"]
+
+
+def test_bench_smoke_runs_the_vit_probe(tiny_root, tmp_path):
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--smoke", "--workload", "vit-probe",
+                        "--data", str(tiny_root), "--out", str(out)], cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["workload"] == "vit-probe" and "error" not in row
+    for side in ("cached", "uncached"):
+        assert re.search(r"model.arch=vit_tiny_patch16_224 model.weights=\S+-random.pth", row[f"{side}_command"])
+        assert row[f"{side}_wall_s"] > 0 and 0 <= row[f"{side}_acc_mean_std"][0] <= 1
+    assert "strategy.cache_features=false" in row["uncached_command"]
+    assert "strategy.cache_features" not in row["cached_command"]
+    # each side's one job took the path it was meant to: the cache computed once, then off
+    (cached,), (uncached,) = row["cached_features"], row["uncached_features"]
+    assert cached.startswith("on") and "(computed" in cached and row["cached_feature_passes"] == 1
+    assert uncached.startswith("off")
+    # 1 view (1 epoch) of the 12 train images + the 8 val images, through one backbone (1 seed)
+    b = row["bound"]
+    assert (b["backbones"], b["views"], b["train_images"], b["eval_images"], b["images"]) == (1, 1, 12, 8, 20)
+    m = re.search(r"bound: (\d+\.\d) s of unavoidable forwards \(1 views x 12 \+ 8 images\); "
+                  r"sweep/bound = (\d+\.\d)x", p.stdout)
+    assert m, p.stdout[-2000:]
+    assert b["seconds"] > 0 and float(m.group(1)) == round(b["seconds"], 1)  # the line says what the JSON holds
+    assert float(m.group(2)) == round(row["cached_wall_s"] / b["seconds"], 1) > 1

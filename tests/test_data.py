@@ -97,9 +97,9 @@ def test_download_checks_the_content(tmp_path, monkeypatch):
 
 
 def test_plain_eval_transform_follows_the_preprocessing(tiny_root):
-    from tlsweep.models import get_spec
+    from tests.conftest import model_spec
 
-    pp = get_spec("resnet18").preprocess().with_crop(32)
+    pp = model_spec("resnet18").preprocess.with_crop(32)
     assert (pp.resize, pp.crop) == (37, 32)  # the weights' 256/224 ratio kept
     train, val = D.plain_loaders(D.image_folder(tiny_root), pp, batch_size=4, seed=0, num_workers=0)
     x, y = next(iter(val))

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from tlsweep import data as D
-from tlsweep.models import get_spec
+from tlsweep.models import PACKAGED
+from tests.conftest import model_spec
 from tlsweep.run import run
 from tlsweep.strategies import NAMES
 
@@ -15,9 +16,9 @@ pytestmark = pytest.mark.slow
 def test_lite0_weights_know_ants_and_bees(hymenoptera):
     """The packaged ImageNet weights, renamed for timm, recognise ImageNet's own classes
     (310 ant, 309 bee) on hymenoptera val: the checkpoint and its preprocessing are right."""
-    spec = get_spec("efficientnet_lite0")
-    model, pp = spec.build(), spec.preprocess()
-    model.load_state_dict(spec.pretrained(), strict=True)  # with its ImageNet head, which tlsweep replaces
+    spec = model_spec("efficientnet_lite0")
+    model, pp = spec.build(), spec.preprocess
+    model.load_state_dict(PACKAGED["tf_efficientnet_lite0"][1](), strict=True)  # with its ImageNet head, which tlsweep replaces
     model.eval()
     data = D.hymenoptera(hymenoptera, download=False)
     tf = D.eval_transform(pp)

@@ -13,10 +13,10 @@ from torchvision.transforms.v2 import InterpolationMode
 from tlsweep import data as D
 from tlsweep import features, strategies
 from tlsweep.fastdata import TensorLoader, decode_images
-from tlsweep.models import build_model, get_spec
+from tlsweep.models import build_model
 from tlsweep.run import run
 from tlsweep.train import autocast
-from tests.conftest import damage, write_image_folder
+from tests.conftest import damage, model_spec, write_image_folder
 
 
 @pytest.mark.parametrize("model_name,unfreeze,first_trainable", [
@@ -24,7 +24,7 @@ from tests.conftest import damage, write_image_folder
 def test_cached_features_equal_recomputed(tmp_path, model_name, unfreeze, first_trainable):
     """Cache the prefix, then recompute the same inputs through the model's own forward and
     capture what reaches the first trainable module: equal, in the mode the model trains in."""
-    spec = get_spec(model_name)
+    spec = model_spec(model_name)
     torch.manual_seed(0)
     model, pp = build_model(spec, None)
     for bn in model.modules():  # trained-looking statistics, so that folding BN into convs is not a no-op
@@ -96,7 +96,7 @@ def test_fold_batchnorm_keeps_the_function_and_the_model():
 
 def test_no_cache_when_the_prefix_is_not_pure(make_cfg):
     """probe with freeze_bn=false: frozen BN layers update their statistics, so caching would change the run."""
-    spec = get_spec("resnet18")
+    spec = model_spec("resnet18")
     model = spec.build()
     strategies.apply(model, spec, type("S", (), {"unfreeze": [], "backbone_lr_scale": 0.0})(), 2, 1e-3)
     model.train()

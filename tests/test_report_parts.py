@@ -140,7 +140,7 @@ def test_the_ladder_climbs_by_trainable_params_with_a_colour_per_strategy():
     from matplotlib.collections import PathCollection
 
     colours = {tuple(c.get_facecolor()[0]) for c in ax.collections if isinstance(c, PathCollection)}
-    assert len(colours) == 11
+    assert len(colours) == len(STRATEGIES) == 13
 
 
 def test_holm_step_down_by_hand():

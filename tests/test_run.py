@@ -14,9 +14,12 @@ from mlflow.tracking import MlflowClient
 
 from tlsweep import run as run_mod
 from tlsweep.errors import Diverged
-from tlsweep.models import MODELS
 from tlsweep.run import run
 from tlsweep.strategies import NAMES
+from tests.conftest import model_spec
+
+# the six offline-buildable presets (the foundation-backbone presets are the same timm path)
+MODELS = ["resnet18", "resnet50", "efficientnet_lite0", "mobilenet_v3_large", "convnext_tiny", "vit_b_16"]
 
 
 def _last_run(store_uri):
@@ -31,10 +34,8 @@ PHASED = {"lpft": ["epochs=2", "strategy.probe_epochs=1"], "gradual": ["epochs=2
 
 @pytest.mark.parametrize("model,strategy", [(m, s) for s in RUNGS for m in MODELS] +
                          [(m, s) for s in NAMES[4:] for m in ("efficientnet_lite0", "resnet18")])
-def test_every_model_and_strategy_trains(make_cfg, store_uri, fake_torchvision_download, model, strategy):
-    # torchvision's ViT only accepts the image size it was built for
-    size = 224 if model == "vit_b_16" else 32
-    cfg = make_cfg(f"model={model}", f"strategy={strategy}", f"data.image_size={size}", "data.shots=2",
+def test_every_model_and_strategy_trains(make_cfg, store_uri, fake_torchvision_download, fake_hub, model, strategy):
+    cfg = make_cfg(f"model={model}", f"strategy={strategy}", "data.image_size=32", "data.shots=2",
                    *PHASED.get(strategy, []))
     result = run(cfg)
     assert 0.0 <= result["final_val_acc"] <= 1.0 and 1 <= result["best_epoch"] <= cfg.epochs
@@ -43,10 +44,11 @@ def test_every_model_and_strategy_trains(make_cfg, store_uri, fake_torchvision_d
     assert r.data.params["model.name"] == model and r.data.params["strategy.name"] == strategy
     assert r.data.metrics["trainable_params"] == result["trainable_params"] <= r.data.metrics["total_params"]
     if strategy == "probe":
-        head = MODELS[model].head_module(MODELS[model].build())
+        spec = model_spec(model, image_size=32)
+        head = spec.head_module(spec.build())
         assert result["trainable_params"] == head.in_features * 2 + 2
-    expect_download = strategy != "scratch" and model != "efficientnet_lite0"
-    assert bool(fake_torchvision_download) == expect_download
+    expect_download = strategy != "scratch" and model != "efficientnet_lite0"  # lite0's weights are packaged
+    assert bool(fake_torchvision_download + fake_hub) == expect_download
 
 
 def test_a_run_records_what_a_reader_needs(make_cfg, store_uri):
@@ -92,7 +94,7 @@ def test_gradual_logs_what_trains_each_epoch_and_caches_what_is_still_frozen(mak
     assert _history(store_uri, r.info.run_id, "lr/blocks.5") == pytest.approx([0.0, 0.0, 1e-3 * 0.385 ** 2])
     how = r.data.tags["tlsweep.fast.features"]
     # each phase caches the stages still frozen: the whole backbone, then all but blocks.6, then blocks.5 too
-    assert how.startswith("epochs 1-1: on: frozen prefix below Dropout")  # the head's own dropout trains
+    assert how.startswith("epochs 1-1: on: frozen prefix below head")  # the head's own dropout trains
     assert "epochs 2-2: on: frozen prefix below blocks.6" in how
     assert "epochs 3-3: on: frozen prefix below blocks.5" in how
 
@@ -100,7 +102,7 @@ def test_gradual_logs_what_trains_each_epoch_and_caches_what_is_still_frozen(mak
 def test_lpft_probes_on_cached_features_then_fine_tunes(make_cfg, store_uri):
     result = run(make_cfg("model=efficientnet_lite0", "strategy=lpft", "epochs=3", "optim.scheduler=none"))
     r = _last_run(store_uri)
-    assert r.data.tags["tlsweep.fast.features"].startswith("epochs 1-2: on: frozen prefix below Dropout")
+    assert r.data.tags["tlsweep.fast.features"].startswith("epochs 1-2: on: frozen prefix below head")
     assert "epochs 3-3: off" in r.data.tags["tlsweep.fast.features"]
     assert _history(store_uri, r.info.run_id, "lr/backbone") == pytest.approx([0.0, 0.0, 1e-4])
     trainable = _history(store_uri, r.info.run_id, "trainable_params")
@@ -167,22 +169,26 @@ def test_bad_input_exits_nonzero_and_says_what_to_fix(tmp_path, args, message):
     assert "Traceback" not in p.stderr + p.stdout  # an expected failure is one message, not a stack
 
 
-def test_offline_download_fails_every_job_plainly_with_a_summary(tmp_path, tiny_root):
-    """Offline (the download goes through a proxy that refuses), a sweep over a torchvision model
-    prints the message, no traceback, and a summary line; each run is FAILED with the message."""
+@pytest.mark.parametrize("model,message,fix", [
+    ("mobilenet_v3_large", "could not download the torchvision weights", "model.weights=/path/to/state_dict.pth"),
+    ("resnet18", "could not load timm's pretrained weights", "model.weights=/path/to/model.safetensors")])
+def test_offline_download_fails_every_job_plainly_with_a_summary(tmp_path, tiny_root, model, message, fix):
+    """Offline (the download goes through a proxy that refuses), a sweep over a torchvision model or a
+    timm model from the hub prints the message, no traceback, and a summary line; each run is FAILED
+    with the message."""
     offline = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "no_proxy": "",
-               "TORCH_HOME": str(tmp_path / "torch")}
-    p = _cli("-m", "model=resnet18", "strategy=probe,finetune", "data=imagefolder", f"data.root={tiny_root}",
+               "TORCH_HOME": str(tmp_path / "torch"), "HF_HOME": str(tmp_path / "hf")}
+    p = _cli("-m", f"model={model}", "strategy=probe,finetune", "data=imagefolder", f"data.root={tiny_root}",
              "data.image_size=32", "epochs=1", "device=cpu", cwd=tmp_path, env=offline)
     assert p.returncode == 1
     assert "Traceback" not in p.stderr + p.stdout
-    assert "WeightsUnavailable: could not download the torchvision weights" in p.stderr
-    assert "[tlsweep] 2 of 2 jobs failed: WeightsUnavailable: could not download" in p.stdout
+    assert f"WeightsUnavailable: {message}" in p.stderr
+    assert f"[tlsweep] 2 of 2 jobs failed: WeightsUnavailable: {message}" in p.stdout
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id])
     children = [r for r in runs if r.data.tags.get("tlsweep.role") == "job"]
     assert len(children) == 2 and all(r.info.status == "FAILED" for r in children)
-    assert all("model.weights=/path/to/state_dict.pth" in r.data.tags["tlsweep.error"] for r in children)
+    assert all(fix in r.data.tags["tlsweep.error"] for r in children)
 
 
 def test_full_error_shows_the_traceback(tmp_path):

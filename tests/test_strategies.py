@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_TIMM
 from tlsweep import strategies
 from tlsweep.errors import ConfigError
 from tlsweep.models import get_spec
@@ -14,7 +14,7 @@ from tlsweep.train import run_epoch
 
 def _plan(make_cfg, strategy, *overrides, epochs=None):
     cfg = make_cfg(f"strategy={strategy}", *overrides)
-    spec = get_spec(cfg.model.name)
+    spec = get_spec(cfg.model, cfg.data.image_size)
     model = spec.build()
     plan = strategies.apply(model, spec, cfg.strategy, num_classes=2, lr=cfg.optim.lr, epochs=epochs)
     return cfg, model, plan
@@ -49,6 +49,13 @@ def test_partial_unfreezes_named_stages(make_cfg):
     assert model.layer3[0].conv1.weight.requires_grad and not model.layer2[0].conv1.weight.requires_grad
 
 
+def test_partial_takes_stage_indices_too(make_cfg):
+    _, _, plan = _plan(make_cfg, "partial", "strategy.unfreeze=[-1,2]")
+    assert plan.trainable == ["layer2", "layer4"]  # input to output; 0 is the stem
+    with pytest.raises(ConfigError, match=r"\[7\].*indices 0\.\.4.*\['stem', 'layer1', 'layer2', 'layer3', 'layer4'\]"):
+        _plan(make_cfg, "partial", "strategy.unfreeze=[7]")
+
+
 def test_partial_with_an_unknown_stage_names_the_valid_ones(make_cfg):
     with pytest.raises(ValueError, match=r"layer5.*valid stages.*layer4"):
         _plan(make_cfg, "partial", "strategy.unfreeze=[layer5]")
@@ -61,7 +68,7 @@ def _snapshot(model):
 @pytest.mark.parametrize("freeze_bn", [True, False])
 def test_probe_step_changes_only_the_head(make_cfg, freeze_bn):
     cfg, model, plan = _plan(make_cfg, "probe", f"strategy.freeze_bn={freeze_bn}")
-    spec = get_spec(cfg.model.name)
+    spec = get_spec(cfg.model, cfg.data.image_size)
     optimizer, _ = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
     before = _snapshot(model)
     model.train()
@@ -128,18 +135,26 @@ def _trainable(model):
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_llrd_decays_the_lr_per_stage_from_the_top(make_cfg):
+def test_llrd_decays_the_lr_per_layer_from_the_top_as_timm_does(make_cfg):
+    """k counts timm's fine-grained layers (a ResNet's blocks): the same per-parameter scale as
+    timm's own param_groups_layer_decay gives."""
+    from timm.optim._param_groups import param_groups_layer_decay
+
     _, model, plan = _plan(make_cfg, "llrd", "model=resnet18", "optim.lr=1e-3")
     lrs = {g["name"]: g["lr"] for g in plan.groups}
-    assert lrs == pytest.approx({"head": 1e-3, "layer4": 1e-3 * 0.75, "layer3": 1e-3 * 0.75 ** 2,
-                                 "layer2": 1e-3 * 0.75 ** 3, "layer1": 1e-3 * 0.75 ** 4, "stem": 1e-3 * 0.75 ** 5})
+    blocks = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    assert lrs == pytest.approx({"head": 1e-3, **{b: 1e-3 * 0.75 ** (8 - i) for i, b in enumerate(blocks)},
+                                 "stem": 1e-3 * 0.75 ** 9})
     assert _trainable(model) == {n for n, _ in model.named_parameters()}
-    assert {id(p) for p in plan.groups[0]["params"]} == {id(p) for p in model.layer4.parameters()}
+    assert {id(p) for p in plan.groups[0]["params"]} == {id(p) for p in model.layer4[1].parameters()}
+    ours = {id(p): g["lr"] / 1e-3 for g in plan.groups for p in g["params"]}
+    theirs = {id(p): g["lr_scale"] for g in param_groups_layer_decay(model, layer_decay=0.75) for p in g["params"]}
+    assert ours == pytest.approx(theirs)
 
 
 def test_llrd_layer_decay_override_moves_every_stage(make_cfg):
     _, _, plan = _plan(make_cfg, "llrd", "model=resnet18", "optim.lr=1e-3", "strategy.layer_decay=0.5")
-    assert {g["name"]: g["lr"] for g in plan.groups}["layer3"] == pytest.approx(1e-3 * 0.25)
+    assert {g["name"]: g["lr"] for g in plan.groups}["layer3.1"] == pytest.approx(1e-3 * 0.5 ** 3)
 
 
 def _epoch(plan, model, optimizer, epoch, loader=()):
@@ -215,8 +230,8 @@ def test_bitfit_trains_only_biases_and_the_head(make_cfg):
 @pytest.mark.parametrize("model_name,norm_type", [("resnet18", torch.nn.BatchNorm2d),
                                                   ("convnext_tiny", torch.nn.LayerNorm)])
 def test_norm_trains_only_normalization_layers_and_the_head(make_cfg, model_name, norm_type):
-    _, model, plan = _plan(make_cfg, "norm", f"model={model_name}")
-    spec = get_spec(model_name)
+    cfg, model, plan = _plan(make_cfg, "norm", f"model={model_name}")
+    spec = get_spec(cfg.model)
     norms = {f"{n}.{leaf}" for n, m in model.named_modules() if isinstance(m, norm_type)
              for leaf, _ in m.named_parameters(recurse=False)}
     assert norms and _trainable(model) == norms | {f"{spec.head}.weight", f"{spec.head}.bias"}
@@ -227,10 +242,17 @@ def test_l2sp_penalty_is_alpha_half_distance_to_start_plus_beta_half_head_norm(m
     from torch import nn
     from tlsweep.models import ModelSpec
 
-    spec = ModelSpec(name="tiny", build=lambda: nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2), nn.Flatten(),
-                                                              nn.Linear(2, 5)),
-                     head="3", stages={"conv": ("0",), "bn": ("1",)}, pretrained=dict, preprocess=None,
-                     weights_name="none")
+    stages = {"conv": ("0.weight", "0.bias"), "bn": ("1.weight", "1.bias")}
+
+    def reset(model, n):
+        model[3] = nn.Linear(2, n)
+        return model[3]
+
+    spec = ModelSpec(name="tiny", arch="tiny", source="test",
+                     build=lambda: nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 5)),
+                     head="3", stages=stages, layers=stages, preprocess=None, weights_name="none",
+                     pieces=lambda m: [], chain=False, load_default=lambda m, s: None, reset_head=reset,
+                     _stage_of={n: s for s, names in stages.items() for n in names})
     model = spec.build()
     plan = strategies.apply(model, spec, {"name": "l2sp", "l2sp_alpha": 0.1, "l2sp_beta": 0.01}, 2, lr=1e-3)
     assert all(g["weight_decay"] == 0.0 for g in plan.groups)  # the penalty replaces plain weight decay
@@ -256,6 +278,9 @@ def test_l2sp_penalty_is_alpha_half_distance_to_start_plus_beta_half_head_norm(m
 
 def test_auto_rgn_lrs_follow_the_relative_gradient_norms(make_cfg):
     cfg, model, plan = _plan(make_cfg, "auto_rgn", "model=resnet18", "optim.lr=1e-3", "optim.scheduler=none")
+    for m in model.modules():  # timm zero-inits each block's last BN (no gradient reaches its convs): undo
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
     bn = {n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert _trainable(model) == {n for n, _ in model.named_parameters() if n.rpartition(".")[0] not in bn}
     assert all(len(g["params"]) == 1 for g in plan.groups)  # one group per tensor
@@ -282,3 +307,66 @@ def test_auto_rgn_lrs_follow_the_relative_gradient_norms(make_cfg):
     plan.end_epoch(optimizer)
     assert {g["name"]: g["lr"] for g in optimizer.param_groups} == pytest.approx(
         {n: 1e-3 if n in head else 1e-4 for n in ratios})  # restored for the scheduler
+
+
+# --- every strategy on every timm family: builds, trains what it claims, one step ---------------
+
+def _expected(strategy: str, spec, model, names: list[str]) -> dict[str, float]:
+    """name -> LR multiple of optim.lr, for every parameter the strategy trains (by its README row)."""
+    head = {n for n in names if n.startswith(spec.head + ".")}
+    top = list(reversed(spec.stages))
+    k = {n: top.index(spec.stage_of(n)) + 1 for n in names if n not in head}
+    layers = list(reversed(spec.layers))
+    module = dict(model.named_modules())
+    owner = {n: module[n.rpartition(".")[0]] for n in names}
+    norm_types = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
+    rule = {
+        "scratch": lambda n: 1.0,
+        "probe": lambda n: None,
+        "partial": lambda n: 0.1 if spec.stage_of(n) == spec.last_stage else None,
+        "finetune": lambda n: 0.1, "lpft": lambda n: 0.1, "l2sp": lambda n: 0.1,
+        "llrd": lambda n: 0.75 ** (layers.index(spec.layer_of(n)) + 1),
+        "gradual": lambda n: 0.385 ** k[n],
+        "bitfit": lambda n: 1.0 if n.endswith(".bias") else None,
+        "norm": lambda n: 1.0 if isinstance(owner[n], norm_types) else None,
+        "auto_rgn": lambda n: None if isinstance(owner[n], torch.nn.modules.batchnorm._BatchNorm) else 0.1,
+    }[strategy]
+    out = {n: 1.0 for n in head}
+    out.update({n: r for n in names if n not in head and (r := rule(n)) is not None})
+    return out
+
+
+ADAPTER_STRATEGIES = ("lora", "dora")
+
+
+@pytest.mark.parametrize("arch", TINY_TIMM)
+@pytest.mark.parametrize("strategy", strategies.NAMES)
+def test_every_strategy_trains_what_it_claims_on_every_timm_family(make_cfg, arch, strategy):
+    if strategy in ADAPTER_STRATEGIES:
+        pytest.importorskip("peft", reason="the peft extra (CI installs it)")
+    cfg, model, plan = _plan(make_cfg, strategy, "model=timm", f"model.arch={arch}", "model.weights=null",
+                             "optim.lr=1e-3", "optim.scheduler=none")
+    spec = get_spec(cfg.model, cfg.data.image_size)
+    trainable = _trainable(model)
+    grouped = {id(p): g for g in plan.groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert {n for n, p in named.items() if id(p) in grouped} == trainable  # the optimizer holds what trains
+    assert plan.trainable_params == sum(named[n].numel() for n in trainable)
+    if strategy in ADAPTER_STRATEGIES:
+        adapters = {n for n in trainable if "lora_" in n}
+        assert adapters and trainable - adapters == {n for n in trainable if n.startswith(spec.head + ".")}
+        assert all(grouped[id(named[n])]["lr"] == pytest.approx(1e-3) for n in trainable)
+    else:
+        want = _expected(strategy, spec, model, list(named))
+        assert trainable == set(want), sorted(trainable ^ set(want))[:5]
+        assert {n: grouped[id(named[n])]["lr"] / 1e-3 for n in trainable} == pytest.approx(want)
+    # one step on tiny images: finite, and nothing outside the trainable set moves
+    optimizer, _ = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
+    before = {n: p.detach().clone() for n, p in named.items()}
+    plan.start_epoch(1, model, optimizer, [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))])
+    torch.manual_seed(0)
+    loss, _ = run_epoch(model, [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))], torch.device("cpu"),
+                        optimizer, penalty=plan.penalty)
+    plan.end_epoch(optimizer)
+    changed = {n for n, p in named.items() if not torch.equal(p, before[n])}
+    assert torch.isfinite(torch.tensor(loss)) and changed and changed <= trainable

@@ -56,13 +56,21 @@ class Split:
     at: str  # name of the first suffix piece, for the record
 
 
+def _active(module: nn.Module, noisy: tuple[type, ...]) -> bool:
+    """Random or state-updating right now: a training-mode BatchNorm, dropout or drop-path with p > 0."""
+    if not (isinstance(module, noisy) and module.training):
+        return False
+    p = getattr(module, "p", getattr(module, "drop_prob", None))
+    return p is None or p > 0
+
+
 def split(model: nn.Module, spec: ModelSpec) -> Split | str:
     """Cut the model below its first trainable piece. Returns the reason when it cannot.
 
     Call with the model in the mode it trains in (model.train(), then frozen_bn_eval).
+    A model that is no chain of its stages (`spec.chain` false) has two pieces, backbone and head,
+    so only a fully frozen backbone (probe, lpft's probe phase) is cut.
     """
-    if spec.pieces is None:
-        return f"{spec.name} is not a plain chain of stages"
     pieces = spec.pieces(model)
     trainable = [any(p.requires_grad for p in m.parameters()) for _, m in pieces]
     k = trainable.index(True)
@@ -72,14 +80,19 @@ def split(model: nn.Module, spec: ModelSpec) -> Split | str:
             isinstance(m, noisy) for m in pieces[k - 1][1].modules()):
         k -= 1
     if k == 0:
+        if not spec.chain:
+            return (f"{spec.name} ({type(model).__name__}) is not a chain of its stages, so only a fully "
+                    f"frozen backbone is cached")
         return "nothing is frozen below the trainable part"
     prefix = nn.Sequential(*[m for _, m in pieces[:k]])
-    active = sorted({type(m).__name__ for m in prefix.modules() if isinstance(m, noisy) and m.training})
+    inner = [m for _, piece in pieces[:k]
+             for m in (piece.inner_modules() if hasattr(piece, "inner_modules") else piece.modules())]
+    active = sorted({type(m).__name__ for m in inner if _active(m, noisy)})
     if active:
         return (f"the frozen prefix has layers that are random or update state in training mode ({', '.join(active)}): "
                 f"its output is not a pure function of the image (strategy.freeze_bn=true fixes BatchNorm)")
-    names = [n or type(m).__name__ for n, m in pieces[k:]]
-    return Split(prefix, nn.Sequential(*[m for _, m in pieces[k:]]), names[0])
+    at = next((n for n, _ in pieces[k:] if n), type(pieces[k][1]).__name__)  # a labelled piece: a stage, the head
+    return Split(prefix, nn.Sequential(*[m for _, m in pieces[k:]]), at)
 
 
 def _bn_replacement(bn: nn.BatchNorm2d) -> nn.Module | None:

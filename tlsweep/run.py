@@ -5,7 +5,6 @@ The Hydra entry point (`__main__`), sweeps and tests all call this same function
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import random
 import time
 
@@ -58,7 +57,7 @@ def _weights_id(spec: models.ModelSpec, weights, seed: int) -> str:
         return f"random-init-seed{seed}"
     if str(weights).upper() == "DEFAULT":
         return spec.weights_name
-    return hashlib.sha256(open(weights, "rb").read()).hexdigest()
+    return models.file_sha256(weights)
 
 
 def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device, epochs, seed):
@@ -80,7 +79,7 @@ def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device, epochs, 
     # the selection split is evaluated like val: one center-crop pass, cached with val's
     evaluated = decoded[1] if len(decoded) == 2 else fastdata.DecodedImages.pack(
         [d.image(i) for d in decoded[1:] for i in range(len(d))], torch.cat([d.targets for d in decoded[1:]]))
-    key = [spec.name, _weights_id(spec, weights, cfg.seed), cut.at, len(cut.prefix), f"bf16={bf16}",
+    key = [spec.name, spec.arch, _weights_id(spec, weights, cfg.seed), cut.at, len(cut.prefix), f"bf16={bf16}",
            fastdata.content_key(data.train.items, pp.resize, pp.interpolation),
            fastdata.content_key([it for s in data.eval_splits() for it in s.items], pp.resize, pp.interpolation)]
     train_f, eval_f, source = features.features(
@@ -145,7 +144,7 @@ def run(cfg: DictConfig) -> dict:
             raise ConfigError(f"epochs={cfg.epochs}: need at least 1")
         progress.start()
         with clock("model"):
-            spec = models.get_spec(cfg.model.name)
+            spec = models.get_spec(cfg.model, cfg.data.image_size)
             strategies.check(spec, cfg.strategy, cfg.epochs)  # a bad key, value or stage fails before any work
             seed_everything(cfg.seed)
             device = resolve_device(cfg.device)
@@ -197,7 +196,7 @@ def run(cfg: DictConfig) -> dict:
             "tlsweep.device": str(device),
             "tlsweep.data.val": data.val_from,
             "tlsweep.data.select": data.select_from,
-            "tlsweep.weights": spec.weights_name if str(weights).upper() == "DEFAULT" else str(weights),
+            **models.weights_record(spec, weights),
             "tlsweep.preprocess": str(pp),
             "tlsweep.trainable_stages": ",".join(plan.trainable),
                 **{f"tlsweep.group.{g['name']}": f"params={sum(p.numel() for p in g['params'])} lr={g['lr']:g}"

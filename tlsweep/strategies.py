@@ -29,7 +29,8 @@ from .errors import ConfigError
 from .models import ModelSpec
 
 # The ladder's four rungs, then the strategies beyond it (conf/strategy/<name>.yaml each).
-NAMES = ("scratch", "probe", "partial", "finetune", "lpft", "llrd", "gradual", "l2sp", "bitfit", "norm", "auto_rgn")
+NAMES = ("scratch", "probe", "partial", "finetune", "lpft", "llrd", "gradual", "l2sp", "bitfit", "norm", "auto_rgn",
+         "lora", "dora")
 
 # timm's and torchvision's LayerNorm2d subclass nn.LayerNorm
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
@@ -46,6 +47,10 @@ FILTERS: dict[str, Callable[[str, nn.Module], bool]] = {
 }
 REWEIGHTS = (None, "rgn")
 FREEZE_BN = (True, False, "all")
+ADAPTERS = (None, "lora", "dora")
+# What one LR step of layer-wise decay spans: a stage (timm's coarse groups) or a layer (coarse=False,
+# as timm's param_groups_layer_decay: a ViT's block, an EfficientNet's or ResNet's block within a stage)
+GRANULARITIES = ("stage", "layer")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,12 @@ class Recipe:
     freeze_bn: bool | str = True
     cache_features: bool = True
     feature_views: int | None = None
+    granularity: str = "stage"
+    adapter: str | None = None  # lora / dora through peft (tlsweep.adapters): the backbone stays frozen
+    rank: int = 8
+    alpha: float = 8.0
+    target_modules: Any = None
+    adapter_dropout: float = 0.0
 
     @classmethod
     def of(cls, strategy) -> "Recipe":
@@ -80,8 +91,9 @@ class Recipe:
             raise ConfigError(f"unknown strategy key(s) {unknown}; valid keys: {sorted(known)}")
         get = strategy.get if hasattr(strategy, "get") else lambda k, d: getattr(strategy, k, d)
         values = {f.name: get(f.name, f.default) for f in fields(cls) if f.name != "name"}
-        if hasattr(values["unfreeze"], "__iter__") and not isinstance(values["unfreeze"], str):
-            values["unfreeze"] = list(values["unfreeze"])  # a ListConfig, as a plain list
+        for key in ("unfreeze", "target_modules"):
+            if hasattr(values[key], "__iter__") and not isinstance(values[key], str):
+                values[key] = list(values[key])  # a ListConfig, as a plain list
         recipe = cls(name=get("name", None), **values)
         recipe._check()
         return recipe
@@ -110,6 +122,13 @@ class Recipe:
             bad("l2sp_alpha", self.l2sp_alpha, "0 when pretrained=false: there is no start point to pull toward")
         if self.rgn_batches < 1:
             bad("rgn_batches", self.rgn_batches, "an integer >= 1")
+        if self.granularity not in GRANULARITIES:
+            bad("granularity", self.granularity, ", ".join(GRANULARITIES))
+        if self.adapter not in ADAPTERS:
+            bad("adapter", self.adapter, "null, lora, dora")
+        if self.adapter and (self.rank < 1 or self.alpha <= 0 or not 0 <= self.adapter_dropout < 1):
+            bad("rank/alpha/adapter_dropout", (self.rank, self.alpha, self.adapter_dropout),
+                "an integer >= 1 / > 0 / in [0, 1)")
 
     @property
     def phased(self) -> bool:
@@ -123,20 +142,32 @@ class Recipe:
 
 
 def resolve_unfreeze(spec: ModelSpec, unfreeze) -> list[str]:
-    """The stage names that train, checked against the model's stages."""
+    """The stage names that train, checked against the model's stages.
+
+    Stages go by name or by index into the model's stages, input to output (0 = the stem,
+    -1 = the last stage), as `python -m tlsweep` prints them when one is unknown.
+    """
+    names = list(spec.stages)
     if unfreeze is None:
         return [spec.last_stage]
-    if isinstance(unfreeze, str):
+    if isinstance(unfreeze, (str, int)):
         if unfreeze == "all":
-            return list(spec.stages)
+            return names
         unfreeze = [unfreeze]
-    unknown = [s for s in unfreeze if s not in spec.stages]
+    chosen, unknown = set(), []
+    for s in unfreeze:
+        if isinstance(s, int) and not isinstance(s, bool) and -len(names) <= s < len(names):
+            chosen.add(names[s])
+        elif isinstance(s, str) and s in spec.stages:
+            chosen.add(s)
+        else:
+            unknown.append(s)
     if unknown:
         raise ConfigError(
-            f"strategy.unfreeze names unknown stage(s) {unknown} for model {spec.name}; "
-            f"valid stages (input to output): {list(spec.stages)}"
+            f"strategy.unfreeze names unknown stage(s) {unknown} for model {spec.name}; valid stages "
+            f"(input to output, or their indices 0..{len(names) - 1}, -1 = the last): {names}"
         )
-    return [s for s in spec.stages if s in unfreeze]  # input to output, whatever order the list had
+    return [s for s in names if s in chosen]  # input to output, whatever order the list had
 
 
 def check(spec: ModelSpec, strategy, epochs: int | None = None) -> Recipe:
@@ -314,9 +345,11 @@ def apply(model: nn.Module, spec: ModelSpec, strategy, num_classes: int, lr: flo
 
     The head is replaced *after* freezing, so it always trains. Only parameters that train in some
     epoch reach the optimizer; they keep requires_grad=True until `Plan.set_phase` picks an epoch.
+    An adapter strategy (lora, dora) freezes the whole backbone and trains the adapters that
+    `tlsweep.adapters` adds, as one pseudo-stage "adapters", beside the head.
     """
     r = check(spec, strategy, epochs)
-    stages = resolve_unfreeze(spec, r.unfreeze)
+    stages = [] if r.adapter else resolve_unfreeze(spec, r.unfreeze)
     keep = FILTERS[r.params]
     by_stage: dict[str, list[nn.Parameter]] = {s: [] for s in stages}
     named: dict[str, nn.Parameter] = {}
@@ -327,30 +360,41 @@ def apply(model: nn.Module, spec: ModelSpec, strategy, num_classes: int, lr: flo
         if trains:
             by_stage[stage].append(p)
             named[name] = p
-    head = spec.replace_head(model, num_classes)
-    named.update({f"{spec.head}.{n}": p for n, p in head.named_parameters()})
-
-    top = list(reversed(spec.stages))  # k from the top: top.index(stage) + 1
+    head_params = list(spec.replace_head(model, num_classes).parameters())
+    named.update({f"{spec.head}.{n}": p for n, p in spec.head_module(model).named_parameters()})
     extra = {"weight_decay": 0.0} if r.l2sp_alpha or r.l2sp_beta else {}  # L2-SP replaces plain decay
     groups: list[dict] = []
-    if r.reweight is not None:  # one group per tensor: auto-RGN sets each tensor's LR
+    if r.adapter:
+        from . import adapters  # peft is an optional extra: only these strategies import it
+
+        named = adapters.attach(model, spec.head, r.adapter, r.rank, r.alpha, r.target_modules, r.adapter_dropout)
+        head_params = [p for n, p in named.items() if n.startswith(spec.head + ".")]
+        by_stage = {"adapters": [p for n, p in named.items() if not n.startswith(spec.head + ".")]}
+        groups.append({"name": "adapters", "params": by_stage["adapters"], "lr": lr * r.lr_scale(1), **extra})
+        groups.append({"name": "head", "params": head_params, "lr": lr, **extra})
+    elif r.reweight is not None:  # one group per tensor: auto-RGN sets each tensor's LR
+        top = list(reversed(spec.stages))  # k from the top: top.index(stage) + 1
         for name, p in named.items():
             stage = spec.stage_of(name) if not name.startswith(spec.head + ".") else None
             scale = 1.0 if stage is None else r.lr_scale(top.index(stage) + 1)
             groups.append({"name": name, "params": [p], "lr": lr * scale, **extra})
     else:
-        per_stage = r.layer_decay != 1 or r.unfreeze_every is not None
-        if per_stage:  # stages differ in LR or in when they start: one group each, named by stage
-            for stage in top:
-                if by_stage.get(stage):
-                    groups.append({"name": stage, "params": by_stage[stage],
-                                   "lr": lr * r.lr_scale(top.index(stage) + 1), **extra})
+        if r.layer_decay != 1 or r.unfreeze_every is not None:
+            # units differ in LR or in when they start: one group each, named by the unit, k from the top
+            units, unit_of = (spec.layers, spec.layer_of) if r.granularity == "layer" else (spec.stages, spec.stage_of)
+            by_unit: dict[str, list[nn.Parameter]] = {}
+            for name, p in named.items():
+                if not name.startswith(spec.head + "."):
+                    by_unit.setdefault(unit_of(name), []).append(p)
+            for k, unit in enumerate(reversed(units), 1):
+                if by_unit.get(unit):
+                    groups.append({"name": unit, "params": by_unit[unit], "lr": lr * r.lr_scale(k), **extra})
         elif any(by_stage.values()):
             groups.append({"name": "backbone", "params": list(itertools.chain(*by_stage.values())),
                            "lr": lr * r.lr_scale(1), **extra})
-        groups.append({"name": "head", "params": list(head.parameters()), "lr": lr, **extra})
+        groups.append({"name": "head", "params": head_params, "lr": lr, **extra})
     by_stage = {s: ps for s, ps in by_stage.items() if ps}
-    return Plan(r, groups, by_stage, list(head.parameters()), named,
+    return Plan(r, groups, by_stage, head_params, named,
                 total_params=sum(p.numel() for p in model.parameters()), epochs=epochs)
 
 

@@ -27,8 +27,8 @@ from tlsweep.report.stats import t_interval
 logging.getLogger("fontTools.subset").setLevel(logging.WARNING)
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]  # Okabe & Ito 2008
-# eleven strategies need eleven colours: Okabe-Ito's eight, then three of Paul Tol's muted scheme
-PALETTE = OKABE_ITO + ["#882255", "#44AA99", "#999933"]
+# thirteen strategies need thirteen colours: Okabe-Ito's eight, then five of Paul Tol's muted scheme
+PALETTE = OKABE_ITO + ["#882255", "#44AA99", "#999933", "#AA4499", "#332288"]
 MARKERS = ["o", "s", "^", "D", "v", "P"]
 NAMES = ("ladder", "curves", "lr", "shots", "decision")
 SIZE = (3.3, 2.4)  # inches: one column of a two-column paper

@@ -16,7 +16,7 @@ SHOTS_KEY = "data.shots"  # the decision figure's columns
 UNSET = "<unset>"  # a param some runs never had (a key only some strategies set, e.g. lpft's probe_epochs)
 LADDER = ("scratch", "probe", "partial", "finetune")  # the order of the paper's ladder
 # every strategy tlsweep ships (conf/strategy/), the ladder first: table order, and each its own colour
-STRATEGIES = LADDER + ("lpft", "llrd", "gradual", "l2sp", "bitfit", "norm", "auto_rgn")
+STRATEGIES = LADDER + ("lpft", "llrd", "gradual", "l2sp", "bitfit", "norm", "auto_rgn", "lora", "dora")
 # Params that differ between runs of one configuration: they identify a replicate, not a group.
 PER_RUN_LAST = {"device", "root", "output_dir", "run_dir", "out_dir", "num_workers", "job_num", "job_id"}
 PER_RUN_PREFIXES = ("tracking.", "hydra.")
