@@ -20,11 +20,17 @@ from tests.conftest import damage, model_spec, write_image_folder
 
 
 @pytest.mark.parametrize("model_name,unfreeze,first_trainable", [
-    ("resnet18", [], "fc"), ("resnet18", ["layer4"], "layer4"), ("efficientnet_lite0", ["blocks.6"], "blocks.6")])
+    ("resnet18", [], "fc"), ("resnet18", ["layer4"], "layer4"), ("efficientnet_lite0", ["blocks.6"], "blocks.6"),
+    ("vit_b_16", ["block11"], "encoder.layers.encoder_layer_11"),
+    # any timm model of the chain families: probe (everything below the head) and partial (the last stage)
+    ("timm:resnet10t", ["layer4"], "layer4"), ("timm:efficientnet_b0", [], "classifier"),
+    ("timm:convnext_atto", ["stages.3"], "stages.3"), ("timm:vit_tiny_patch16_224", [], "head"),
+    ("timm:vit_tiny_patch16_224", ["blocks.11"], "blocks.11"), ("timm:mobilenetv3_small_050", ["blocks.5"], "blocks.5")])
 def test_cached_features_equal_recomputed(tmp_path, model_name, unfreeze, first_trainable):
     """Cache the prefix, then recompute the same inputs through the model's own forward and
     capture what reaches the first trainable module: equal, in the mode the model trains in."""
-    spec = model_spec(model_name)
+    spec = (model_spec("timm", f"model.arch={model_name[5:]}", image_size=32) if model_name.startswith("timm:")
+            else model_spec(model_name, image_size=32))
     torch.manual_seed(0)
     model, pp = build_model(spec, None)
     for bn in model.modules():  # trained-looking statistics, so that folding BN into convs is not a no-op
@@ -43,7 +49,8 @@ def test_cached_features_equal_recomputed(tmp_path, model_name, unfreeze, first_
     train_f, val_f, source = features.features(cut.prefix, *decoded, ["test", model_name, str(unfreeze)], 2, pp.crop,
                                                pp.mean, pp.std, 5, cpu, lambda: autocast(cpu, False), None)
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in cut.prefix.modules())
-    assert source == f"computed, {n_bn} BatchNorms folded into their convs", source  # every BN follows a conv
+    # every BN follows a conv
+    assert source == (f"computed, {n_bn} BatchNorms folded into their convs" if n_bn else "computed"), source
     assert train_f.shape[:2] == (2, len(decoded[0])) and train_f.dtype == torch.float32
 
     seen = []

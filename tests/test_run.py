@@ -73,6 +73,11 @@ def test_a_run_records_what_a_reader_needs(make_cfg, store_uri):
     assert min(parts.values()) >= 0 and parts["seconds/train"] < m["train_seconds"]
     assert sum(parts.values()) == pytest.approx(m["prep_seconds"] + m["train_seconds"], rel=0.05)
     assert t["tlsweep.device"] == "cpu" and "tlsweep.weights" in t and "tlsweep.preprocess" in t
+    # which checkpoint DEFAULT meant, and its file's hash
+    from tlsweep.models import PACKAGED, file_sha256
+
+    assert t["tlsweep.weights"] == PACKAGED["tf_efficientnet_lite0"][0]
+    assert t["tlsweep.weights.sha256"] == file_sha256(PACKAGED["tf_efficientnet_lite0"][2]())
     assert "tlsweep.overrides" in t
     text = mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/config.yaml")
     assert "name: efficientnet_lite0" in text

@@ -146,7 +146,9 @@ def test_llrd_decays_the_lr_per_layer_from_the_top_as_timm_does(make_cfg):
     assert lrs == pytest.approx({"head": 1e-3, **{b: 1e-3 * 0.75 ** (8 - i) for i, b in enumerate(blocks)},
                                  "stem": 1e-3 * 0.75 ** 9})
     assert _trainable(model) == {n for n, _ in model.named_parameters()}
-    assert {id(p) for p in plan.groups[0]["params"]} == {id(p) for p in model.layer4[1].parameters()}
+    assert plan.groups[0]["name"] == "layer4.1"
+    assert {id(p) for g in plan.groups if g["name"] == "layer4.1" for p in g["params"]} == \
+        {id(p) for p in model.layer4[1].parameters()}
     ours = {id(p): g["lr"] / 1e-3 for g in plan.groups for p in g["params"]}
     theirs = {id(p): g["lr_scale"] for g in param_groups_layer_decay(model, layer_decay=0.75) for p in g["params"]}
     assert ours == pytest.approx(theirs)
@@ -370,3 +372,23 @@ def test_every_strategy_trains_what_it_claims_on_every_timm_family(make_cfg, arc
     plan.end_epoch(optimizer)
     changed = {n for n, p in named.items() if not torch.equal(p, before[n])}
     assert torch.isfinite(torch.tensor(loss)) and changed and changed <= trainable
+
+
+@pytest.mark.parametrize("arch", ["vit_tiny_patch16_224", "resnet10t"])
+def test_no_weight_decay_on_1d_parameters_as_timm(make_cfg, arch):
+    """timm's default (param_groups_weight_decay): norms, biases and the model's no_weight_decay()
+    names (a ViT's pos_embed, cls_token) never decay; every other trained tensor does."""
+    from timm.optim._param_groups import param_groups_weight_decay
+
+    cfg, model, plan = _plan(make_cfg, "finetune", "model=timm", f"model.arch={arch}", "model.weights=null")
+    optimizer, _ = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
+    exempt = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    decays = {id(p) for g in optimizer.param_groups if g["weight_decay"] == cfg.optim.weight_decay > 0 for p in g["params"]}
+    theirs = param_groups_weight_decay(model, weight_decay=cfg.optim.weight_decay,
+                                       no_weight_decay_list=getattr(model, "no_weight_decay", set)())
+    assert exempt == {id(p) for p in theirs[0]["params"]} and decays == {id(p) for p in theirs[1]["params"]}
+    assert exempt and decays and len(exempt | decays) == len(list(model.parameters()))
+    if arch.startswith("vit"):
+        assert id(model.pos_embed) in exempt and id(model.cls_token) in exempt
+    # the two halves of a group share its name and LR: one lr/<group> metric each
+    assert {g["name"] for g in optimizer.param_groups} == {"backbone", "head"}

@@ -96,6 +96,17 @@ def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device, epochs, 
     return cut.suffix, (train, val, select), how
 
 
+def group_tags(groups: list[dict]) -> dict[str, str]:
+    """One tag per parameter group name: its size, LR, and how many of its parameters never decay."""
+    tags: dict[str, list] = {}
+    for g in groups:
+        n = sum(p.numel() for p in g["params"])
+        size, no_decay, lr = tags.get(g["name"], (0, 0, g["lr"]))
+        tags[g["name"]] = (size + n, no_decay + (n if g.get("weight_decay") == 0.0 else 0), lr)
+    return {f"tlsweep.group.{name}": f"params={size} lr={lr:g} no_weight_decay={nd}"
+            for name, (size, nd, lr) in tags.items()}
+
+
 class Stopwatch:
     """Seconds per part of a job (`with clock("data"): ...`), for the record of where its time goes.
 
@@ -199,8 +210,7 @@ def run(cfg: DictConfig) -> dict:
             **models.weights_record(spec, weights),
             "tlsweep.preprocess": str(pp),
             "tlsweep.trainable_stages": ",".join(plan.trainable),
-                **{f"tlsweep.group.{g['name']}": f"params={sum(p.numel() for p in g['params'])} lr={g['lr']:g}"
-                   for g in plan.groups},
+                **group_tags(plan.groups),
             })
         prep_seconds = time.perf_counter() - start  # data, model and feature cache, before the first epoch
         progress.ready(prep_seconds, "feature cache " + features_how.split(":")[0].split(" (")[0])

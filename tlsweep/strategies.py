@@ -394,8 +394,33 @@ def apply(model: nn.Module, spec: ModelSpec, strategy, num_classes: int, lr: flo
                            "lr": lr * r.lr_scale(1), **extra})
         groups.append({"name": "head", "params": head_params, "lr": lr, **extra})
     by_stage = {s: ps for s, ps in by_stage.items() if ps}
-    return Plan(r, groups, by_stage, head_params, named,
+    return Plan(r, _without_decay_on_1d(groups, named, spec), by_stage, head_params, named,
                 total_params=sum(p.numel() for p in model.parameters()), epochs=epochs)
+
+
+def no_weight_decay(name: str, p: nn.Parameter, spec: ModelSpec) -> bool:
+    """timm's rule (`param_groups_weight_decay`, its default): no weight decay on 1-D tensors (norm
+    scales and shifts, biases, DoRA's magnitudes), on any `.bias`, and on what the model's own
+    `no_weight_decay()` names (a ViT's pos_embed and cls_token)."""
+    return p.ndim <= 1 or name.endswith(".bias") or name in spec.no_weight_decay
+
+
+def _without_decay_on_1d(groups: list[dict], named: dict[str, nn.Parameter], spec: ModelSpec) -> list[dict]:
+    """Each group split in two, same name and LR: the tensors that decay, and those that never do
+    (weight_decay 0, see `no_weight_decay`). A group already without decay (L2-SP) stays whole."""
+    name_of = {id(p): n for n, p in named.items()}
+    out = []
+    for g in groups:
+        if g.get("weight_decay") == 0.0:
+            out.append(g)
+            continue
+        exempt = [no_weight_decay(name_of[id(p)], p, spec) for p in g["params"]]
+        decay = [p for p, e in zip(g["params"], exempt) if not e]
+        if decay:
+            out.append({**g, "params": decay})
+        if any(exempt):
+            out.append({**g, "params": [p for p, e in zip(g["params"], exempt) if e], "weight_decay": 0.0})
+    return out
 
 
 def frozen_bn_eval(model: nn.Module, every: bool = False) -> None:
