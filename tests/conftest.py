@@ -149,7 +149,7 @@ def fake_hub(monkeypatch):
         return timm.create_model(model_id.split("/")[-1], pretrained=False).state_dict()
 
     monkeypatch.setattr(timm.models._builder, "load_state_dict_from_hf", fake)
-    monkeypatch.setattr(models, "_unreachable", lambda where: None)
+    monkeypatch.setattr(models.weights, "hub_unreachable", lambda where: None)
     return calls
 
 

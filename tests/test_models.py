@@ -131,7 +131,7 @@ def test_offline_hub_download_fails_with_a_message_that_says_what_to_do(monkeypa
         raise LocalEntryNotFoundError("Cannot find the requested files in the local cache (offline)")
 
     monkeypatch.setattr(timm.models._hub, "hf_hub_download", offline)
-    monkeypatch.setattr(models, "_unreachable", lambda where: None)  # let the client itself fail
+    monkeypatch.setattr(models.weights, "hub_unreachable", lambda where: None)  # let the client itself fail
     with pytest.raises(models.WeightsUnavailable, match=r"(?s)timm/resnet18\.tv_in1k.*models--timm--resnet18\.tv_in1k"
                                                         r".*model\.weights=/path/to/model\.safetensors"):
         build_model(model_spec("resnet18"), "DEFAULT")
@@ -149,7 +149,7 @@ def test_an_unresolvable_hub_fails_at_once_without_the_clients_retries(monkeypat
             raise AssertionError("went to the network although the hub's host does not resolve")
         raise FileNotFoundError("not in the cache")
 
-    monkeypatch.setattr(models.socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(models.weights.socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(timm.models._hub, "hf_hub_download", must_not_download)
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)

@@ -17,3 +17,8 @@ class ConfigError(UserError, ValueError):
 
 class Diverged(UserError, FloatingPointError):
     """The loss became NaN or infinite: the run diverged (usually the learning rate is too high)."""
+
+
+class WeightsUnavailable(UserError, RuntimeError):
+    """Pretrained weights could not be fetched (typically: no network); the message says where the
+    file goes and how to pass a local one."""
