@@ -125,7 +125,7 @@ def test_the_parts_load_without_mlflow():
 
 
 def test_the_ladder_climbs_by_trainable_params_with_a_colour_per_strategy():
-    """Eleven strategies: eleven distinct colours, scratch first, then left to right by what trains."""
+    """Thirteen strategies: thirteen distinct colours, scratch first, then left to right by what trains."""
     from tlsweep.report.keys import STRATEGIES
 
     size = {s: (i * 7919) % 101 * 1000 + 10 for i, s in enumerate(STRATEGIES)}  # an order unlike the names'
@@ -141,6 +141,20 @@ def test_the_ladder_climbs_by_trainable_params_with_a_colour_per_strategy():
 
     colours = {tuple(c.get_facecolor()[0]) for c in ax.collections if isinstance(c, PathCollection)}
     assert len(colours) == len(STRATEGIES) == 13
+
+
+def test_every_seed_stays_visible_beside_the_mean():
+    """n=3 must look like three dots: none under the mean marker, two equal values still two dots."""
+    from matplotlib.collections import PathCollection
+
+    rows = [{"strategy.name": "probe", "seed": str(k), "value": v, "trainable_params": 10}
+            for k, v in enumerate([0.9412, 0.9608, 0.9412])]  # the middle seed is the mean's neighbour, two tie
+    data = pd.DataFrame(rows, index=[f"r{i}" for i in range(len(rows))])
+    ax = figures.ladder(data, stats.summary(data, ["strategy.name"]), ["strategy.name"], "final_val_acc").axes[0]
+    (dots,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+    points = {tuple(p) for p in dots.get_offsets()}
+    mean_x = ax.lines[0].get_xdata()[0]
+    assert len(points) == 3 and all(x != mean_x for x, _ in points)
 
 
 def test_holm_step_down_by_hand():

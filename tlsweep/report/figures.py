@@ -157,7 +157,9 @@ def ladder(data: pd.DataFrame, summary: pd.DataFrame, by: list[str], metric: str
         c = lay.combos.index(combo)
         x = lay.primaries.index(primary) + (c - (len(lay.combos) - 1) / 2) * width
         seeds = _members(data, row, by)["value"].to_numpy() * scale
-        jitter = np.linspace(-0.25, 0.25, len(seeds)) * width if len(seeds) > 1 else np.zeros(len(seeds))
+        # the seeds in a strip left of the mean marker, each at its own x: none hides under the marker,
+        # and two seeds with the same value (one image apart is a step) still show as two dots
+        jitter = -np.linspace(0.15, 0.45, len(seeds)) * width if len(seeds) > 1 else np.full(len(seeds), -0.3 * width)
         ax.scatter(x + jitter, seeds, s=6, color=lay.color(primary), alpha=0.45, linewidths=0, zorder=2)
         yerr = None
         if row["n"] > 1:
