@@ -33,7 +33,21 @@ def test_a_rerun_that_finished_replaces_its_failed_first_attempt():
     assert sweep.sweep_status(tracking.current(runs[:4][:1] + runs[3:4])) == "FINISHED"
     assert sweep.sweep_status([]) == "FAILED"  # a sweep in which no job ran did not succeed
     assert sweep.summary_line([]) == "[tlsweep] no job of this sweep made a run"
-    assert sweep.summary_line(kept).startswith("[tlsweep] 3 of 5 jobs failed: Diverged: nan; runs: r (FAILED), x (FAILED)")
+    # failures grouped by error, most common first; a run without an error says its status
+    assert sweep.summary_line(kept) == ("[tlsweep] 3 of 5 jobs failed: 2 x FAILED (no error recorded), 1 x Diverged: nan; "
+                                        "runs: r (FAILED), x (FAILED), y (FAILED)")
+    # an interrupted 24-job sweep does not read as an 8-job one
+    assert sweep.summary_line(kept, planned=24) == (
+        "[tlsweep] 3 of 24 jobs failed: 2 x FAILED (no error recorded), 1 x Diverged: nan; 19 of 24 never started; "
+        "runs: r (FAILED), x (FAILED), y (FAILED)")
+    assert sweep.summary_line(kept[:2], planned=2) == "[tlsweep] 2 of 2 jobs finished"
+    assert sweep.summary_line([], planned=4) == "[tlsweep] no job of this sweep made a run; 4 of 4 never started"
+
+
+def test_planned_jobs_counts_what_the_sweeper_launches():
+    assert tracking.planned_jobs(["strategy=probe,finetune", "seed=range(0,3)", "epochs=2"]) == 6
+    # a preset's sweep, and a command-line key that ends it (the last override of a key wins)
+    assert tracking.planned_jobs(["seed=0"], {"strategy": "scratch,probe,partial,finetune", "seed": "0,1,2"}) == 4
 
 
 def test_the_config_key_ignores_where_a_run_logs_and_caches(make_cfg):

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig, OmegaConf
 
 from .tracking import (EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, _labels, announce, current,
-                       setup_store, swept_keys)
+                       planned_jobs, setup_store, swept_keys)
 
 log = logging.getLogger(__name__)
 _ended_early: str | None = None  # how the launching process ended, when the sweep did not run to its end
@@ -48,16 +49,21 @@ def find_sweep(client: MlflowClient, exp_id: str, name: str):
     return found[0] if found else None
 
 
-def summary_line(children: list) -> str:
-    """One line on how a sweep's jobs ended, naming the first error and the runs that did not finish."""
+def summary_line(children: list, planned: int | None = None) -> str:
+    """One line on how a sweep's jobs ended: failures grouped by their error (first line), the runs
+    that did not finish, and how many of the `planned` jobs never started (an interrupt, a cancel)."""
+    total = max(planned or 0, len(children))
+    never = f"; {total - len(children)} of {total} never started" if total > len(children) else ""
     if not children:
-        return "[tlsweep] no job of this sweep made a run"
+        return f"[tlsweep] no job of this sweep made a run{never}"
     bad = [c for c in children if c.info.status != "FINISHED"]
     if not bad:
-        return f"[tlsweep] {len(children)} of {len(children)} jobs finished"
-    first = bad[0].data.tags.get("tlsweep.error", bad[0].info.status).splitlines()[0][:300]
+        return f"[tlsweep] {len(children)} of {total} jobs finished{never}"
+    kinds = Counter(c.data.tags.get("tlsweep.error", f"{c.info.status} (no error recorded)").splitlines()[0][:300]
+                    for c in bad)
+    errors = next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{n} x {e}" for e, n in kinds.most_common())
     runs = ", ".join(f"{c.info.run_name} ({c.info.status})" for c in bad)
-    return f"[tlsweep] {len(bad)} of {len(children)} jobs failed: {first}; runs: {runs}"
+    return f"[tlsweep] {len(bad)} of {total} jobs failed: {errors}{never}; runs: {runs}"
 
 
 def sweep_status(children: list) -> str:
@@ -65,6 +71,8 @@ def sweep_status(children: list) -> str:
     or none ran at all, else FINISHED."""
     statuses = {c.info.status for c in children}
     return "KILLED" if "KILLED" in statuses else "FAILED" if not statuses or statuses - {"FINISHED"} else "FINISHED"
+
+
 def shared_params(children: list, swept: list[str]) -> dict[str, str]:
     """The config every job of a sweep shares: params with one value across `children`, less what the
     sweep varies (a swept key, or everything under a swept config group)."""
@@ -105,6 +113,7 @@ class SweepCallback(Callback):
     def __init__(self, report: bool = True):
         self.report = report
         self.parent: str | None = None
+        self.planned: int | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         uri, exp_id = setup_store(config.tracking.uri, config.tracking.experiment)
@@ -113,7 +122,9 @@ class SweepCallback(Callback):
         name = asked or f"sweep-{datetime.now():%Y-%m-%d_%H-%M-%S}"
         overrides = list(config.hydra.overrides.task)
         sweeper_params = config.hydra.sweeper.get("params")
-        self.swept = swept_keys(overrides, OmegaConf.to_container(sweeper_params) if sweeper_params else None)
+        params = OmegaConf.to_container(sweeper_params) if sweeper_params else None
+        self.swept = swept_keys(overrides, params)
+        self.planned = planned_jobs(overrides, params)
         previous = find_sweep(client, exp_id, asked) if asked else None
         if previous is not None:  # the same name again: continue that sweep, under the same parent
             parent = previous.info.run_id
@@ -164,7 +175,7 @@ class SweepCallback(Callback):
             status = sweep_status(children)
             if _ended_early and status == "FINISHED" or _ended_early == "KILLED":
                 status = _ended_early
-            print(summary_line(children), flush=True)
+            print(summary_line(children, self.planned), flush=True)
             with _or_warn(f"log the shared config of sweep {self.name} as its parent's params"):
                 known = client.get_run(parent).data.params  # a resumed parent has them already
                 shared = {k: v for k, v in shared_params(children, self.swept).items() if k not in known}

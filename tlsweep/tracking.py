@@ -6,6 +6,8 @@ processes pass on. This module imports nothing of the sweep's lifecycle or the r
 """
 from __future__ import annotations
 
+import math
+
 import contextlib
 import hashlib
 import json
@@ -151,6 +153,18 @@ def swept_keys(task_overrides: list[str], sweeper_params: dict | None = None) ->
     for o in OverridesParser.create().parse_overrides(lines):
         swept[o.key_or_group] = o.is_sweep_override()  # a later plain `seed=0` ends the preset's seed sweep
     return [k for k, is_sweep in swept.items() if is_sweep]
+
+
+def planned_jobs(task_overrides: list[str], sweeper_params: dict | None = None) -> int:
+    """How many jobs the multirun launches: the product of each key's number of values, the last
+    override of a key winning, as for `swept_keys`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = [f"{k}={v}" for k, v in (sweeper_params or {}).items()] + list(task_overrides)
+    counts: dict[str, int] = {}
+    for o in OverridesParser.create().parse_overrides(lines):
+        counts[o.key_or_group] = len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
+    return math.prod(counts.values())
 
 
 def _is_seed(key: str) -> bool:
