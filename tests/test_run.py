@@ -159,6 +159,17 @@ def _cli(*args, cwd, env=None):
                           env={**clean, **(env or {})}, timeout=600)
 
 
+def test_a_torchvision_built_for_another_torch_says_what_to_reinstall(tmp_path):
+    """pip's fallback to a mismatched pair fails at `import torchvision` ("operator torchvision::nms
+    does not exist"); a stand-in torchvision that fails the same way takes its place here."""
+    fake = tmp_path / "shadow" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    p = _cli("epochs=1", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "shadow")})
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "was built for another torch" in p.stderr and 'pip install --force-reinstall "torch==' in p.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["model=resnet19"], "Available options in 'model'"),
     (["strategy=probe2"], "Available options in 'strategy'"),

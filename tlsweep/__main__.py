@@ -7,9 +7,41 @@ import hydra
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
-from . import sweep
 from .errors import UserError
-from .run import run
+
+
+def torch_pair_message(err: Exception) -> str | None:
+    """What to reinstall when torchvision was built for another torch, else None.
+
+    pip, told to fetch a CPU build from an index it cannot reach, can fall back to a torchvision of
+    another release than the torch it keeps; the pair then fails at import with "operator
+    torchvision::nms does not exist". torchvision 0.N+15 goes with torch 2.N."""
+    if "torchvision::" not in str(err):
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_v, vision_v = version("torch"), version("torchvision")
+    except PackageNotFoundError:
+        return None
+    major, minor = (int(x) for x in torch_v.split("+")[0].split(".")[:2])
+    want = f"0.{minor + 15}" if major == 2 else "the release made for it"
+    return (f"tlsweep: torchvision {vision_v} was built for another torch than the installed {torch_v} "
+            f"({str(err).splitlines()[0]}).\nReinstall them as a pair, e.g. "
+            f"pip install --force-reinstall \"torch=={torch_v.split('+')[0]}\" \"torchvision=={want}.*\" "
+            f"(from the same index)")
+
+
+try:
+    import torchvision  # noqa: F401 -- a torchvision built for another torch fails here, before any work
+except RuntimeError as _err:
+    _message = torch_pair_message(_err)
+    if _message is None:
+        raise
+    sys.exit(_message)
+
+from . import sweep  # noqa: E402 -- after the torch/torchvision check
+from .run import run  # noqa: E402
 
 
 class JobError(CompactHydraException):
