@@ -207,6 +207,22 @@ def test_offline_download_fails_every_job_plainly_with_a_summary(tmp_path, tiny_
     assert all(fix in r.data.tags["tlsweep.error"] for r in children)
 
 
+def test_a_reader_that_goes_away_fails_no_job(tmp_path, tiny_root):
+    """`python -m tlsweep -m ... | head -1`: the pipe closes after the first line. Printing to it must not
+    fail a job, and no run (the parent included) may be left RUNNING."""
+    clean = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    p = subprocess.Popen([sys.executable, "-m", "tlsweep", "-m", "model=timm", "model.arch=resnet10t",
+                          "model.weights=null", "strategy=probe,finetune", "data=imagefolder", f"data.root={tiny_root}",
+                          "data.image_size=32", "epochs=2", "device=cpu", "hydra.callbacks.tlsweep.report=false"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=clean)
+    p.stdout.readline()
+    p.stdout.close()  # what `head -1` does after its line
+    assert p.wait(timeout=600) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id])
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in runs]
+
+
 def test_full_error_shows_the_traceback(tmp_path):
     p = _cli("data=imagefolder", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert p.returncode == 1 and "Traceback" in p.stderr and "DataError" in p.stderr

@@ -41,6 +41,7 @@ except RuntimeError as _err:
     sys.exit(_message)
 
 from . import sweep  # noqa: E402 -- after the torch/torchvision check
+from .progress import PipeSafe  # noqa: E402
 from .run import run  # noqa: E402
 
 
@@ -62,6 +63,7 @@ def _sigterm(signum, frame):
 
 def cli() -> None:
     signal.signal(signal.SIGTERM, _sigterm)
+    sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)  # before Hydra's log handlers take them
     # The imports above (torch, torchvision, MLflow, Hydra) leave millions of objects that live
     # until exit; freezing them keeps every later collection from walking them again. Freezing
     # once more at the end does the same for what the jobs imported and built (timm, SQLAlchemy,

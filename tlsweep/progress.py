@@ -48,3 +48,41 @@ class Progress:
 
     def _say(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
+
+
+class PipeSafe:
+    """A stdout/stderr that survives its reader going away (`python -m tlsweep -m ... | head`).
+
+    Writing to a closed pipe raises BrokenPipeError; raised inside a job, it failed every job and left
+    the sweep's parent RUNNING. Output is only a view of the work: once the pipe is gone, further
+    writes go to /dev/null (Python's own advice for SIGPIPE) and the sweep carries on into MLflow.
+    """
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    def _closed(self) -> None:
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())  # the interpreter's final flush must not fail either
+        except (OSError, ValueError):
+            pass
+        self._stream = open(os.devnull, "w")
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._closed()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._closed()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
