@@ -62,7 +62,8 @@ def test_a_run_records_what_a_reader_needs(make_cfg, store_uri):
     for key in ("best_val_acc", "best_epoch", "final_val_acc", "trainable_params", "total_params", "train_seconds"):
         assert key in m
     client = MlflowClient(store_uri)
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr/backbone", "lr/head", "epoch_seconds"):
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr/backbone", "lr/head", "epoch_seconds",
+                "trainable_params"):  # one meaning per key: no summary value at step 0 beside the epochs'
         assert [h.step for h in client.get_metric_history(r.info.run_id, key)] == [1, 2], key
     lrs = [h.value for h in client.get_metric_history(r.info.run_id, "lr/head")]
     assert lrs == pytest.approx([1e-3, 5e-4])  # cosine over 2 epochs: full LR, then half

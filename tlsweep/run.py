@@ -243,7 +243,10 @@ def run(cfg: DictConfig) -> dict:
                       prep_seconds=prep_seconds)
         # where the job's time went, in disjoint parts (their sum is prep_seconds + train_seconds, to
         # within the few statements between parts); the final log_metrics and closing the run are not in it
-        mlflow.log_metrics({**result, **{f"seconds/{k}": v for k, v in clock.seconds.items()}})
+        # A key with a per-epoch history (trainable_params, select_acc) is not logged again: its last epoch's
+        # value is the run's (a second value at step 0 drew lpft's curve from 3.4M down to 12.8k and back)
+        summary = {k: v for k, v in result.items() if k not in ("trainable_params", "select_acc")}
+        mlflow.log_metrics({**summary, **{f"seconds/{k}": v for k, v in clock.seconds.items()}})
     print(f"[tlsweep] {cfg.strategy.name:8s} seed={cfg.seed} final_val_acc={result['final_val_acc']:.4f} "
           f"best_val_acc={result['best_val_acc']:.4f} trainable={plan.trainable_params:,} "
           f"seconds={result['prep_seconds']:.1f} prep + {result['train_seconds']:.1f} train", flush=True)
