@@ -392,3 +392,18 @@ def test_no_weight_decay_on_1d_parameters_as_timm(make_cfg, arch):
         assert id(model.pos_embed) in exempt and id(model.cls_token) in exempt
     # the two halves of a group share its name and LR: one lr/<group> metric each
     assert {g["name"] for g in optimizer.param_groups} == {"backbone", "head"}
+
+
+def test_auto_rgn_logs_its_lrs_per_stage_not_per_tensor(make_cfg):
+    from tlsweep.train import lr_metrics
+
+    cfg, model, plan = _plan(make_cfg, "auto_rgn", "model=resnet18", "optim.lr=1e-3")
+    optimizer, _ = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
+    layer1 = [g for g in optimizer.param_groups if g["stage"] == "layer1"]
+    layer1[0]["lr"] *= 0.5  # as a reweighting would: the stage's LRs now differ
+    metrics = lr_metrics(optimizer.param_groups)
+    spec = get_spec(cfg.model)
+    assert set(metrics) == {f"lr/{s}/{k}" for s in [*spec.stages, "head"] for k in ("min", "mean", "max")}
+    assert metrics["lr/layer1/min"] == pytest.approx(5e-5) and metrics["lr/layer1/max"] == pytest.approx(1e-4)
+    assert metrics["lr/layer1/mean"] == pytest.approx(sum(g["lr"] for g in layer1) / len(layer1))
+    assert lr_metrics([{"name": "head", "lr": 1.0}, {"name": "head", "lr": 1.0, "weight_decay": 0.0}]) == {"lr/head": 1.0}

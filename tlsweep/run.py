@@ -97,12 +97,13 @@ def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device, epochs, 
 
 
 def group_tags(groups: list[dict]) -> dict[str, str]:
-    """One tag per parameter group name: its size, LR, and how many of its parameters never decay."""
+    """One tag per parameter group name: its size, (largest) LR, and how many of its parameters never decay."""
     tags: dict[str, list] = {}
     for g in groups:
         n = sum(p.numel() for p in g["params"])
-        size, no_decay, lr = tags.get(g["name"], (0, 0, g["lr"]))
-        tags[g["name"]] = (size + n, no_decay + (n if g.get("weight_decay") == 0.0 else 0), lr)
+        name = g.get("stage", g["name"])  # auto-RGN: one tag per stage, not per tensor
+        size, no_decay, lr = tags.get(name, (0, 0, g["lr"]))
+        tags[name] = (size + n, no_decay + (n if g.get("weight_decay") == 0.0 else 0), max(lr, g["lr"]))
     return {f"tlsweep.group.{name}": f"params={size} lr={lr:g} no_weight_decay={nd}"
             for name, (size, nd, lr) in tags.items()}
 

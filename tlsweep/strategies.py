@@ -377,7 +377,8 @@ def apply(model: nn.Module, spec: ModelSpec, strategy, num_classes: int, lr: flo
         for name, p in named.items():
             stage = spec.stage_of(name) if not name.startswith(spec.head + ".") else None
             scale = 1.0 if stage is None else r.lr_scale(top.index(stage) + 1)
-            groups.append({"name": name, "params": [p], "lr": lr * scale, **extra})
+            # "stage": metrics and tags summarise the per-tensor LRs per stage (min/mean/max), not per tensor
+            groups.append({"name": name, "stage": stage or "head", "params": [p], "lr": lr * scale, **extra})
     else:
         if r.layer_decay != 1 or r.unfreeze_every is not None:
             # units differ in LR or in when they start: one group each, named by the unit, k from the top

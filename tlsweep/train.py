@@ -74,6 +74,21 @@ def run_epoch(model: nn.Module, loader: Iterable, device: torch.device, optimize
     return loss_sum.item() / n, correct.item() / n
 
 
+def lr_metrics(groups: list[dict]) -> dict[str, float]:
+    """`lr/<group>` per named group (the halves of a group with and without weight decay share one);
+    groups that carry a "stage" (auto-RGN's one group per tensor) as `lr/<stage>/{min,mean,max}`."""
+    out: dict[str, float] = {}
+    per_stage: dict[str, list[float]] = {}
+    for i, g in enumerate(groups):
+        if "stage" in g:
+            per_stage.setdefault(g["stage"], []).append(g["lr"])
+        else:
+            out[f"lr/{g.get('name', i)}"] = g["lr"]
+    for stage, lrs in per_stage.items():
+        out.update({f"lr/{stage}/min": min(lrs), f"lr/{stage}/mean": sum(lrs) / len(lrs), f"lr/{stage}/max": max(lrs)})
+    return out
+
+
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimizer: torch.optim.Optimizer,
         scheduler, epochs: int, device: torch.device, freeze_bn: bool = True, bf16: bool = False,
         channels_last: bool = False, on_epoch: Callable[[int, dict], None] | None = None,
@@ -94,7 +109,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimize
         else:
             extra = {}
             train_mode(model, freeze_bn)
-        lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
+        lrs = lr_metrics(optimizer.param_groups)
         train_loss, train_acc = run_epoch(model, train_loader, device, optimizer, bf16, channels_last,
                                           plan.penalty if plan is not None else None)
         if plan is not None:
