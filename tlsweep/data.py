@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
-from .errors import UserError
+from .errors import DataError
 from .models import Preprocess
 
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
@@ -32,10 +32,6 @@ HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
 # which ImageFolder skips). Measured on the tutorial's files.
 HYMENOPTERA_SHA256 = "c415c930edc58a3d84c6f6b2c058ca7ea03038a196f05330aa86b3249cf557b7"
 HYMENOPTERA_COUNTS = {"train": {"ants": 123, "bees": 121}, "val": {"ants": 70, "bees": 83}}
-
-
-class DataError(UserError, ValueError):
-    """The data is missing or not laid out as expected; the message says what to fix."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Expected failures: the user can fix them, and the message says how.
+"""Expected failures, all of them: the user can fix them, and the message says how.
 
 The CLI prints such an error as one line and exits 1, without a traceback (a traceback is for
 bugs; `HYDRA_FULL_ERROR=1` shows it anyway). The job's MLflow run is still ended FAILED with
@@ -13,6 +13,14 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config value that cannot work: unknown name or stage, epochs < 1, ..."""
+
+
+class DataError(UserError, ValueError):
+    """The data is missing or not laid out as expected; the message says what to fix."""
+
+
+class ReportError(UserError, ValueError):
+    """The report cannot be made; the message says what is wrong and what to do."""
 
 
 class Diverged(UserError, FloatingPointError):

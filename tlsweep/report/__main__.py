@@ -6,7 +6,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from tlsweep.report.keys import ReportError
+from tlsweep.errors import ReportError
 from tlsweep.report.make import make_report
 
 

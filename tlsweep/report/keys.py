@@ -10,6 +10,9 @@ import math
 
 import pandas as pd
 
+from tlsweep.errors import ReportError
+
+
 STRATEGY_KEY = "strategy.name"
 DATASET_KEY = "data.name"
 SHOTS_KEY = "data.shots"  # the decision figure's columns
@@ -33,10 +36,6 @@ LABELS = {
     "data.shots": "shots per class", "data.image_size": "image size", "strategy.unfreeze": "unfrozen stages",
     "strategy.backbone_lr_scale": "backbone LR scale", "batch_size": "batch size",
 }
-
-
-class ReportError(ValueError):
-    """The report cannot be made; the message says what is wrong and what to do."""
 
 
 def label(key: str) -> str:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from tlsweep.report import stats, store, tables
-from tlsweep.report.keys import DATASET_KEY, SHOTS_KEY, UNSET, ReportError, design_keys, label, lower_is_better, resolve_keys, seed_keys
+from tlsweep.errors import ReportError
+from tlsweep.report.keys import DATASET_KEY, SHOTS_KEY, UNSET, design_keys, label, lower_is_better, resolve_keys, seed_keys
 from tlsweep.tracking import CONFIG_KEY_TAG, EXPERIMENT, current, default_tracking_uri
 
 DEFAULT_METRIC = "final_val_acc"  # best_val_acc is selected on the validation set it is scored on

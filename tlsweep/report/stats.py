@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tlsweep.report.keys import STRATEGY_KEY, UNSET, ReportError, resolve_keys, sort_key
+from tlsweep.errors import ReportError
+from tlsweep.report.keys import STRATEGY_KEY, UNSET, resolve_keys, sort_key
 
 log = logging.getLogger(__name__)
 

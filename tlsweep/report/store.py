@@ -15,7 +15,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from tlsweep.report.keys import ReportError
+from tlsweep.errors import ReportError
 
 log = logging.getLogger(__name__)
 
