@@ -77,7 +77,7 @@ def write_image_folder(root: Path, classes=("ants", "bees"), per_split=None, see
 
 def damage(entry, how: str) -> None:
     """Leave a cache file as a crash, a bad copy or a wrong writer could."""
-    if how == "truncated":  # a writer killed half-way (before writes were atomic)
+    if how == "truncated":  # a writer killed half-way, or a copy cut short
         entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
     elif how == "garbage":
         entry.write_bytes(os.urandom(entry.stat().st_size))

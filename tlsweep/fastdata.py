@@ -146,8 +146,8 @@ def pad_batch(images: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 _STORES: OrderedDict[str, DecodedImages] = OrderedDict()
-# Every split of one dataset: train, val and, with data.select_fraction, select. With room for two,
-# the three splits a job reads in turn evicted each other and every job decoded all of them again.
+# Every split of one dataset: train, val and, with data.select_fraction, select. With room for fewer,
+# the splits a job reads in turn would evict each other and every job would decode all of them again.
 MEMO_STORES = 3
 
 
@@ -306,7 +306,7 @@ class TensorLoader:
     train=False: in order, center crop. All randomness comes from one CPU generator seeded
     once with `seed`; each epoch continues its stream, so epochs differ and a run repeats.
     `len(loader)` is the number of batches and `len(loader.dataset)` the number of images,
-    as with a DataLoader (with drop_last=True an epoch sees fewer than that).
+    as with a DataLoader.
     """
 
     def __init__(
@@ -318,7 +318,6 @@ class TensorLoader:
         mean: Sequence[float],
         std: Sequence[float],
         seed: int = 0,
-        drop_last: bool = False,
         device: torch.device | str | None = None,
         channels_last: bool = False,
         interpolation: InterpolationMode | None = None,
@@ -331,14 +330,13 @@ class TensorLoader:
         self.train = train
         self.crop = crop
         self.mean, self.std = list(mean), list(std)
-        self.drop_last = drop_last
         self.channels_last = channels_last
         self.interpolation = interpolation  # of the train crops on the CPU; None: roi_align (bilinear)
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.dataset)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .errors import Diverged
-from .strategies import Plan, train_mode
+from .strategies import Plan
 
 
 def tune_allocator() -> None:
@@ -90,12 +90,13 @@ def lr_metrics(groups: list[dict]) -> dict[str, float]:
 
 
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimizer: torch.optim.Optimizer,
-        scheduler, epochs: int, device: torch.device, freeze_bn: bool = True, bf16: bool = False,
+        scheduler, epochs: int, device: torch.device, bf16: bool = False,
         channels_last: bool = False, on_epoch: Callable[[int, dict], None] | None = None,
         plan: Plan | None = None, first_epoch: int = 1, select_loader: Iterable | None = None) -> dict:
     """Train for `epochs`, numbered from `first_epoch`, evaluating after each. Raises Diverged on a
     non-finite train or val loss. `plan` (strategies.Plan) decides per epoch what trains, at which LR,
-    and what is added to the loss, and puts the model in train mode; without one, `freeze_bn` does.
+    and what is added to the loss, and puts the model in train mode; without one, everything trains
+    in plain train mode.
 
     Returns best/final validation accuracy and timing. With `select_loader` (a split held out of
     train for model selection), each epoch also logs select_loss/select_acc, and the result holds
@@ -108,7 +109,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimize
             extra = plan.start_epoch(epoch, model, optimizer, train_loader)
         else:
             extra = {}
-            train_mode(model, freeze_bn)
+            model.train()
         lrs = lr_metrics(optimizer.param_groups)
         train_loss, train_acc = run_epoch(model, train_loader, device, optimizer, bf16, channels_last,
                                           plan.penalty if plan is not None else None)

@@ -4,7 +4,7 @@ The device installs the wheels with `pip install --no-deps`, so nothing resolves
 requirement of tlsweep (pyproject.toml) and of every wheel, its markers evaluated for CPython
 3.12 on Linux x86-64, must be met by a wheel in the folder or by a package of the image
 (image-packages.txt). Also checked: one version per package, and each wheel installs on cp312
-manylinux x86-64. This reads metadata only; it imports nothing (check_image.sh does that).
+manylinux x86-64. This reads metadata only; it imports nothing (run.sh checks the imports on the device).
 
     python benchmarks/device/check_wheels.py .device/wheels
 """
