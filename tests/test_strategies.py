@@ -407,3 +407,20 @@ def test_auto_rgn_logs_its_lrs_per_stage_not_per_tensor(make_cfg):
     assert metrics["lr/layer1/min"] == pytest.approx(5e-5) and metrics["lr/layer1/max"] == pytest.approx(1e-4)
     assert metrics["lr/layer1/mean"] == pytest.approx(sum(g["lr"] for g in layer1) / len(layer1))
     assert lr_metrics([{"name": "head", "lr": 1.0}, {"name": "head", "lr": 1.0, "weight_decay": 0.0}]) == {"lr/head": 1.0}
+
+
+def test_an_unknown_optimizer_or_schedule_lists_the_registered_ones(make_cfg):
+    from omegaconf import OmegaConf
+
+    optim = make_cfg().optim
+    with pytest.raises(ConfigError, match=r"optim.name 'adam'; valid: adamw, sgd"):
+        make_optimizer(OmegaConf.merge(optim, {"name": "adam"}), [], 1)
+    with pytest.raises(ConfigError, match=r"optim.scheduler 'step'; valid: cosine, none"):
+        make_optimizer(OmegaConf.merge(optim, {"scheduler": "step"}), [], 1)
+
+
+def test_an_unknown_dataset_lists_the_registered_ones():
+    from tlsweep import data
+
+    with pytest.raises(data.DataError, match=r"data.name 'cifar'; valid: digits, hymenoptera, imagefolder"):
+        data.load(type("C", (), {"name": "cifar"})())

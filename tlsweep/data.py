@@ -218,19 +218,26 @@ def few_shot(split: Split, shots: int, seed: int) -> Split:
     return Split([split.items[i] for i in keep], [split.targets[i] for i in keep])
 
 
+def _imagefolder(cfg) -> ImageData:
+    if not cfg.get("root"):
+        raise DataError("data=imagefolder needs data.root=/path/to/folder holding train/ and val/.")
+    return image_folder(cfg.root, val_fraction=cfg.get("val_fraction"))
+
+
+# data.name -> the dataset it reads (the one registry of datasets; an unknown name lists these)
+DATASETS = {
+    "digits": lambda cfg: digits(),
+    "hymenoptera": lambda cfg: hymenoptera(cfg.root, download=cfg.get("download", True)),
+    "imagefolder": _imagefolder,
+}
+
+
 def load(cfg) -> ImageData:
     """The dataset a `data` config names, with `data.select_fraction` held out of train, then
     `data.shots` applied."""
-    if cfg.name == "digits":
-        data = digits()
-    elif cfg.name == "hymenoptera":
-        data = hymenoptera(cfg.root, download=cfg.get("download", True))
-    elif cfg.name == "imagefolder":
-        if not cfg.get("root"):
-            raise DataError("data=imagefolder needs data.root=/path/to/folder holding train/ and val/.")
-        data = image_folder(cfg.root, val_fraction=cfg.get("val_fraction"))
-    else:
-        raise DataError(f"unknown data.name {cfg.name!r}; valid: digits, hymenoptera, imagefolder")
+    if cfg.name not in DATASETS:
+        raise DataError(f"unknown data.name {cfg.name!r}; valid: {', '.join(DATASETS)}")
+    data = DATASETS[cfg.name](cfg)
     if cfg.get("select_fraction"):
         # carved before data.shots, so that a few-shot sweep is selected on the same images as a full one
         data.train, data.select = stratified_holdout(data.train, float(cfg.select_fraction), SELECT_SEED)

@@ -36,19 +36,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# optim.name -> the optimizer over the strategy's groups; optim.scheduler -> the LR schedule over `epochs`
+OPTIMIZERS = {
+    "adamw": lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "sgd": lambda groups, cfg: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+}
+SCHEDULERS = {
+    "cosine": lambda opt, epochs: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs),
+    "none": lambda opt, epochs: None,
+}
+
+
 def make_optimizer(cfg: DictConfig, groups: list[dict], epochs: int):
     """The optimizer over the strategy's parameter groups, and its LR schedule."""
-    if cfg.name == "adamw":
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    elif cfg.name == "sgd":
-        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        raise ConfigError(f"unknown optim.name {cfg.name!r}; valid: adamw, sgd")
-    if cfg.scheduler == "cosine":
-        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    if cfg.scheduler in (None, "none"):
-        return opt, None
-    raise ConfigError(f"unknown optim.scheduler {cfg.scheduler!r}; valid: cosine, none")
+    if cfg.name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optim.name {cfg.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    scheduler = "none" if cfg.scheduler is None else cfg.scheduler
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown optim.scheduler {cfg.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+    opt = OPTIMIZERS[cfg.name](groups, cfg)
+    return opt, SCHEDULERS[scheduler](opt, epochs)
 
 
 def _weights_id(spec: models.ModelSpec, weights, seed: int) -> str:
