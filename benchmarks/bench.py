@@ -258,7 +258,8 @@ def _bound(root: str, seeds: list[int], epochs: int, model: tuple[str, ...], ima
     from tlsweep import data as datasets
     from tlsweep import features
     from tlsweep.run import resolve_device
-    from tlsweep.train import autocast, tune_allocator
+    from tlsweep.runtime import autocast
+    from tlsweep.train import tune_allocator
 
     tune_allocator()  # as every tlsweep job does: without it a CPU forward is about 3x slower
     # the sweep's own config, so that crop, batch size, channels_last, views and weights are the ones it uses

@@ -15,7 +15,8 @@ from tlsweep import features, strategies
 from tlsweep.fastdata import TensorLoader, decode_images
 from tlsweep.models import build_model
 from tlsweep.run import run
-from tlsweep.train import autocast
+from tlsweep.models import Preprocess
+from tlsweep.runtime import Runtime
 from tests.conftest import damage, model_spec, write_image_folder
 
 
@@ -46,8 +47,8 @@ def test_cached_features_equal_recomputed(tmp_path, model_name, unfreeze, first_
     cut = features.split(model, spec)
     assert not isinstance(cut, str), cut
     cpu = torch.device("cpu")
-    train_f, val_f, source = features.features(cut.prefix, *decoded, ["test", model_name, str(unfreeze)], 2, pp.crop,
-                                               pp.mean, pp.std, 5, cpu, lambda: autocast(cpu, False), None)
+    train_f, val_f, source = features.features(cut.prefix, *decoded, ["test", model_name, str(unfreeze)], 2, pp, 5,
+                                               Runtime(cpu), None)
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in cut.prefix.modules())
     # every BN follows a conv
     assert source == (f"computed, {n_bn} BatchNorms folded into their convs" if n_bn else "computed"), source
@@ -55,7 +56,8 @@ def test_cached_features_equal_recomputed(tmp_path, model_name, unfreeze, first_
 
     seen = []
     hook = model.get_submodule(first_trainable).register_forward_pre_hook(lambda m, args: seen.append(args[0]))
-    aug = TensorLoader(decoded[0], 5, train=True, crop=pp.crop, mean=pp.mean, std=pp.std, seed=features.VIEW_SEED)
+    aug = TensorLoader(decoded[0], 5, train=True, crop=pp.crop, mean=pp.mean, std=pp.std, seed=features.VIEW_SEED,
+                       interpolation=pp.interpolation)  # the pass crops with the weights' interpolation
     with torch.no_grad():
         for _view in range(2):  # same stream, same batches, through the full model
             for start in range(0, len(decoded[0]), 5):
@@ -169,13 +171,12 @@ def test_a_damaged_feature_file_is_recomputed_with_a_warning(tmp_path, how):
     data = D.image_folder(write_image_folder(tmp_path / "img", per_split={"train": 2, "val": 1}))
     decoded = [decode_images(s.items, s.targets, 36, InterpolationMode.BILINEAR, D.load_rgb)
                for s in (data.train, data.val)]
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    cpu = torch.device("cpu")
+    pp = Preprocess(36, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), InterpolationMode.BILINEAR)
 
     def get():
         features._MEMO.clear()  # as a fresh worker process starts
-        return features.features(prefix, *decoded, ["damage-test"], 2, 32, mean, std, 4, cpu,
-                                 lambda: autocast(cpu, False), str(tmp_path / "cache"))
+        return features.features(prefix, *decoded, ["damage-test"], 2, pp, 4, Runtime(torch.device("cpu")),
+                                 str(tmp_path / "cache"))
 
     train_f, val_f, source = get()
     assert source == "computed"

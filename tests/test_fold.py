@@ -7,6 +7,8 @@ from torch import nn
 from tlsweep import features
 from tlsweep.data import load_rgb
 from tlsweep.fastdata import decode_images
+from tlsweep.models import Preprocess
+from tlsweep.runtime import Runtime
 from tests.conftest import write_image_folder
 
 
@@ -85,9 +87,13 @@ def test_the_cached_pass_checks_the_fold_under_its_own_autocast(tmp_path, monkey
     train, val = (decode_images([str(p) for p in sorted((root / s).rglob("*.png"))], [0] * 4, 20,
                                 features.torchvision.transforms.InterpolationMode.BILINEAR, load_rgb)
                   for s in ("train", "val"))
-    cpu = torch.device("cpu")
-    tr, va, source = features.features(_chain(), train, val, ["test_fold", str(tmp_path)], 1, 16,
-                                       [0.5] * 3, [0.25] * 3, 4, cpu, _bf16_cpu, None)
-    assert seen == [_bf16_cpu]
+    class Bf16Cpu(Runtime):  # the CUDA pass's bf16 autocast, on the CPU
+        def autocast(self):
+            return _bf16_cpu()
+
+    rt = Bf16Cpu(torch.device("cpu"))
+    pp = Preprocess(20, 16, (0.5,) * 3, (0.25,) * 3, features.torchvision.transforms.InterpolationMode.BILINEAR)
+    tr, va, source = features.features(_chain(), train, val, ["test_fold", str(tmp_path)], 1, pp, 4, rt, None)
+    assert seen == [rt.autocast]
     assert source == "computed, 3 BatchNorms folded into their convs"
     assert tr.shape[:2] == (1, 4) and va.shape[0] == 4

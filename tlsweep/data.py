@@ -15,6 +15,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +53,19 @@ class ImageData:
 
     def eval_splits(self) -> list[Split]:
         """val, then the selection split when there is one: the splits evaluated, never trained on."""
+        return [self.val] + ([self.select] if self.select is not None else [])
+
+
+@dataclass
+class Decoded:
+    """The splits of an `ImageData`, each decoded once (`fastdata.DecodedImages`): the same names, so
+    that no caller counts splits by position."""
+    train: Any
+    val: Any
+    select: Any = None
+
+    def eval_splits(self) -> list:
+        """val, then the selection split when there is one, as `ImageData.eval_splits`."""
         return [self.val] + ([self.select] if self.select is not None else [])
 
 
@@ -282,8 +296,8 @@ class SplitDataset(Dataset):
 def decode(data: ImageData, pp: Preprocess, cfg, cache_dir: str | None):
     """Every split decoded once, when `data.cache` is on and the images fit `data.cache_budget_mb`.
 
-    Returns (decoded (train, val[, select]) or None, how: a line for the run's tags). None means the
-    streaming loaders: `loaders` then builds those.
+    Returns (`Decoded` or None, how: a line for the run's tags). None means the streaming loaders:
+    `loaders` then builds those.
     """
     from . import fastdata
 
@@ -295,9 +309,8 @@ def decode(data: ImageData, pp: Preprocess, cfg, cache_dir: str | None):
         return None, f"off: {need:.0f} MB of decoded images exceed data.cache_budget_mb={cfg.cache_budget_mb}; streaming"
     # decoding hymenoptera takes about 0.7 s, writing its 102 MB store a good part of that: disk is opt-in
     disk = cache_dir if cfg.get("cache_to_disk") else None
-    decoded = tuple(fastdata.decode_images(s.items, s.targets, pp.resize, pp.interpolation, load_rgb, disk)
-                    for s in splits)
-    return decoded, f"on ({need:.0f} MB of uint8 images)"
+    stores = [fastdata.decode_images(s.items, s.targets, pp.resize, pp.interpolation, load_rgb, disk) for s in splits]
+    return Decoded(*stores), f"on ({need:.0f} MB of uint8 images)"
 
 
 def loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_workers: int, device: torch.device,
@@ -311,8 +324,8 @@ def loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_wor
     # the data lives where the model does: on a GPU, batches never cross the PCIe bus
     common = dict(batch_size=batch_size, crop=pp.crop, mean=pp.mean, std=pp.std, device=device,
                   channels_last=channels_last, interpolation=pp.interpolation)
-    return (fastdata.TensorLoader(decoded[0], train=True, seed=seed, **common),
-            fastdata.TensorLoader(decoded[1], train=False, **common))
+    return (fastdata.TensorLoader(decoded.train, train=True, seed=seed, **common),
+            fastdata.TensorLoader(decoded.val, train=False, **common))
 
 
 def select_loader(data: ImageData, pp: Preprocess, batch_size: int, num_workers: int, device: torch.device,
@@ -325,7 +338,7 @@ def select_loader(data: ImageData, pp: Preprocess, batch_size: int, num_workers:
     if decoded is None:
         return DataLoader(SplitDataset(data.select, eval_transform(pp)), batch_size=batch_size, shuffle=False,
                           num_workers=num_workers, persistent_workers=num_workers > 0)
-    return fastdata.TensorLoader(decoded[2], batch_size, train=False, crop=pp.crop, mean=pp.mean, std=pp.std,
+    return fastdata.TensorLoader(decoded.select, batch_size, train=False, crop=pp.crop, mean=pp.mean, std=pp.std,
                                  device=device, channels_last=channels_last, interpolation=pp.interpolation)
 
 

@@ -32,8 +32,9 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from . import diskcache
-from .fastdata import DecodedImages, TensorLoader
-from .models import ModelSpec
+from .fastdata import DecodedImages, TensorLoader, content_key
+from .models import ModelSpec, Preprocess
+from .runtime import Runtime
 
 VIEW_SEED = 0  # fixed, so that every run of a sweep can share the cached views
 # The fold is exact algebra; in fp32 it moved the prefix output by 2e-7 to 1.1e-6 of max|output|
@@ -47,6 +48,72 @@ LOW_PRECISION_SLACK = 2.0
 def _stochastic_types() -> tuple[type, ...]:
     return (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm, torchvision.ops.StochasticDepth,
             *_timm_types("DropPath"))
+
+
+@dataclass(frozen=True)
+class CacheDecision:
+    """Whether a segment of a run trains on cached features, and why: `str()` is the run's tag."""
+
+    on: bool
+    why: str
+
+    def __str__(self) -> str:
+        return f"{'on' if self.on else 'off'}: {self.why}"
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """What a run's config says about its feature cache."""
+
+    views: int | None  # strategy.feature_views (None: one per epoch)
+    budget_mb: float  # data.cache_budget_mb
+    batch_size: int
+    cache_dir: str | None
+    freeze_bn: bool | str  # the mode the model trains in decides what is frozen and deterministic
+    weights_id: str  # what the frozen parameters are (checkpoint, or the seed of a random init)
+
+    @classmethod
+    def of(cls, cfg, weights_id: str) -> "CacheSettings":
+        return cls(cfg.strategy.feature_views, cfg.data.cache_budget_mb, cfg.batch_size, cfg.cache_dir,
+                   cfg.strategy.freeze_bn, weights_id)
+
+
+def cached_loaders(model: nn.Module, spec: ModelSpec, data, decoded, pp: Preprocess, rt: Runtime,
+                   settings: CacheSettings, epochs: int, seed: int):
+    """(what trains, (train, val, select or None) loaders, decision) with the frozen prefix run once, when
+    that is valid; else (the model, None, the decision saying why not). `epochs`: how many epochs these
+    loaders serve; `data` (ImageData) and `decoded` (data.Decoded) name the same splits."""
+    from .strategies import train_mode
+
+    if decoded is None:
+        return model, None, CacheDecision(False, "needs the decode-once data (data.cache=true within its budget)")
+    train_mode(model, settings.freeze_bn)  # decide in the mode the model trains in
+    cut = split(model, spec)
+    if isinstance(cut, str):
+        return model, None, CacheDecision(False, cut)
+    views = settings.views or epochs
+    evaluated = decoded.eval_splits()
+    with torch.no_grad():
+        per_image = cut.prefix(torch.zeros(1, 3, pp.crop, pp.crop, device=rt.device)).numel() * 4
+    need = per_image * (views * len(decoded.train) + sum(map(len, evaluated))) / 2**20
+    if need > settings.budget_mb:
+        return model, None, CacheDecision(False, f"{need:.0f} MB of features exceed data.cache_budget_mb={settings.budget_mb}")
+    # the selection split is evaluated like val: one center-crop pass, cached with val's
+    together = evaluated[0] if len(evaluated) == 1 else DecodedImages.pack(
+        [d.image(i) for d in evaluated for i in range(len(d))], torch.cat([d.targets for d in evaluated]))
+    key = [spec.name, spec.arch, settings.weights_id, cut.at, len(cut.prefix), f"bf16={rt.bf16}",
+           content_key(data.train.items, pp.resize, pp.interpolation),
+           content_key([it for s in data.eval_splits() for it in s.items], pp.resize, pp.interpolation)]
+    train_f, eval_f, source = features(cut.prefix, decoded.train, together, key, views, pp, settings.batch_size, rt,
+                                       settings.cache_dir)
+    loaders, start = [FeatureLoader(train_f, decoded.train.targets, settings.batch_size, train=True, seed=seed)], 0
+    for d in evaluated:
+        loaders.append(FeatureLoader(eval_f[start:start + len(d)], d.targets, settings.batch_size, train=False))
+        start += len(d)
+    select = loaders[2] if len(loaders) > 2 else None
+    return cut.suffix, (loaders[0], loaders[1], select), CacheDecision(True, (
+        f"frozen prefix below {cut.at} run once ({source}); {views} augmented train views "
+        f"(seed {VIEW_SEED}) shared across runs; epoch e uses view (e-1) mod {views}"))
 
 
 @dataclass
@@ -192,31 +259,29 @@ _MEMO: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def features(prefix: nn.Module, train: DecodedImages, val: DecodedImages, key_parts: list[str], views: int,
-             crop: int, mean, std, batch_size: int, device: torch.device, autocast, cache_dir: str | None,
-             channels_last: bool = False, interpolation=None) -> tuple[torch.Tensor, torch.Tensor, str]:
+             pp: Preprocess, batch_size: int, rt: Runtime, cache_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(train features [V, N, ...], val features [N, ...], where they came from).
 
     `key_parts` must identify everything the prefix output depends on besides what this
-    function adds itself (views, crop, normalization, dtype rules). With `cache_dir`, the
+    function adds itself (views, preprocessing, dtype rules). With `cache_dir`, the
     parallel jobs of a sweep that need the same features compute them once: the first holds
     the entry's file lock while it computes, the others wait and load the file.
     """
     h = hashlib.sha256()
-    for part in [*key_parts, views, VIEW_SEED, crop, tuple(mean), tuple(std), interpolation, device.type,
-                 torch.__version__, "bn-folded"]:
+    for part in [*key_parts, views, VIEW_SEED, pp.crop, tuple(pp.mean), tuple(pp.std), pp.interpolation,
+                 rt.device.type, torch.__version__, "bn-folded"]:
         h.update(f"{part}|".encode())
     key = h.hexdigest()
     if key in _MEMO:
         tr, va = _MEMO[key]
-        return tr.to(device), va.to(device), "memory"
+        return tr.to(rt.device), va.to(rt.device), "memory"
     path = Path(cache_dir) / f"features-{key}.pt" if cache_dir else None
     with diskcache.locked(path, "the frozen prefix's features"):
         saved = diskcache.load(path, lambda saved: _check(saved, key, views, len(train), len(val)))
         if saved is not None:
             _remember(key, saved["train"], saved["val"])
-            return saved["train"].to(device), saved["val"].to(device), "disk"
-        tr, va, folded = _compute(prefix, train, val, views, crop, mean, std, batch_size, device, autocast,
-                                  channels_last, interpolation)
+            return saved["train"].to(rt.device), saved["val"].to(rt.device), "disk"
+        tr, va, folded = _compute(prefix, train, val, views, pp, batch_size, rt)
         host = {"train": tr.cpu(), "val": va.cpu()}  # one device-to-host copy for the disk and the memo
         diskcache.save({"key": key, **host}, path)
     _remember(key, host["train"], host["val"])
@@ -242,20 +307,19 @@ def _check(saved: dict, key: str, views: int, n_train: int, n_val: int) -> str |
     return None
 
 
-def _compute(prefix, train, val, views, crop, mean, std, batch_size, device, autocast, channels_last,
-             interpolation) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _compute(prefix, train, val, views: int, pp: Preprocess, batch_size: int,
+             rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Run the prefix (BatchNorm folded) over `views` augmented passes of train and one plain pass of val."""
-    prefix.to(device)
-    example = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0)).to(device)
+    prefix.to(rt.device)
+    example = torch.randn(2, 3, pp.crop, pp.crop, generator=torch.Generator().manual_seed(0)).to(rt.device)
     # checked under the pass's own autocast: a fold that is exact in fp32 must also hold in bf16
     prefix, folded = fold_batchnorm(prefix, example.contiguous(memory_format=torch.channels_last)
-                                    if channels_last else example, autocast)
-    aug = TensorLoader(train, batch_size, train=True, crop=crop, mean=mean, std=std, seed=VIEW_SEED, device=device,
-                       channels_last=channels_last, interpolation=interpolation)
-    tr = torch.stack([_run_prefix(prefix, aug, len(train), batch_size, autocast) for _ in range(views)])
-    plain = TensorLoader(val, batch_size, train=False, crop=crop, mean=mean, std=std, device=device,
-                         channels_last=channels_last)
-    return tr, _run_prefix(prefix, plain, len(val), batch_size, autocast), folded
+                                    if rt.channels_last else example, rt.autocast)
+    common = dict(crop=pp.crop, mean=pp.mean, std=pp.std, device=rt.device, channels_last=rt.channels_last)
+    aug = TensorLoader(train, batch_size, train=True, seed=VIEW_SEED, interpolation=pp.interpolation, **common)
+    tr = torch.stack([_run_prefix(prefix, aug, len(train), batch_size, rt.autocast) for _ in range(views)])
+    plain = TensorLoader(val, batch_size, train=False, **common)
+    return tr, _run_prefix(prefix, plain, len(val), batch_size, rt.autocast), folded
 
 
 class FeatureLoader:

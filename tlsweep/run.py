@@ -14,10 +14,11 @@ import torch
 from omegaconf import DictConfig
 
 from . import data as datasets
-from . import fastdata, features, models, strategies, tracking
+from . import features, models, strategies, tracking
 from .errors import ConfigError
 from .progress import Progress
-from .train import autocast, fit, tune_allocator
+from .runtime import Runtime
+from .train import fit, tune_allocator
 
 
 def seed_everything(seed: int) -> None:
@@ -65,42 +66,6 @@ def _weights_id(spec: models.ModelSpec, weights, seed: int) -> str:
     if str(weights).upper() == "DEFAULT":
         return spec.weights_name
     return models.file_sha256(weights)
-
-
-def cached_prefix(cfg, spec, model, weights, pp, data, decoded, device, epochs, seed):
-    """(what trains, (train, val, select or None loaders), how) with the frozen prefix cached when
-    valid, else (the model, None, the reason). `epochs`: how many epochs these loaders serve."""
-    if decoded is None:
-        return model, None, "off: needs the decode-once data (data.cache=true within its budget)"
-    strategies.train_mode(model, cfg.strategy.freeze_bn)  # decide in the mode the model trains in
-    cut = features.split(model, spec)
-    if isinstance(cut, str):
-        return model, None, f"off: {cut}"
-    views = cfg.strategy.feature_views or epochs
-    with torch.no_grad():
-        per_image = cut.prefix(torch.zeros(1, 3, pp.crop, pp.crop, device=device)).numel() * 4
-    need = per_image * (views * len(decoded[0]) + sum(map(len, decoded[1:]))) / 2**20
-    if need > cfg.data.cache_budget_mb:
-        return model, None, f"off: {need:.0f} MB of features exceed data.cache_budget_mb={cfg.data.cache_budget_mb}"
-    bf16 = cfg.bf16 and device.type == "cuda"
-    # the selection split is evaluated like val: one center-crop pass, cached with val's
-    evaluated = decoded[1] if len(decoded) == 2 else fastdata.DecodedImages.pack(
-        [d.image(i) for d in decoded[1:] for i in range(len(d))], torch.cat([d.targets for d in decoded[1:]]))
-    key = [spec.name, spec.arch, _weights_id(spec, weights, cfg.seed), cut.at, len(cut.prefix), f"bf16={bf16}",
-           fastdata.content_key(data.train.items, pp.resize, pp.interpolation),
-           fastdata.content_key([it for s in data.eval_splits() for it in s.items], pp.resize, pp.interpolation)]
-    train_f, eval_f, source = features.features(
-        cut.prefix, decoded[0], evaluated, key, views, pp.crop, pp.mean, pp.std, cfg.batch_size, device,
-        lambda: autocast(device, bf16), cfg.cache_dir, channels_last=cfg.channels_last,
-        interpolation=pp.interpolation)
-    train = features.FeatureLoader(train_f, decoded[0].targets, cfg.batch_size, train=True, seed=seed)
-    n_val = len(decoded[1])
-    val = features.FeatureLoader(eval_f[:n_val], decoded[1].targets, cfg.batch_size, train=False)
-    select = None if len(decoded) == 2 else features.FeatureLoader(eval_f[n_val:], decoded[2].targets,
-                                                                     cfg.batch_size, train=False)
-    how = (f"on: frozen prefix below {cut.at} run once ({source}); {views} augmented train views "
-           f"(seed {features.VIEW_SEED}) shared across runs; epoch e uses view (e-1) mod {views}")
-    return cut.suffix, (train, val, select), how
 
 
 def group_tags(groups: list[dict]) -> dict[str, str]:
@@ -183,14 +148,17 @@ def run(cfg: DictConfig) -> dict:
             decoded, decode_how = datasets.decode(data, pp, cfg.data, cfg.cache_dir)
         images = []  # the image loaders, built once, when the first segment needs them
 
+        rt = Runtime.of(device, cfg.bf16, cfg.channels_last)
+        cache = features.CacheSettings.of(cfg, _weights_id(spec, weights, cfg.seed))
+
         def segment_batches(first: int, epochs: int):
-            """(net, loaders, how) for epochs first.. of one segment: its frozen prefix may be cached."""
+            """(net, loaders, decision) for epochs first.. of one segment: its frozen prefix may be cached."""
             plan.set_phase(first)  # the cache cuts below what trains in this segment
-            net, batches, how = model, None, "off (strategy.cache_features=false)"
+            net, batches, how = model, None, features.CacheDecision(False, "strategy.cache_features=false")
             if cfg.strategy.cache_features:  # seed: segment 1 keeps the run's seed, later ones a new stream
                 with clock("features"):
-                    net, batches, how = cached_prefix(cfg, spec, model, weights, pp, data, decoded, device, epochs,
-                                                      cfg.seed + 1_000_003 * (first - 1))
+                    net, batches, how = features.cached_loaders(model, spec, data, decoded, pp, rt, cache, epochs,
+                                                                cfg.seed + 1_000_003 * (first - 1))
             if batches is None:  # images, not features: only now do they go to the device
                 if not images:
                     with clock("data"):
@@ -209,7 +177,7 @@ def run(cfg: DictConfig) -> dict:
         with clock("mlflow"):
             mlflow.set_tags({
             "tlsweep.fast.decode_once": decode_how,
-            "tlsweep.fast.features": features_how,
+            "tlsweep.fast.features": str(features_how),
             "tlsweep.fast.bf16": str(cfg.bf16 and device.type == "cuda"),
             "tlsweep.fast.channels_last": str(cfg.channels_last),
             "tlsweep.device": str(device),
@@ -221,7 +189,7 @@ def run(cfg: DictConfig) -> dict:
                 **group_tags(plan.groups),
             })
         prep_seconds = time.perf_counter() - start  # data, model and feature cache, before the first epoch
-        progress.ready(prep_seconds, "feature cache " + features_how.split(":")[0].split(" (")[0])
+        progress.ready(prep_seconds, "feature cache " + ("on" if features_how.on else "off"))
         logged_before = clock.seconds["mlflow"]
 
         def on_epoch(epoch: int, metrics: dict) -> None:

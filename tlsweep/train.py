@@ -1,7 +1,6 @@
 """The training loop. It takes built objects (model, loaders, optimizer), never the config."""
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import math
 import sys
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from .errors import Diverged
+from .runtime import autocast
 from .strategies import Plan
 
 
@@ -32,13 +32,6 @@ def tune_allocator() -> None:
         return
     libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: allocations below 1 GiB come from the heap
     libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap for reuse
-
-
-def autocast(device: torch.device, bf16: bool):
-    # bf16 needs no loss scaling, unlike fp16; on the CPU autocast would be slower, not faster
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
