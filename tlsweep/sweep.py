@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig, OmegaConf
 
+from .mlstore import children
 from .tracking import (EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, _labels, announce, current,
                        planned_jobs, setup_store, swept_keys)
 
@@ -129,7 +130,7 @@ class SweepCallback(Callback):
         if previous is not None:  # the same name again: continue that sweep, under the same parent
             parent = previous.info.run_id
             client.update_run(parent, status="RUNNING")
-            done = sum(c.info.status == "FINISHED" for c in self._children(client, exp_id, parent))
+            done = len(children(client, exp_id, parent, status="FINISHED"))
             how = f"resumed: {done} finished runs kept; jobs whose config finished are skipped"
         else:
             parent = client.create_run(exp_id, run_name=name, tags={
@@ -149,11 +150,6 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         self.finish()
 
-    @staticmethod
-    def _children(client: MlflowClient, exp_id: str, parent: str) -> list:
-        return client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=50000,
-                                  order_by=["attributes.start_time ASC"])
-
     def finish(self) -> None:
         """Close the parent: FINISHED if every config finished, else FAILED (KILLED after Ctrl-C).
 
@@ -167,20 +163,22 @@ class SweepCallback(Callback):
         client = MlflowClient(self.uri)
         status = "FAILED"
         try:
-            for child in self._children(client, self.exp_id, parent):  # a worker that died hard cannot close its run
+            runs = children(client, self.exp_id, parent)  # listed once, every page of them
+            for i, child in enumerate(runs):  # a worker that died hard cannot close its run
                 if child.info.status == "RUNNING":
                     client.set_tag(child.info.run_id, "tlsweep.error", "job process ended without closing its run")
                     client.set_terminated(child.info.run_id, "KILLED")
-            children = current(self._children(client, self.exp_id, parent))
-            status = sweep_status(children)
+                    runs[i] = client.get_run(child.info.run_id)
+            jobs = current(runs)
+            status = sweep_status(jobs)
             if _ended_early and status == "FINISHED" or _ended_early == "KILLED":
                 status = _ended_early
-            print(summary_line(children, self.planned), flush=True)
+            print(summary_line(jobs, self.planned), flush=True)
             with _or_warn(f"log the shared config of sweep {self.name} as its parent's params"):
                 known = client.get_run(parent).data.params  # a resumed parent has them already
-                shared = {k: v for k, v in shared_params(children, self.swept).items() if k not in known}
+                shared = {k: v for k, v in shared_params(jobs, self.swept).items() if k not in known}
                 client.log_batch(parent, params=[Param(k, v) for k, v in shared.items()])
-            if self.report and any(c.info.status == "FINISHED" for c in children):
+            if self.report and any(c.info.status == "FINISHED" for c in jobs):
                 with _or_warn(f"report sweep {self.name}"):
                     self._report(client, parent)
         finally:

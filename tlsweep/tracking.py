@@ -6,11 +6,10 @@ processes pass on. This module imports nothing of the sweep's lifecycle or the r
 """
 from __future__ import annotations
 
-import math
-
 import contextlib
 import hashlib
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -19,6 +18,8 @@ import mlflow
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .mlstore import local_path
 
 EXPERIMENT = "tlsweep"
 PARENT_ENV = "TLSWEEP_PARENT_RUN_ID"
@@ -63,8 +64,8 @@ def setup_store(uri: str | None = None, experiment: str = EXPERIMENT) -> tuple[s
     """
     uri = default_tracking_uri(uri)
     artifacts, lock = None, contextlib.nullcontext()
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    db = local_path(uri) if uri.startswith("sqlite:///") else None
+    if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         artifacts = (db.parent / "artifacts").as_uri()  # keep artifacts beside the db, not in ./mlartifacts
         lock = FileLock(f"{db}.lock")  # flock: released by the OS also when its holder dies

@@ -6,16 +6,14 @@ Error messages name the report CLI's keys (`tracking.uri=`, `tracking.experiment
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
-from pathlib import Path
-from urllib.parse import urlparse
 
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tlsweep.errors import ReportError
+from tlsweep.mlstore import children, local_path, search  # noqa: F401 -- children: the report's callers use it here
 
 log = logging.getLogger(__name__)
 
@@ -42,39 +40,6 @@ def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     return client, exp.experiment_id
 
 
-def local_path(uri: str) -> Path | None:
-    """The file or folder a local tracking URI points to (None for servers and in-memory SQLite)."""
-    if uri.startswith("sqlite:///"):
-        rest = uri[len("sqlite:///"):].split("?")[0]  # sqlite:////abs/x.db keeps the leading "/"
-        return Path(rest) if rest and rest != ":memory:" else None
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    if parsed.scheme == "" or re.fullmatch(r"[a-zA-Z]", parsed.scheme):  # a bare path (or C:\ on Windows)
-        return Path(uri)
-    return None
-
-
-def _search(client, exp_id: str, filter_string: str, max_results: int | None = None) -> list:
-    """Every active run matching `filter_string` (or the first `max_results`), oldest first, across result pages."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp_id], filter_string=filter_string, order_by=["attributes.start_time ASC"],
-                                  max_results=min(max_results or 1000, 1000), page_token=token)
-        runs += page
-        token = page.token
-        if not token or (max_results and len(runs) >= max_results):
-            return runs[:max_results] if max_results else runs
-
-
-def children(client, exp_id: str, parent_id: str, max_results: int | None = None, status: str | None = None) -> list:
-    """The child runs of a parent run (only those with `status`, e.g. FINISHED, when given)."""
-    filter_string = f"tags.mlflow.parentRunId = '{parent_id}'"
-    if status:
-        filter_string += f" and attributes.status = '{status}'"
-    return _search(client, exp_id, filter_string, max_results)
-
-
 def find_parent(client, exp_id: str, sweep: str | None, uri: str, experiment: str):
     """The parent run whose id or name is `sweep`; None picks the latest sweep with a FINISHED child."""
     if sweep is not None:  # a run id: any parent run of this experiment, tlsweep's or not
@@ -84,7 +49,7 @@ def find_parent(client, exp_id: str, sweep: str | None, uri: str, experiment: st
                 return run
         except MlflowException:
             pass  # not a run id: a name
-    parents = _search(client, exp_id, "tags.`tlsweep.role` = 'sweep'")[::-1]  # latest first
+    parents = search(client, exp_id, "tags.`tlsweep.role` = 'sweep'")[::-1]  # latest first
     if sweep is None:
         for run in parents:
             if children(client, exp_id, run.info.run_id, max_results=1, status="FINISHED"):
