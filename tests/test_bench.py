@@ -4,12 +4,16 @@ strategy on both sides; the probe and fine-tune workloads use the same code. The
 workload (tlsweep cached vs uncached, and the bound) runs the same way."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import re
 import subprocess
 import sys
 
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # end-to-end: the full tier (.ci/run runs it)
 
 
 def test_bench_smoke_runs_the_ladder(tiny_root, tmp_path):

@@ -1,12 +1,16 @@
 """Nothing is lost when processes start together: a fresh store, a shared experiment, shared caches."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import re
 import subprocess
 import sys
 
 from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow  # end-to-end: the full tier (.ci/run runs it)
 
 TINY = ["model=efficientnet_lite0", "strategy=probe", "epochs=1", "data=imagefolder", "data.image_size=32",
         "data.num_workers=0", "batch_size=4", "device=cpu"]

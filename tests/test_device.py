@@ -37,6 +37,7 @@ def _run_sh(out: Path, budget: int, *args: str) -> subprocess.CompletedProcess:
                           timeout=budget + 120)
 
 
+@pytest.mark.slow
 def test_dry_run_goes_through_every_step(tmp_path):
     # generous budget: the dry run's own time limit is tested below, here every step must finish
     p = _run_sh(tmp_path, 1500, "--dry-run")

@@ -22,11 +22,13 @@ from tests.conftest import damage, model_spec, write_image_folder
 
 @pytest.mark.parametrize("model_name,unfreeze,first_trainable", [
     ("resnet18", [], "fc"), ("resnet18", ["layer4"], "layer4"), ("efficientnet_lite0", ["blocks.6"], "blocks.6"),
-    ("vit_b_16", ["block11"], "encoder.layers.encoder_layer_11"),
+    ("timm:vit_tiny_patch16_224", [], "head"),
     # any timm model of the chain families: probe (everything below the head) and partial (the last stage)
-    ("timm:resnet10t", ["layer4"], "layer4"), ("timm:efficientnet_b0", [], "classifier"),
-    ("timm:convnext_atto", ["stages.3"], "stages.3"), ("timm:vit_tiny_patch16_224", [], "head"),
-    ("timm:vit_tiny_patch16_224", ["blocks.11"], "blocks.11"), ("timm:mobilenetv3_small_050", ["blocks.5"], "blocks.5")])
+    *[pytest.param(*c, marks=pytest.mark.slow) for c in [
+        ("vit_b_16", ["block11"], "encoder.layers.encoder_layer_11"),
+        ("timm:resnet10t", ["layer4"], "layer4"), ("timm:efficientnet_b0", [], "classifier"),
+        ("timm:convnext_atto", ["stages.3"], "stages.3"),
+        ("timm:vit_tiny_patch16_224", ["blocks.11"], "blocks.11"), ("timm:mobilenetv3_small_050", ["blocks.5"], "blocks.5")]]])
 def test_cached_features_equal_recomputed(tmp_path, model_name, unfreeze, first_trainable):
     """Cache the prefix, then recompute the same inputs through the model's own forward and
     capture what reaches the first trainable module: equal, in the mode the model trains in."""
@@ -120,6 +122,7 @@ def _tags_and_metrics(store_uri):
     return r.data.tags, r.data.metrics, r.info.status
 
 
+@pytest.mark.slow
 def test_parity_fast_vs_plain_within_seed_spread(make_cfg, store_uri):
     """Same trainable set and groups; final metrics within the spread seeds produce.
 
@@ -153,6 +156,7 @@ def test_over_budget_falls_back_to_streaming(make_cfg, store_uri):
     assert tags["tlsweep.fast.features"].startswith("off: needs the decode-once data")
 
 
+@pytest.mark.slow
 def test_features_come_from_disk_in_a_new_process(make_cfg, store_uri, tmp_path):
     cfg = make_cfg("model=resnet18", "model.weights=null", "strategy=probe", f"cache_dir={tmp_path / 'cache'}")
     first = run(cfg)

@@ -2,6 +2,8 @@
 with the decision grid in its automatic report and in the parent run's artifacts."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -10,6 +12,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from tlsweep import tracking
+
+pytestmark = pytest.mark.slow  # end-to-end: the full tier (.ci/run runs it)
 
 
 def test_the_flowchart_preset_ends_with_a_decision(tmp_path, tiny_root):

@@ -365,6 +365,7 @@ def test_cli_prints_the_table_and_leaves_no_litter(store, tmp_path):
     assert (tmp_path / "reports" / "sweep-ladder" / "best_val_acc" / "ladder.pdf").exists()
 
 
+@pytest.mark.slow
 def test_cli_reads_the_run_configs_tracking_keys(store, tmp_path):
     # `experiment=` would be Hydra's config group of conf/experiment/: the CLI takes the run config's keys
     done = _cli(f"tracking.uri={store.uri}", "tracking.experiment=other", cwd=tmp_path)
@@ -374,10 +375,11 @@ def test_cli_reads_the_run_configs_tracking_keys(store, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["tracking.uri=sqlite:///{tmp}/missing.db"], "Pass tracking.uri=<uri>"),
-    (["tracking.uri={empty}"], "pass tracking.uri=<uri> / tracking.experiment=<name>"),
-    (["tracking.uri={uri}", "sweep=sweep-nope"], "no sweep 'sweep-nope'"),
-    (["tracking.uri={uri}", "by=[optim.momentum]"], "no run of the sweep has a param 'optim.momentum'"),
+    (["tracking.uri={uri}", "sweep=sweep-nope"], "no sweep 'sweep-nope'"),  # the default tier's CLI error smoke
+    *[pytest.param(a, m, marks=pytest.mark.slow) for a, m in [
+        (["tracking.uri=sqlite:///{tmp}/missing.db"], "Pass tracking.uri=<uri>"),
+        (["tracking.uri={empty}"], "pass tracking.uri=<uri> / tracking.experiment=<name>"),
+        (["tracking.uri={uri}", "by=[optim.momentum]"], "no run of the sweep has a param 'optim.momentum'")]],
 ])
 def test_cli_errors_exit_nonzero_without_traceback(store, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, empty=store.empty_uri, uri=store.uri) for a in args]
@@ -479,6 +481,7 @@ def test_several_sweeps_pool_into_one_decision(flow):
     assert alone.decision["verdict"].tolist() == ["finetune", "finetune"]
 
 
+@pytest.mark.slow
 def test_cli_takes_a_list_of_sweeps(flow, tmp_path):
     done = _cli(f"tracking.uri={flow.uri}", "tracking.experiment=flow", "sweep=[flow-hymenoptera,flow-digits]",
                 cwd=tmp_path)

@@ -32,8 +32,15 @@ RUNGS = NAMES[:4]  # every model runs the ladder; the strategies beyond it run o
 PHASED = {"lpft": ["epochs=2", "strategy.probe_epochs=1"], "gradual": ["epochs=2"]}  # so that both phases run
 
 
-@pytest.mark.parametrize("model,strategy", [(m, s) for s in RUNGS for m in MODELS] +
-                         [(m, s) for s in NAMES[4:] for m in ("efficientnet_lite0", "resnet18")])
+def _matrix():
+    """Every preset x rung, and the strategies beyond the ladder on a timm and a torchvision model; the
+    default tier keeps each model once and each strategy once, the full tier runs them all."""
+    cases = [(m, s) for s in RUNGS for m in MODELS] + [(m, s) for s in NAMES[4:] for m in ("efficientnet_lite0", "vit_b_16")]
+    first = {(m, RUNGS[i % len(RUNGS)]) for i, m in enumerate(MODELS)} | {("efficientnet_lite0", s) for s in NAMES[4:]}
+    return [c if c in first else pytest.param(*c, marks=pytest.mark.slow) for c in cases]
+
+
+@pytest.mark.parametrize("model,strategy", _matrix())
 def test_every_model_and_strategy_trains(make_cfg, store_uri, fake_torchvision_download, fake_hub, model, strategy):
     cfg = make_cfg(f"model={model}", f"strategy={strategy}", "data.image_size=32", "data.shots=2",
                    *PHASED.get(strategy, []))
@@ -160,6 +167,7 @@ def _cli(*args, cwd, env=None):
                           env={**clean, **(env or {})}, timeout=600)
 
 
+@pytest.mark.slow
 def test_a_torchvision_built_for_another_torch_says_what_to_reinstall(tmp_path):
     """pip's fallback to a mismatched pair fails at `import torchvision` ("operator torchvision::nms
     does not exist"); a stand-in torchvision that fails the same way takes its place here."""
@@ -172,12 +180,14 @@ def test_a_torchvision_built_for_another_torch_says_what_to_reinstall(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["model=resnet19"], "Available options in 'model'"),
-    (["strategy=probe2"], "Available options in 'strategy'"),
+    # the default tier keeps one CLI smoke (an error raised inside run(), through Hydra): no traceback
     (["strategy=partial", "strategy.unfreeze=[layer5]"], "valid stages"),
-    (["data.root=/no/such/folder", "data.download=false"], "does not exist"),
-    (["data=imagefolder"], "data.root"),
-    (["data=imagefolder", "data.root=/no/such/folder", "epochs=0"], "epochs=0: need at least 1"),
+    *[pytest.param(a, m, marks=pytest.mark.slow) for a, m in [
+        (["model=resnet19"], "Available options in 'model'"),
+        (["strategy=probe2"], "Available options in 'strategy'"),
+        (["data.root=/no/such/folder", "data.download=false"], "does not exist"),
+        (["data=imagefolder"], "data.root"),
+        (["data=imagefolder", "data.root=/no/such/folder", "epochs=0"], "epochs=0: need at least 1")]],
 ])
 def test_bad_input_exits_nonzero_and_says_what_to_fix(tmp_path, args, message):
     p = _cli("model.weights=null", "epochs=1", *args, cwd=tmp_path)
@@ -186,6 +196,7 @@ def test_bad_input_exits_nonzero_and_says_what_to_fix(tmp_path, args, message):
     assert "Traceback" not in p.stderr + p.stdout  # an expected failure is one message, not a stack
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,message,fix", [
     ("mobilenet_v3_large", "could not download the torchvision weights", "model.weights=/path/to/state_dict.pth"),
     ("resnet18", "could not load timm's pretrained weights", "model.weights=/path/to/model.safetensors")])
@@ -208,6 +219,7 @@ def test_offline_download_fails_every_job_plainly_with_a_summary(tmp_path, tiny_
     assert all(fix in r.data.tags["tlsweep.error"] for r in children)
 
 
+@pytest.mark.slow
 def test_a_reader_that_goes_away_fails_no_job(tmp_path, tiny_root):
     """`python -m tlsweep -m ... | head -1`: the pipe closes after the first line. Printing to it must not
     fail a job, and no run (the parent included) may be left RUNNING."""
@@ -224,11 +236,13 @@ def test_a_reader_that_goes_away_fails_no_job(tmp_path, tiny_root):
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in runs]
 
 
+@pytest.mark.slow
 def test_full_error_shows_the_traceback(tmp_path):
     p = _cli("data=imagefolder", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert p.returncode == 1 and "Traceback" in p.stderr and "DataError" in p.stderr
 
 
+@pytest.mark.slow
 def test_multirun_makes_one_parent_with_every_child(tmp_path, tiny_root):
     p = _cli("-m", "model=efficientnet_lite0", "strategy=probe,finetune", "seed=0,1", "optim.lr=3e-4",
              "data=imagefolder", f"data.root={tiny_root}", "data.image_size=32", "data.shots=2",
@@ -281,6 +295,7 @@ def test_multirun_makes_one_parent_with_every_child(tmp_path, tiny_root):
     assert "| probe" in p.stdout and "finetune" in p.stdout  # the summary table on the console
 
 
+@pytest.mark.slow
 def test_a_failing_job_fails_alone(tmp_path, tiny_root):
     """Hydra runs the other jobs, exits 1; the failed child is FAILED, the parent is closed FAILED."""
     p = _cli("-m", "model=resnet18", "model.weights=null", "strategy=scratch", "optim=sgd",
@@ -297,6 +312,7 @@ def test_a_failing_job_fails_alone(tmp_path, tiny_root):
     assert "[tlsweep] 1 of 2 jobs failed: Diverged: non-finite training loss" in p.stdout
 
 
+@pytest.mark.slow
 def test_parallel_launcher_shares_one_store(tmp_path, tiny_root):
     """Jobs in worker processes (joblib) find the store and the parent run made before they start."""
     p = _cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=resnet18", "model.weights=null",

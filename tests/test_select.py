@@ -153,6 +153,7 @@ def test_select_without_a_selection_split_refuses_unless_select_on_val(store):
         make_report(uri, sweep="with-split", select=["optim.lr"], select_on="test", out=tmp / "bad")
 
 
+@pytest.mark.slow
 def test_select_cli_writes_its_own_folder(store, tmp_path, monkeypatch):
     import subprocess
     import sys

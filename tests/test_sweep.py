@@ -91,6 +91,7 @@ def _children(client, exp_id, parent):
     return client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=1000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, tiny_root, launcher):
     """SIGTERM once 2 of 4 jobs FINISHED, then the same command again: exactly the 2 missing jobs
