@@ -35,6 +35,7 @@ from . import diskcache
 from .fastdata import DecodedImages, TensorLoader, content_key
 from .models import ModelSpec, Preprocess
 from .runtime import Runtime
+from .strategies import train_mode
 
 VIEW_SEED = 0  # fixed, so that every run of a sweep can share the cached views
 # The fold is exact algebra; in fp32 it moved the prefix output by 2e-7 to 1.1e-6 of max|output|
@@ -83,8 +84,6 @@ def cached_loaders(model: nn.Module, spec: ModelSpec, data, decoded, pp: Preproc
     """(what trains, (train, val, select or None) loaders, decision) with the frozen prefix run once, when
     that is valid; else (the model, None, the decision saying why not). `epochs`: how many epochs these
     loaders serve; `data` (ImageData) and `decoded` (data.Decoded) name the same splits."""
-    from .strategies import train_mode
-
     if decoded is None:
         return model, None, CacheDecision(False, "needs the decode-once data (data.cache=true within its budget)")
     train_mode(model, settings.freeze_bn)  # decide in the mode the model trains in

@@ -70,7 +70,7 @@ def _weights_id(spec: models.ModelSpec, weights, seed: int) -> str:
 
 def group_tags(groups: list[dict]) -> dict[str, str]:
     """One tag per parameter group name: its size, (largest) LR, and how many of its parameters never decay."""
-    tags: dict[str, list] = {}
+    tags: dict[str, tuple[int, int, float]] = {}
     for g in groups:
         n = sum(p.numel() for p in g["params"])
         name = g.get("stage", g["name"])  # auto-RGN: one tag per stage, not per tensor

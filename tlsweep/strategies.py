@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .adapters import KINDS
 from .models import ModelSpec
 
 # The ladder's four rungs, then the strategies beyond it (conf/strategy/<name>.yaml each).
@@ -47,7 +48,7 @@ FILTERS: dict[str, Callable[[str, nn.Module], bool]] = {
 }
 REWEIGHTS = (None, "rgn")
 FREEZE_BN = (True, False, "all")
-ADAPTERS = (None, "lora", "dora")
+ADAPTERS = (None, *KINDS)
 # What one LR step of layer-wise decay spans: a stage (timm's coarse groups) or a layer (coarse=False,
 # as timm's param_groups_layer_decay: a ViT's block, an EfficientNet's or ResNet's block within a stage)
 GRANULARITIES = ("stage", "layer")
@@ -125,7 +126,7 @@ class Recipe:
         if self.granularity not in GRANULARITIES:
             bad("granularity", self.granularity, ", ".join(GRANULARITIES))
         if self.adapter not in ADAPTERS:
-            bad("adapter", self.adapter, "null, lora, dora")
+            bad("adapter", self.adapter, ", ".join(["null", *KINDS]))
         if self.adapter and (self.rank < 1 or self.alpha <= 0 or not 0 <= self.adapter_dropout < 1):
             bad("rank/alpha/adapter_dropout", (self.rank, self.alpha, self.adapter_dropout),
                 "an integer >= 1 / > 0 / in [0, 1)")
