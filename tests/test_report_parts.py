@@ -126,7 +126,7 @@ def test_the_parts_load_without_mlflow():
 
 def test_the_ladder_climbs_by_trainable_params_with_a_colour_per_strategy():
     """Thirteen strategies: thirteen distinct colours, scratch first, then left to right by what trains."""
-    from tlsweep.report.keys import STRATEGIES
+    from tlsweep.keys import STRATEGIES
 
     size = {s: (i * 7919) % 101 * 1000 + 10 for i, s in enumerate(STRATEGIES)}  # an order unlike the names'
     size["scratch"] = 10**8  # trains the most, yet the baseline stays first

@@ -15,10 +15,11 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import CONF
 from tlsweep import sweep, tracking
+from tlsweep.keys import Tag
 
 
 def _run(status: str, key: str | None, name: str = "r", error: str | None = None):
-    tags = {k: v for k, v in ((tracking.CONFIG_KEY_TAG, key), ("tlsweep.error", error)) if v}
+    tags = {k: v for k, v in ((Tag.CONFIG_KEY, key), (Tag.ERROR, error)) if v}
     return SimpleNamespace(info=SimpleNamespace(status=status, run_id=f"{name}-{status}", run_name=name),
                            data=SimpleNamespace(tags=tags))
 
@@ -27,7 +28,7 @@ def test_a_rerun_that_finished_replaces_its_failed_first_attempt():
     runs = [_run("FINISHED", "a"), _run("KILLED", "b"), _run("FAILED", "c", error="Diverged: nan"),
             _run("FINISHED", "b"), _run("FAILED", None, "x"), _run("FAILED", None, "y")]
     kept = tracking.current(runs)
-    assert [(r.info.status, r.data.tags.get(tracking.CONFIG_KEY_TAG)) for r in kept] == \
+    assert [(r.info.status, r.data.tags.get(Tag.CONFIG_KEY)) for r in kept] == \
         [("FINISHED", "a"), ("FINISHED", "b"), ("FAILED", "c"), ("FAILED", None), ("FAILED", None)]
     assert sweep.sweep_status(kept) == "FAILED"
     assert sweep.sweep_status(tracking.current(runs[:4][:1] + runs[3:4])) == "FINISHED"

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from . import data as datasets
 from . import features, models, strategies, tracking
 from .errors import ConfigError
+from .keys import Tag
 from .progress import Progress
 from .runtime import Runtime
 from .train import fit, tune_allocator
@@ -76,7 +77,7 @@ def group_tags(groups: list[dict]) -> dict[str, str]:
         name = g.get("stage", g["name"])  # auto-RGN: one tag per stage, not per tensor
         size, no_decay, lr = tags.get(name, (0, 0, g["lr"]))
         tags[name] = (size + n, no_decay + (n if g.get("weight_decay") == 0.0 else 0), max(lr, g["lr"]))
-    return {f"tlsweep.group.{name}": f"params={size} lr={lr:g} no_weight_decay={nd}"
+    return {f"{Tag.GROUP_PREFIX}{name}": f"params={size} lr={lr:g} no_weight_decay={nd}"
             for name, (size, nd, lr) in tags.items()}
 
 
@@ -176,16 +177,16 @@ def run(cfg: DictConfig) -> dict:
 
         with clock("mlflow"):
             mlflow.set_tags({
-            "tlsweep.fast.decode_once": decode_how,
-            "tlsweep.fast.features": str(features_how),
-            "tlsweep.fast.bf16": str(cfg.bf16 and device.type == "cuda"),
-            "tlsweep.fast.channels_last": str(cfg.channels_last),
-            "tlsweep.device": str(device),
-            "tlsweep.data.val": data.val_from,
-            "tlsweep.data.select": data.select_from,
-            **models.weights_record(spec, weights),
-            "tlsweep.preprocess": str(pp),
-            "tlsweep.trainable_stages": ",".join(plan.trainable),
+                Tag.DECODE: decode_how,
+                Tag.FEATURES: str(features_how),
+                Tag.BF16: str(cfg.bf16 and device.type == "cuda"),
+                Tag.CHANNELS_LAST: str(cfg.channels_last),
+                Tag.DEVICE: str(device),
+                Tag.DATA_VAL: data.val_from,
+                Tag.DATA_SELECT: data.select_from,
+                **models.weights_record(spec, weights),
+                Tag.PREPROCESS: str(pp),
+                Tag.TRAINABLE_STAGES: ",".join(plan.trainable),
                 **group_tags(plan.groups),
             })
         prep_seconds = time.perf_counter() - start  # data, model and feature cache, before the first epoch
@@ -206,7 +207,7 @@ def run(cfg: DictConfig) -> dict:
                     prep_seconds += time.perf_counter() - t0
                 if len(segments) > 1:  # say which epochs each way of running served
                     hows.append(f"epochs {first}-{first + epochs - 1}: {features_how}")
-                    mlflow.set_tag("tlsweep.fast.features", "; ".join(hows))
+                    mlflow.set_tag(Tag.FEATURES, "; ".join(hows))
                 part = fit(net, train_loader, val_loader, optimizer, scheduler, epochs, device,
                            bf16=cfg.bf16, channels_last=cfg.channels_last,  # the plan holds freeze_bn
                            on_epoch=on_epoch, plan=plan, first_epoch=first,

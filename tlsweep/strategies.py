@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .keys import STRATEGIES
 from .adapters import KINDS
 from .models import ModelSpec
 
 # The ladder's four rungs, then the strategies beyond it (conf/strategy/<name>.yaml each).
-NAMES = ("scratch", "probe", "partial", "finetune", "lpft", "llrd", "gradual", "l2sp", "bitfit", "norm", "auto_rgn",
-         "lora", "dora")
+NAMES = STRATEGIES
 
 # timm's and torchvision's LayerNorm2d subclass nn.LayerNorm
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)

@@ -28,8 +28,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig, OmegaConf
 
+from .keys import Tag, short_labels
 from .mlstore import children
-from .tracking import (EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, _labels, announce, current,
+from .tracking import (EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, announce, current,
                        planned_jobs, setup_store, swept_keys)
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def summary_line(children: list, planned: int | None = None) -> str:
     bad = [c for c in children if c.info.status != "FINISHED"]
     if not bad:
         return f"[tlsweep] {len(children)} of {total} jobs finished{never}"
-    kinds = Counter(c.data.tags.get("tlsweep.error", f"{c.info.status} (no error recorded)").splitlines()[0][:300]
+    kinds = Counter(c.data.tags.get(Tag.ERROR, f"{c.info.status} (no error recorded)").splitlines()[0][:300]
                     for c in bad)
     errors = next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{n} x {e}" for e, n in kinds.most_common())
     runs = ", ".join(f"{c.info.run_name} ({c.info.status})" for c in bad)
@@ -90,7 +91,7 @@ def group_metrics(summary, by: list[str], metric: str) -> dict[str, float]:
     only letters, digits, `_-. /` (and `:` except on Windows): no `=`."""
     out = {}
     for _, row in summary.iterrows():
-        label = " ".join(_labels([(k, str(row[k])) for k in by], " ")) or "all runs"
+        label = " ".join(short_labels([(k, str(row[k])) for k in by], " ")) or "all runs"
         out[f"{metric}/" + re.sub(r"[^\w.\- ]", "_", label)] = float(row["mean"])
     return out
 
@@ -134,8 +135,8 @@ class SweepCallback(Callback):
             how = f"resumed: {done} finished runs kept; jobs whose config finished are skipped"
         else:
             parent = client.create_run(exp_id, run_name=name, tags={
-                "tlsweep.role": "sweep", "tlsweep.sweep_name": name, "tlsweep.overrides": " ".join(overrides),
-                "tlsweep.swept": " ".join(self.swept), "mlflow.runName": name}).info.run_id
+                Tag.ROLE: "sweep", Tag.SWEEP_NAME: name, Tag.OVERRIDES: " ".join(overrides),
+                Tag.SWEPT: " ".join(self.swept), Tag.RUN_NAME: name}).info.run_id
             how = "new"
         self.uri, self.exp_id, self.parent, self.name = uri, exp_id, parent, name
         self.experiment = config.tracking.experiment
@@ -166,7 +167,7 @@ class SweepCallback(Callback):
             runs = children(client, self.exp_id, parent)  # listed once, every page of them
             for i, child in enumerate(runs):  # a worker that died hard cannot close its run
                 if child.info.status == "RUNNING":
-                    client.set_tag(child.info.run_id, "tlsweep.error", "job process ended without closing its run")
+                    client.set_tag(child.info.run_id, Tag.ERROR, "job process ended without closing its run")
                     client.set_terminated(child.info.run_id, "KILLED")
                     runs[i] = client.get_run(child.info.run_id)
             jobs = current(runs)
@@ -199,7 +200,7 @@ class SweepCallback(Callback):
                 note = note[:MAX_TAG_VAL_LENGTH - 80] + "\n\n... (cut; the whole table is report/summary.md)\n"
             client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in
                                               group_metrics(rep.summary, rep.by, rep.metric).items()],
-                             tags=[RunTag("mlflow.note.content", note)])
+                             tags=[RunTag(Tag.NOTE, note)])
         for f in rep.files:  # this report's files only: reports/<sweep>/ may hold other metrics' subfolders
             client.log_artifact(parent, str(f), "report")
         print(f"[tlsweep] report: {rep.out_dir} (also logged to the parent run under report/)", flush=True)

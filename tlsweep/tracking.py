@@ -19,6 +19,7 @@ from filelock import FileLock
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .keys import Tag, is_seed, short_labels
 from .mlstore import local_path
 
 EXPERIMENT = "tlsweep"
@@ -26,7 +27,6 @@ PARENT_ENV = "TLSWEEP_PARENT_RUN_ID"
 SWEPT_ENV = "TLSWEEP_SWEPT_KEYS"  # JSON list of the keys a multirun sweeps, for the jobs' run names
 SWEEP_NAME_ENV = "TLSWEEP_SWEEP_NAME"
 EXPERIMENT_ENV = "TLSWEEP_EXPERIMENT_ID"
-CONFIG_KEY_TAG = "tlsweep.config_key"
 # Keys that say where a run logs, caches or reads with how many workers, not what it computes: two runs
 # that differ only here are the same experiment (resume skips the second).
 NOT_THE_EXPERIMENT = ("tracking.", "cache_dir", "data.num_workers")
@@ -168,23 +168,10 @@ def planned_jobs(task_overrides: list[str], sweeper_params: dict | None = None) 
     return math.prod(counts.values())
 
 
-def _is_seed(key: str) -> bool:
-    last = key.rsplit(".", 1)[-1]
-    return last == "seed" or last.endswith("_seed")
-
-
 def _value(node) -> str:
     if isinstance(node, ListConfig):
         return "[" + ",".join(_value(v) for v in node) + "]"
     return str(node)  # as the runs' params show it: 3e-4 -> 0.0003
-
-
-def _labels(pairs: list[tuple[str, str]], sep: str) -> list[str]:
-    """`lr=0.0003` for (optim.lr, 0.0003); a config group's option bare (`resnet18`). The last part of
-    a key stands for it unless two keys share it."""
-    last = [k.rsplit(".", 1)[-1] for k, _ in pairs]
-    return [v if key.endswith(".name") else f"{short if last.count(short) == 1 else key}{sep}{v}"
-            for (key, v), short in zip(pairs, last)]
 
 
 def run_name(cfg: DictConfig, swept: list[str] | None = None) -> str:
@@ -198,7 +185,7 @@ def run_name(cfg: DictConfig, swept: list[str] | None = None) -> str:
     if not swept:
         return f"{cfg.model.name} {cfg.strategy.name} seed={cfg.seed}"
     pairs = []
-    for key in sorted((k for k in swept if k != "strategy"), key=_is_seed):  # stable: sweep order, seeds last
+    for key in sorted((k for k in swept if k != "strategy"), key=is_seed):  # stable: sweep order, seeds last
         node = OmegaConf.select(cfg, key.replace("/", "."), default=None)
         if isinstance(node, DictConfig) and "name" in node:  # a config group: its option's name
             pairs.append((f"{key}.name", str(node.name)))
@@ -206,7 +193,7 @@ def run_name(cfg: DictConfig, swept: list[str] | None = None) -> str:
             pairs.append((f"{key}.name", str(_group_choices()[key])))
         else:
             pairs.append((key, _value(node)))
-    return " ".join([str(cfg.strategy.name), *_labels(pairs, "=")])
+    return " ".join([str(cfg.strategy.name), *short_labels(pairs)])
 
 
 def config_key(cfg: DictConfig) -> str:
@@ -231,7 +218,7 @@ def finished_run(cfg: DictConfig):
         return None
     uri, exp_id = _store(cfg)
     found = MlflowClient(uri).search_runs(
-        [exp_id], f"tags.mlflow.parentRunId = '{parent}' and tags.`{CONFIG_KEY_TAG}` = '{config_key(cfg)}' "
+        [exp_id], f"tags.mlflow.parentRunId = '{parent}' and tags.`{Tag.CONFIG_KEY}` = '{config_key(cfg)}' "
                   "and attributes.status = 'FINISHED'", max_results=1)
     return found[0] if found else None
 
@@ -243,17 +230,17 @@ def job_run(cfg: DictConfig, run_name: str):
     parent = os.environ.get(PARENT_ENV)
     if not parent:
         announce(uri, exp_id)
-    tags = {"tlsweep.role": "job", "tlsweep.overrides": " ".join(hydra_overrides()), CONFIG_KEY_TAG: config_key(cfg)}
+    tags = {Tag.ROLE: "job", Tag.OVERRIDES: " ".join(hydra_overrides()), Tag.CONFIG_KEY: config_key(cfg)}
     if os.environ.get(SWEEP_NAME_ENV):
-        tags["tlsweep.sweep_name"] = os.environ[SWEEP_NAME_ENV]
+        tags[Tag.SWEEP_NAME] = os.environ[SWEEP_NAME_ENV]
     if os.environ.get("SLURM_JOB_ID"):
         # an array task as squeue, sacct and submitit's log folders name it (12_3): the plain id of
         # an array's last task is the array's own, and `scancel` on that cancels every task
         array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-        tags["tlsweep.slurm_job_id"] = "_".join(array) if all(array) else os.environ["SLURM_JOB_ID"]
+        tags[Tag.SLURM_JOB_ID] = "_".join(array) if all(array) else os.environ["SLURM_JOB_ID"]
     commit = git_commit()
     if commit:
-        tags["mlflow.source.git.commit"], tags["tlsweep.git_dirty"] = commit[0], str(commit[1])
+        tags[Tag.GIT_COMMIT], tags[Tag.GIT_DIRTY] = commit[0], str(commit[1])
     run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, parent_run_id=parent or None, tags=tags)
     try:
         mlflow.log_params(flatten(cfg))
@@ -277,7 +264,7 @@ def _close(run_id: str, status: str, error: str) -> None:
     the original exception, not this one, is what the user sees.
     """
     try:
-        mlflow.set_tag("tlsweep.error", error)
+        mlflow.set_tag(Tag.ERROR, error)
     except Exception as tag_err:  # noqa: BLE001 - the run's status matters more than its tag
         print(f"[tlsweep] could not record the error on run {run_id}: {tag_err}", flush=True)
     try:
@@ -299,7 +286,7 @@ def current(children: list) -> list:
     """
     by_key: dict[str, object] = {}
     for run in children:
-        key = run.data.tags.get(CONFIG_KEY_TAG) or run.info.run_id
+        key = run.data.tags.get(Tag.CONFIG_KEY) or run.info.run_id
         kept = by_key.get(key)
         if kept is None or kept.info.status != "FINISHED":
             by_key[key] = run

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..keys import Tag
 from .spec import ModelSpec
 
 def _lite0_state_dict() -> dict[str, torch.Tensor]:
@@ -152,13 +153,13 @@ def weights_record(spec: ModelSpec, weights: str | None) -> dict[str, str]:
     """What a run records of its weights: the resolved tag, and the checkpoint file's sha256 where
     there is a file (a local path, the packaged file, or the hub's cached download)."""
     if weights is None:
-        return {"tlsweep.weights": "random init"}
+        return {Tag.WEIGHTS: "random init"}
     if str(weights).upper() != "DEFAULT":
-        return {"tlsweep.weights": str(weights), "tlsweep.weights.sha256": file_sha256(weights)}
-    record = {"tlsweep.weights": spec.weights_name}
+        return {Tag.WEIGHTS: str(weights), Tag.WEIGHTS_SHA256: file_sha256(weights)}
+    record = {Tag.WEIGHTS: spec.weights_name}
     path = _default_file(spec)
     if path:
-        record["tlsweep.weights.sha256"] = file_sha256(path)
+        record[Tag.WEIGHTS_SHA256] = file_sha256(path)
     return record
 
 

@@ -20,7 +20,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from tlsweep.report.keys import SHOTS_KEY, STRATEGIES, STRATEGY_KEY, as_number, is_fraction, label, metric_label, sort_key
+from tlsweep.keys import SHOTS_KEY, STRATEGIES, STRATEGY_KEY, short_labels
+from tlsweep.report.keys import as_number, is_fraction, label, metric_label, sort_key
 from tlsweep.report.stats import t_interval
 
 # fontTools logs each font-subsetting step of a PDF at INFO, which Hydra's logging would print
@@ -96,8 +97,7 @@ class _Layout:
 
     def label(self, combo: tuple) -> str:
         # a choice (data.name, model.name) speaks for itself: "digits", not "name=digits"
-        return ", ".join(str(v) if k.endswith(".name") else f"{k.rsplit('.', 1)[-1]}={v}"
-                         for k, v in zip(self.others, combo))
+        return ", ".join(short_labels(list(zip(self.others, combo))))
 
     def panels(self) -> tuple[Figure, dict]:
         """One panel per combination of the other keys, sharing axes; the figure grows in height."""

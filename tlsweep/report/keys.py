@@ -11,15 +11,9 @@ import math
 import pandas as pd
 
 from tlsweep.errors import ReportError
+from tlsweep.keys import STRATEGIES, STRATEGY_KEY, is_seed  # the names the runs and the report share
 
-
-STRATEGY_KEY = "strategy.name"
-DATASET_KEY = "data.name"
-SHOTS_KEY = "data.shots"  # the decision figure's columns
 UNSET = "<unset>"  # a param some runs never had (a key only some strategies set, e.g. lpft's probe_epochs)
-LADDER = ("scratch", "probe", "partial", "finetune")  # the order of the paper's ladder
-# every strategy tlsweep ships (conf/strategy/), the ladder first: table order, and each its own colour
-STRATEGIES = LADDER + ("lpft", "llrd", "gradual", "l2sp", "bitfit", "norm", "auto_rgn", "lora", "dora")
 # Params that differ between runs of one configuration: they identify a replicate, not a group.
 PER_RUN_LAST = {"device", "root", "output_dir", "run_dir", "out_dir", "num_workers", "job_num", "job_id"}
 PER_RUN_PREFIXES = ("tracking.", "hydra.")
@@ -76,10 +70,6 @@ def sort_key(key: str, value: str) -> tuple:
         return (0, STRATEGIES.index(value), "")
     x = as_number(value)
     return (1, x, "") if x is not None and math.isfinite(x) else (2, 0.0, str(value))
-
-
-def is_seed(key: str) -> bool:
-    return key.rsplit(".", 1)[-1].endswith("seed")
 
 
 def is_per_run(key: str) -> bool:

@@ -10,8 +10,9 @@ import pandas as pd
 
 from tlsweep.report import stats, store, tables
 from tlsweep.errors import ReportError
-from tlsweep.report.keys import DATASET_KEY, SHOTS_KEY, UNSET, design_keys, label, lower_is_better, resolve_keys, seed_keys
-from tlsweep.tracking import CONFIG_KEY_TAG, EXPERIMENT, current, default_tracking_uri
+from tlsweep.report.keys import UNSET, design_keys, label, lower_is_better, resolve_keys, seed_keys
+from tlsweep.keys import DATASET_KEY, SHOTS_KEY, Tag
+from tlsweep.tracking import EXPERIMENT, current, default_tracking_uri
 
 DEFAULT_METRIC = "final_val_acc"  # best_val_acc is selected on the validation set it is scored on
 SELECTION_METRIC = "select_acc"  # logged by runs with data.select_fraction; higher is better
@@ -75,7 +76,7 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
         raise ReportError("sweep=[] names no sweep: pass a name or parent run id, or a list of them")
     parents = list({p.info.run_id: p for p in (store.find_parent(client, exp_id, s, uri, experiment)
                                                for s in asked)}.values())
-    names = [p.data.tags.get("tlsweep.sweep_name") or p.info.run_name or p.info.run_id for p in parents]
+    names = [p.data.tags.get(Tag.SWEEP_NAME) or p.info.run_name or p.info.run_id for p in parents]
     sweep_name, parent_ids = "+".join(names), ",".join(p.info.run_id for p in parents)
     found = sorted((c for p in parents for c in store.children(client, exp_id, p.info.run_id)),
                    key=lambda r: r.info.start_time or 0)
@@ -190,9 +191,9 @@ def _repeated_configs(found: list) -> int:
     """How many configurations (tlsweep.config_key) have a finished run in more than one sweep."""
     sweeps: dict[str, set] = {}
     for run in found:
-        key = run.data.tags.get(CONFIG_KEY_TAG)
+        key = run.data.tags.get(Tag.CONFIG_KEY)
         if key and run.info.status == "FINISHED":
-            sweeps.setdefault(key, set()).add(run.data.tags.get("mlflow.parentRunId"))
+            sweeps.setdefault(key, set()).add(run.data.tags.get(Tag.PARENT))
     return sum(len(s) > 1 for s in sweeps.values())
 
 

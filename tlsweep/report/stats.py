@@ -13,7 +13,8 @@ import pandas as pd
 from scipy import stats
 
 from tlsweep.errors import ReportError
-from tlsweep.report.keys import STRATEGY_KEY, UNSET, resolve_keys, sort_key
+from tlsweep.keys import STRATEGY_KEY, short_labels
+from tlsweep.report.keys import UNSET, resolve_keys, sort_key
 
 log = logging.getLogger(__name__)
 
@@ -243,5 +244,5 @@ def decide(data: pd.DataFrame, cell_keys: list[str], candidate_keys: list[str], 
 
 def _candidate(keys: list[str], values: tuple) -> str:
     """A candidate's name: the strategy alone, other keys as key=value ("finetune, lr=0.001")."""
-    return ", ".join(str(v) if k == STRATEGY_KEY or len(keys) == 1 else f"{k.rsplit('.', 1)[-1]}={v}"
-                     for k, v in zip(keys, values) if v != UNSET) or "all"
+    pairs = [(k, v) for k, v in zip(keys, values) if v != UNSET]
+    return (str(pairs[0][1]) if len(keys) == 1 and pairs else ", ".join(short_labels(pairs))) or "all"

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tlsweep.errors import ReportError
+from tlsweep.keys import Tag
 from tlsweep.mlstore import children, local_path, search  # noqa: F401 -- children: the report's callers use it here
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def find_parent(client, exp_id: str, sweep: str | None, uri: str, experiment: st
                           + _listing(client, exp_id, parents)
                           + "\nPass sweep=<name or parent run id> to see why one of them failed.")
     sweep = str(sweep)
-    matches = [r for r in parents if sweep in (r.info.run_name, r.data.tags.get("tlsweep.sweep_name"))]
+    matches = [r for r in parents if sweep in (r.info.run_name, r.data.tags.get(Tag.SWEEP_NAME))]
     if not matches:
         known = ", ".join(f"{r.info.run_name} ({r.info.run_id})" for r in parents[:LISTED]) or "none"
         raise ReportError(f"no sweep {sweep!r} in {uri}: pass a parent run id or name. "
@@ -87,7 +88,7 @@ def _listing(client, exp_id: str, parents: list) -> str:
 def run_tables(found: list) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs: name, status, error and final metrics; params as logged, strings), indexed by run id."""
     rows = [{"run_name": r.info.run_name, "status": r.info.status, "start_time": r.info.start_time,
-             "error": r.data.tags.get("tlsweep.error", ""), **r.data.metrics} for r in found]
+             "error": r.data.tags.get(Tag.ERROR, ""), **r.data.metrics} for r in found]
     index = pd.Index([r.info.run_id for r in found], name="run_id")
     params = pd.DataFrame([r.data.params for r in found], index=index, dtype=object)
     return pd.DataFrame(rows, index=index), params
