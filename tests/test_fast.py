@@ -58,8 +58,7 @@ def test_cached_features_equal_recomputed(tmp_path, model_name, unfreeze, first_
 
     seen = []
     hook = model.get_submodule(first_trainable).register_forward_pre_hook(lambda m, args: seen.append(args[0]))
-    aug = TensorLoader(decoded[0], 5, train=True, crop=pp.crop, mean=pp.mean, std=pp.std, seed=features.VIEW_SEED,
-                       interpolation=pp.interpolation)  # the pass crops with the weights' interpolation
+    aug = TensorLoader(decoded[0], 5, True, pp, features.VIEW_SEED)  # the pass crops with the weights' interpolation
     with torch.no_grad():
         for _view in range(2):  # same stream, same batches, through the full model
             for start in range(0, len(decoded[0]), 5):
@@ -67,7 +66,7 @@ def test_cached_features_equal_recomputed(tmp_path, model_name, unfreeze, first_
         recomputed = torch.stack([torch.cat(seen[:3]), torch.cat(seen[3:6])])
         seen.clear()
         model.eval()
-        model(TensorLoader(decoded[1], 8, train=False, crop=pp.crop, mean=pp.mean, std=pp.std).batch(
+        model(TensorLoader(decoded[1], 8, False, pp).batch(
             torch.arange(len(decoded[1]))))
     hook.remove()
     recomputed = recomputed.reshape(train_f.shape)

@@ -17,6 +17,8 @@ from torchvision.transforms.v2 import functional as F
 
 from tests.conftest import damage
 from tlsweep import fastdata
+from tlsweep.models import Preprocess
+from tlsweep.runtime import Runtime
 from tlsweep.fastdata import (
     RATIO,
     SCALE,
@@ -28,6 +30,11 @@ from tlsweep.fastdata import (
 )
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def pp(crop: int, mean=MEAN, std=STD, interpolation=None) -> Preprocess:
+    """A loader's preprocessing; interpolation None crops with roi_align, the GPU's way."""
+    return Preprocess(crop, crop, mean, std, interpolation)
 BILINEAR = InterpolationMode.BILINEAR
 BICUBIC = InterpolationMode.BICUBIC
 
@@ -70,7 +77,7 @@ def test_train_crops_differ_per_sample():
     data = decode_images([smooth_image(48, 64)] * n, [0] * n, 40, BILINEAR, load_rgb)
     boxes = sample_crop_boxes(data.sizes, torch.Generator().manual_seed(0))
     assert len(torch.unique(boxes, dim=0)) > n // 2
-    (x, _), *_ = TensorLoader(data, n, True, 32, MEAN, STD, seed=0)
+    (x, _), *_ = TensorLoader(data, n, True, pp(32), seed=0)
     distinct = {tuple(x[i].flatten()[::97].tolist()) for i in range(n)}
     assert len(distinct) > n // 2  # a batch-level v2 transform would give 1
 
@@ -80,7 +87,7 @@ def test_flip_is_per_sample():
     img[:, :, 30:] = 255  # every allowed crop spans the middle, so its left edge is dark unless flipped
     n = 32
     data = decode_images([img] * n, [0] * n, 40, BILINEAR, load_rgb)
-    (x, _), = TensorLoader(data, n, True, 24, (0, 0, 0), (1, 1, 1), seed=0)
+    (x, _), = TensorLoader(data, n, True, pp(24, (0, 0, 0), (1, 1, 1)), seed=0)
     left, right = x[:, :, :, 0].mean((1, 2)), x[:, :, :, -1].mean((1, 2))
     flipped = left > 0.9
     assert torch.all(flipped == (right < 0.1))  # each output is either the crop or its mirror
@@ -92,7 +99,7 @@ def test_same_seed_same_stream_different_seed_differs():
     data = decode_images(imgs, [0, 1, 0, 1, 1], 36, BILINEAR, load_rgb)
 
     def run(seed):
-        loader = TensorLoader(data, 2, True, 32, MEAN, STD, seed=seed)
+        loader = TensorLoader(data, 2, True, pp(32), seed=seed)
         return epoch(loader), epoch(loader)
 
     (a1, a2), (b1, b2), (c1, _) = run(0), run(0), run(1)
@@ -119,7 +126,7 @@ def test_eval_batch_equals_plain_v2_pipeline(interpolation):
     )
     expected = torch.stack([plain(load_rgb(img)) for img in imgs])
     data = decode_images(imgs, range(len(imgs)), resize, interpolation, load_rgb)
-    batches = epoch(TensorLoader(data, 4, False, crop, MEAN, STD))
+    batches = epoch(TensorLoader(data, 4, False, pp(crop)))
     assert torch.equal(torch.cat([x for x, _ in batches]), expected)
     assert torch.cat([y for _, y in batches]).tolist() == list(range(len(imgs)))
 
@@ -313,8 +320,8 @@ def test_cuda_batches_match_cpu():
     imgs = random_images([(40, 50), (60, 36), (36, 36), (45, 70)])
     data = decode_images(imgs, [0, 1, 2, 3], 36, BILINEAR, load_rgb)
     for train in (True, False):
-        cpu = epoch(TensorLoader(data, 3, train, 32, MEAN, STD, seed=0))
-        gpu = epoch(TensorLoader(data, 3, train, 32, MEAN, STD, seed=0, device="cuda"))
+        cpu = epoch(TensorLoader(data, 3, train, pp(32), seed=0))
+        gpu = epoch(TensorLoader(data, 3, train, pp(32), seed=0, rt=Runtime(torch.device("cuda"))))
         for (xc, yc), (xg, yg) in zip(cpu, gpu):
             assert xg.is_cuda and torch.equal(yc, yg.cpu())
             if train:  # roi_align's float sums may round differently on the GPU

@@ -76,7 +76,7 @@ def test_probe_step_changes_only_the_head(make_cfg, freeze_bn):
         strategies.frozen_bn_eval(model)
     torch.manual_seed(0)
     batch = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))]
-    run_epoch(model, batch, torch.device("cpu"), optimizer)
+    run_epoch(model, batch, optimizer=optimizer)
     after = _snapshot(model)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     head = {f"{spec.head}.weight", f"{spec.head}.bias"}
@@ -192,7 +192,7 @@ def test_a_frozen_phase_leaves_the_frozen_stages_bit_identical_and_stateless(mak
     batch = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))]
     plan.start_epoch(2, model, optimizer, batch)  # head + layer4
     strategies.train_mode(model, cfg.strategy.freeze_bn)
-    run_epoch(model, batch, torch.device("cpu"), optimizer)
+    run_epoch(model, batch, optimizer=optimizer)
     plan.end_epoch(optimizer)
     changed = {k for k in before if not torch.equal(before[k], _snapshot(model)[k])}
     assert changed and all(k.startswith(("fc.", "layer4.")) for k in changed)
@@ -369,8 +369,8 @@ def test_every_strategy_trains_what_it_claims_on_every_timm_family(make_cfg, arc
     before = {n: p.detach().clone() for n, p in named.items()}
     plan.start_epoch(1, model, optimizer, [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))])
     torch.manual_seed(0)
-    loss, _ = run_epoch(model, [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))], torch.device("cpu"),
-                        optimizer, penalty=plan.penalty)
+    loss, _ = run_epoch(model, [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))], optimizer=optimizer,
+                        penalty=plan.penalty)
     plan.end_epoch(optimizer)
     changed = {n for n, p in named.items() if not torch.equal(p, before[n])}
     assert torch.isfinite(torch.tensor(loss)) and changed and changed <= trainable

@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 
 from .errors import DataError
 from .models import Preprocess
+from .runtime import Loaders, Runtime
 
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
 # sha256 over (relative path, sha256 of bytes) of every file under train/ and val/ of the
@@ -313,33 +314,24 @@ def decode(data: ImageData, pp: Preprocess, cfg, cache_dir: str | None):
     return Decoded(*stores), f"on ({need:.0f} MB of uint8 images)"
 
 
-def loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_workers: int, device: torch.device,
-            decoded=None, channels_last: bool = False):
-    """Train and val image loaders: over the decoded tensors when `decoded` is given, else the
-    plain streaming DataLoaders."""
+def loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_workers: int, rt: Runtime,
+            decoded: Decoded | None = None) -> Loaders:
+    """The image loaders of train, val and select (None without a selection split): over the decoded
+    tensors when `decoded` is given, else the plain streaming DataLoaders. The selection split is
+    read exactly like val (center crop, in order)."""
     from . import fastdata
 
     if decoded is None:
-        return plain_loaders(data, pp, batch_size, seed, num_workers)
+        train, val = plain_loaders(data, pp, batch_size, seed, num_workers)
+        select = None if data.select is None else DataLoader(
+            SplitDataset(data.select, eval_transform(pp)), batch_size=batch_size, shuffle=False,
+            num_workers=num_workers, persistent_workers=num_workers > 0)
+        return Loaders(train, val, select)
     # the data lives where the model does: on a GPU, batches never cross the PCIe bus
-    common = dict(batch_size=batch_size, crop=pp.crop, mean=pp.mean, std=pp.std, device=device,
-                  channels_last=channels_last, interpolation=pp.interpolation)
-    return (fastdata.TensorLoader(decoded.train, train=True, seed=seed, **common),
-            fastdata.TensorLoader(decoded.val, train=False, **common))
-
-
-def select_loader(data: ImageData, pp: Preprocess, batch_size: int, num_workers: int, device: torch.device,
-                  decoded=None, channels_last: bool = False):
-    """The selection split's loader, evaluated exactly like val (center crop, in order); None without one."""
-    from . import fastdata
-
-    if data.select is None:
-        return None
-    if decoded is None:
-        return DataLoader(SplitDataset(data.select, eval_transform(pp)), batch_size=batch_size, shuffle=False,
-                          num_workers=num_workers, persistent_workers=num_workers > 0)
-    return fastdata.TensorLoader(decoded.select, batch_size, train=False, crop=pp.crop, mean=pp.mean, std=pp.std,
-                                 device=device, channels_last=channels_last, interpolation=pp.interpolation)
+    return Loaders(fastdata.TensorLoader(decoded.train, batch_size, True, pp, seed, rt),
+                   fastdata.TensorLoader(decoded.val, batch_size, False, pp, rt=rt),
+                   None if decoded.select is None else fastdata.TensorLoader(decoded.select, batch_size, False, pp,
+                                                                             rt=rt))
 
 
 def plain_loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_workers: int):

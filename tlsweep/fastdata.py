@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
@@ -37,6 +38,10 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from . import diskcache
+from .runtime import Runtime
+
+if TYPE_CHECKING:  # duck-typed: anything with crop, mean, std, interpolation (no import of the model zoo)
+    from .models import Preprocess
 
 Item = str | os.PathLike | torch.Tensor  # a file path, or a uint8 [3, H, W] RGB tensor
 
@@ -309,29 +314,21 @@ class TensorLoader:
     as with a DataLoader.
     """
 
-    def __init__(
-        self,
-        data: DecodedImages,
-        batch_size: int,
-        train: bool,
-        crop: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        seed: int = 0,
-        device: torch.device | str | None = None,
-        channels_last: bool = False,
-        interpolation: InterpolationMode | None = None,
-    ) -> None:
-        if len(data) and crop > int(data.sizes.min()):
+    def __init__(self, data: DecodedImages, batch_size: int, train: bool, pp: Preprocess, seed: int = 0,
+                 rt: Runtime | None = None) -> None:
+        """`pp`: the crop size, normalization and (train, on the CPU) interpolation; an interpolation of
+        None resamples with roi_align (bilinear), as on the GPU. `rt`: the device the images move to
+        and the memory format; None keeps them where they are, in NCHW."""
+        if len(data) and pp.crop > int(data.sizes.min()):
             # CenterCrop would zero-pad such images, which center_crops does not reproduce.
-            raise ValueError(f"crop {crop} exceeds the smallest stored side {int(data.sizes.min())}")
-        self.dataset = data if device is None else data.to(device)
+            raise ValueError(f"crop {pp.crop} exceeds the smallest stored side {int(data.sizes.min())}")
+        self.dataset = data if rt is None else data.to(rt.device)
         self.batch_size = batch_size
         self.train = train
-        self.crop = crop
-        self.mean, self.std = list(mean), list(std)
-        self.channels_last = channels_last
-        self.interpolation = interpolation  # of the train crops on the CPU; None: roi_align (bilinear)
+        self.crop = pp.crop
+        self.mean, self.std = list(pp.mean), list(pp.std)
+        self.channels_last = rt is not None and rt.channels_last
+        self.interpolation = pp.interpolation
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:

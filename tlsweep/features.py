@@ -34,7 +34,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from . import diskcache
 from .fastdata import DecodedImages, TensorLoader, content_key
 from .models import ModelSpec, Preprocess
-from .runtime import Runtime
+from .runtime import Loaders, Runtime
 from .strategies import train_mode
 
 VIEW_SEED = 0  # fixed, so that every run of a sweep can share the cached views
@@ -105,12 +105,12 @@ def cached_loaders(model: nn.Module, spec: ModelSpec, data, decoded, pp: Preproc
            content_key([it for s in data.eval_splits() for it in s.items], pp.resize, pp.interpolation)]
     train_f, eval_f, source = features(cut.prefix, decoded.train, together, key, views, pp, settings.batch_size, rt,
                                        settings.cache_dir)
-    loaders, start = [FeatureLoader(train_f, decoded.train.targets, settings.batch_size, train=True, seed=seed)], 0
+    evals, start = [], 0
     for d in evaluated:
-        loaders.append(FeatureLoader(eval_f[start:start + len(d)], d.targets, settings.batch_size, train=False))
+        evals.append(FeatureLoader(eval_f[start:start + len(d)], d.targets, settings.batch_size, train=False))
         start += len(d)
-    select = loaders[2] if len(loaders) > 2 else None
-    return cut.suffix, (loaders[0], loaders[1], select), CacheDecision(True, (
+    loaders = Loaders(FeatureLoader(train_f, decoded.train.targets, settings.batch_size, train=True, seed=seed), *evals)
+    return cut.suffix, loaders, CacheDecision(True, (
         f"frozen prefix below {cut.at} run once ({source}); {views} augmented train views "
         f"(seed {VIEW_SEED}) shared across runs; epoch e uses view (e-1) mod {views}"))
 
@@ -314,10 +314,9 @@ def _compute(prefix, train, val, views: int, pp: Preprocess, batch_size: int,
     # checked under the pass's own autocast: a fold that is exact in fp32 must also hold in bf16
     prefix, folded = fold_batchnorm(prefix, example.contiguous(memory_format=torch.channels_last)
                                     if rt.channels_last else example, rt.autocast)
-    common = dict(crop=pp.crop, mean=pp.mean, std=pp.std, device=rt.device, channels_last=rt.channels_last)
-    aug = TensorLoader(train, batch_size, train=True, seed=VIEW_SEED, interpolation=pp.interpolation, **common)
+    aug = TensorLoader(train, batch_size, True, pp, VIEW_SEED, rt)
     tr = torch.stack([_run_prefix(prefix, aug, len(train), batch_size, rt.autocast) for _ in range(views)])
-    plain = TensorLoader(val, batch_size, train=False, **common)
+    plain = TensorLoader(val, batch_size, False, pp, rt=rt)
     return tr, _run_prefix(prefix, plain, len(val), batch_size, rt.autocast), folded
 
 

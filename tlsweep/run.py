@@ -163,15 +163,13 @@ def run(cfg: DictConfig) -> dict:
             if batches is None:  # images, not features: only now do they go to the device
                 if not images:
                     with clock("data"):
-                        images.append((*datasets.loaders(data, pp, cfg.batch_size, cfg.seed, cfg.data.num_workers,
-                                                         device, decoded, cfg.channels_last),
-                                       datasets.select_loader(data, pp, cfg.batch_size, cfg.data.num_workers, device,
-                                                              decoded, cfg.channels_last)))
+                        images.append(datasets.loaders(data, pp, cfg.batch_size, cfg.seed, cfg.data.num_workers,
+                                                       rt, decoded))
                 batches = images[0]
             return net, batches, how
 
         segments = plan.segments(cfg.epochs)  # phases of a phased strategy (lpft, gradual); else one
-        net, (train_loader, val_loader, select_loader), features_how = segment_batches(*segments[0])
+        net, batches, features_how = segment_batches(*segments[0])
         if images and decoded is not None:
             decode_how += f", batches built on {device.type}"
 
@@ -203,15 +201,13 @@ def run(cfg: DictConfig) -> dict:
             for i, (first, epochs) in enumerate(segments):
                 if i:  # a later phase: its own cut of the frozen prefix; the time counts as preparation
                     t0 = time.perf_counter()
-                    net, (train_loader, val_loader, select_loader), features_how = segment_batches(first, epochs)
+                    net, batches, features_how = segment_batches(first, epochs)
                     prep_seconds += time.perf_counter() - t0
                 if len(segments) > 1:  # say which epochs each way of running served
                     hows.append(f"epochs {first}-{first + epochs - 1}: {features_how}")
                     mlflow.set_tag(Tag.FEATURES, "; ".join(hows))
-                part = fit(net, train_loader, val_loader, optimizer, scheduler, epochs, device,
-                           bf16=cfg.bf16, channels_last=cfg.channels_last,  # the plan holds freeze_bn
-                           on_epoch=on_epoch, plan=plan, first_epoch=first,
-                           select_loader=select_loader)
+                part = fit(net, batches, optimizer, scheduler, epochs, rt,  # the plan holds freeze_bn
+                           plan=plan, first_epoch=first, on_epoch=on_epoch)
                 result = _merge(result, part)
         finally:
             progress.close()

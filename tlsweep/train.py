@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .errors import Diverged
-from .runtime import autocast
+from .runtime import CPU, Loaders, Runtime
 from .strategies import Plan
 
 
@@ -34,13 +34,7 @@ def tune_allocator() -> None:
     libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap for reuse
 
 
-def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
-
-
-def run_epoch(model: nn.Module, loader: Iterable, device: torch.device, optimizer=None,
-              bf16: bool = False, channels_last: bool = False,
+def run_epoch(model: nn.Module, loader: Iterable, rt: Runtime = CPU, optimizer=None,
               penalty: Callable[[], torch.Tensor] | None = None) -> tuple[float, float]:
     """One pass over `loader`; trains when an optimizer is given. Returns (mean loss, accuracy).
 
@@ -48,13 +42,13 @@ def run_epoch(model: nn.Module, loader: Iterable, device: torch.device, optimize
     reports, which stays the data's cross-entropy. Sums stay on the device: no host sync per step.
     """
     train = optimizer is not None
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
+    loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
+    correct = torch.zeros((), device=rt.device, dtype=torch.int64)
     n = 0
     with torch.set_grad_enabled(train):
         for x, y in loader:
-            x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
-            with autocast(device, bf16):
+            x, y = rt.put(x), y.to(rt.device, non_blocking=True)
+            with rt.autocast():
                 logits = model(x)
                 loss = nn.functional.cross_entropy(logits.float(), y)
             if train:
@@ -82,16 +76,15 @@ def lr_metrics(groups: list[dict]) -> dict[str, float]:
     return out
 
 
-def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimizer: torch.optim.Optimizer,
-        scheduler, epochs: int, device: torch.device, bf16: bool = False,
-        channels_last: bool = False, on_epoch: Callable[[int, dict], None] | None = None,
-        plan: Plan | None = None, first_epoch: int = 1, select_loader: Iterable | None = None) -> dict:
+def fit(model: nn.Module, loaders: Loaders, optimizer: torch.optim.Optimizer, scheduler, epochs: int,
+        rt: Runtime = CPU, *, plan: Plan | None = None, first_epoch: int = 1,
+        on_epoch: Callable[[int, dict], None] | None = None) -> dict:
     """Train for `epochs`, numbered from `first_epoch`, evaluating after each. Raises Diverged on a
     non-finite train or val loss. `plan` (strategies.Plan) decides per epoch what trains, at which LR,
     and what is added to the loss, and puts the model in train mode; without one, everything trains
     in plain train mode.
 
-    Returns best/final validation accuracy and timing. With `select_loader` (a split held out of
+    Returns best/final validation accuracy and timing. With a `loaders.select` (a split held out of
     train for model selection), each epoch also logs select_loss/select_acc, and the result holds
     the last epoch's select_acc.
     """
@@ -99,19 +92,18 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimize
     for epoch in range(first_epoch, first_epoch + epochs):
         t0 = time.perf_counter()
         if plan is not None:  # the plan puts the model in train mode, with its strategy's BatchNorm rule
-            extra = plan.start_epoch(epoch, model, optimizer, train_loader)
+            extra = plan.start_epoch(epoch, model, optimizer, loaders.train)
         else:
             extra = {}
             model.train()
         lrs = lr_metrics(optimizer.param_groups)
-        train_loss, train_acc = run_epoch(model, train_loader, device, optimizer, bf16, channels_last,
-                                          plan.penalty if plan is not None else None)
+        train_loss, train_acc = run_epoch(model, loaders.train, rt, optimizer, plan.penalty if plan is not None else None)
         if plan is not None:
             extra.update(plan.end_epoch(optimizer))
         if not math.isfinite(train_loss):
             raise Diverged(f"non-finite training loss ({train_loss}) in epoch {epoch}; lower optim.lr")
         model.eval()
-        val_loss, val_acc = run_epoch(model, val_loader, device, None, bf16, channels_last)
+        val_loss, val_acc = run_epoch(model, loaders.val, rt)
         if not math.isfinite(val_loss):  # finite weights can still overflow on unseen inputs
             raise Diverged(f"non-finite validation loss ({val_loss}) in epoch {epoch}; lower optim.lr")
         if scheduler is not None:
@@ -120,13 +112,12 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, optimize
             best_acc, best_epoch = val_acc, epoch
         metrics = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
                    **lrs, **extra, "epoch_seconds": time.perf_counter() - t0}
-        if select_loader is not None:  # in eval mode, like val: the split model selection reads
-            metrics["select_loss"], metrics["select_acc"] = run_epoch(model, select_loader, device, None, bf16,
-                                                                      channels_last)
+        if loaders.select is not None:  # in eval mode, like val: the split model selection reads
+            metrics["select_loss"], metrics["select_acc"] = run_epoch(model, loaders.select, rt)
         if on_epoch:
             on_epoch(epoch, metrics)
     result = {"best_val_acc": best_acc, "best_epoch": best_epoch, "final_val_acc": val_acc,
               "train_seconds": time.perf_counter() - start}
-    if select_loader is not None:
+    if loaders.select is not None:
         result["select_acc"] = metrics["select_acc"]
     return result
