@@ -255,6 +255,7 @@ class PreLogits(nn.Module):
 def _bound(root: str, seeds: list[int], epochs: int, model: tuple[str, ...], image_size: int | None) -> dict:
     from hydra import compose, initialize_config_dir
 
+    import tlsweep.schema  # noqa: F401 -- registers the config schema that conf/ extends
     from tlsweep import data as datasets
     from tlsweep import features
     from tlsweep.run import resolve_device

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
+import tlsweep.schema  # noqa: F401 -- registers the config schema that conf/ extends
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

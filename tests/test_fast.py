@@ -105,7 +105,7 @@ def test_fold_batchnorm_keeps_the_function_and_the_model():
 
 
 def test_no_cache_when_the_prefix_is_not_pure(make_cfg):
-    """probe with freeze_bn=false: frozen BN layers update their statistics, so caching would change the run."""
+    """probe with freeze_bn=none: frozen BN layers update their statistics, so caching would change the run."""
     spec = model_spec("resnet18")
     model = spec.build()
     strategies.apply(model, spec, type("S", (), {"unfreeze": [], "backbone_lr_scale": 0.0})(), 2, 1e-3)

@@ -377,7 +377,7 @@ def test_epochs_below_one_is_recorded_failed(make_cfg, store_uri):
     """A config error is recorded in MLflow as FAILED with its message, like any other failure."""
     from tlsweep.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="epochs=0: need at least 1"):
+    with pytest.raises(ConfigError, match="epochs=0: must be an integer >= 1"):
         run(make_cfg("model=resnet18", "model.weights=null", "epochs=0"))
     r = _last_run(store_uri)
     assert r.info.status == "FAILED" and "epochs=0" in r.data.tags["tlsweep.error"]

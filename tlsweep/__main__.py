@@ -7,6 +7,7 @@ import hydra
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
+from . import schema  # noqa: F401 -- registers the config schema before Hydra composes
 from .errors import UserError
 
 

@@ -35,6 +35,7 @@ from . import diskcache
 from .fastdata import DecodedImages, TensorLoader, content_key
 from .models import ModelSpec, Preprocess
 from .runtime import Loaders, Runtime
+from .schema import FreezeBN
 from .strategies import train_mode
 
 VIEW_SEED = 0  # fixed, so that every run of a sweep can share the cached views
@@ -70,7 +71,7 @@ class CacheSettings:
     budget_mb: float  # data.cache_budget_mb
     batch_size: int
     cache_dir: str | None
-    freeze_bn: bool | str  # the mode the model trains in decides what is frozen and deterministic
+    freeze_bn: FreezeBN  # the mode the model trains in decides what is frozen and deterministic
     weights_id: str  # what the frozen parameters are (checkpoint, or the seed of a random init)
 
     @classmethod
@@ -156,7 +157,7 @@ def split(model: nn.Module, spec: ModelSpec) -> Split | str:
     active = sorted({type(m).__name__ for m in inner if _active(m, noisy)})
     if active:
         return (f"the frozen prefix has layers that are random or update state in training mode ({', '.join(active)}): "
-                f"its output is not a pure function of the image (strategy.freeze_bn=true fixes BatchNorm)")
+                f"its output is not a pure function of the image (strategy.freeze_bn=frozen fixes BatchNorm)")
     at = next((n for n, _ in pieces[k:] if n), type(pieces[k][1]).__name__)  # a labelled piece: a stage, the head
     return Split(prefix, nn.Sequential(*[m for _, m in pieces[k:]]), at)
 

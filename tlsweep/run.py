@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import data as datasets
-from . import features, models, strategies, tracking
+from . import features, models, schema, strategies, tracking
 from .errors import ConfigError
 from .keys import Tag
 from .progress import Progress
@@ -29,13 +29,16 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto`: CUDA, then MPS, then the CPU. A device asked for by name must be there."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    found = ", ".join(["cpu", *([f"cuda (x{torch.cuda.device_count()})"] if cuda else []), *(["mps"] if mps else [])])
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not (cuda and (device.index or 0) < torch.cuda.device_count()) or \
+            device.type == "mps" and not mps:
+        raise ConfigError(f"device={name}: not on this machine (found: {found}); use device=auto or device=cpu")
+    return device
 
 
 # optim.name -> the optimizer over the strategy's groups; optim.scheduler -> the LR schedule over `epochs`
@@ -49,13 +52,17 @@ SCHEDULERS = {
 }
 
 
+def check_optim(cfg: DictConfig) -> None:
+    if cfg.name not in OPTIMIZERS:
+        raise ConfigError(f"optim.name={cfg.name}: unknown; valid: {', '.join(OPTIMIZERS)}")
+    if ("none" if cfg.scheduler is None else cfg.scheduler) not in SCHEDULERS:
+        raise ConfigError(f"optim.scheduler={cfg.scheduler}: unknown; valid: {', '.join(SCHEDULERS)} (or null)")
+
+
 def make_optimizer(cfg: DictConfig, groups: list[dict], epochs: int):
     """The optimizer over the strategy's parameter groups, and its LR schedule."""
-    if cfg.name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optim.name {cfg.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    check_optim(cfg)
     scheduler = "none" if cfg.scheduler is None else cfg.scheduler
-    if scheduler not in SCHEDULERS:
-        raise ConfigError(f"unknown optim.scheduler {cfg.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
     opt = OPTIMIZERS[cfg.name](groups, cfg)
     return opt, SCHEDULERS[scheduler](opt, epochs)
 
@@ -125,14 +132,14 @@ def run(cfg: DictConfig) -> dict:
     progress = Progress(name, cfg.epochs)
     with tracking.job_run(cfg, name):  # opened first, so that even a config error is recorded as FAILED
         clock.seconds["mlflow"] = time.perf_counter() - start  # store, run, params, config artifact
-        if cfg.epochs < 1:
-            raise ConfigError(f"epochs={cfg.epochs}: need at least 1")
+        schema.check(cfg)  # ranges and relations, before any data is read or model built
+        check_optim(cfg.optim)
+        device = resolve_device(cfg.device)
         progress.start()
         with clock("model"):
             spec = models.get_spec(cfg.model, cfg.data.image_size)
             strategies.check(spec, cfg.strategy, cfg.epochs)  # a bad key, value or stage fails before any work
             seed_everything(cfg.seed)
-            device = resolve_device(cfg.device)
         with clock("data"):
             data = datasets.load(cfg.data)
         with clock("model"):  # on CUDA this holds the context's start, at the first tensor moved there

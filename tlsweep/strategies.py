@@ -12,21 +12,23 @@ A strategy is data (conf/strategy/*.yaml) over a few shared mechanisms, never it
   (`unfreeze_every: null`) or one more from the top every `unfreeze_every` epochs.
 - A regularizer added to the loss: `l2sp_alpha`, `l2sp_beta` (L2-SP).
 - A per-epoch LR reweighting: `reweight: rgn` (auto-RGN).
-- `freeze_bn`: BatchNorm layers whose parameters are all frozen stay in eval mode (true), none do
-  (false), or every BatchNorm does (`all`, LP-FT's `use_net_val_mode`).
+- `freeze_bn`: BatchNorm layers whose parameters are all frozen stay in eval mode (`frozen`), none do
+  (`none`), or every BatchNorm does (`all`, LP-FT's `use_net_val_mode`).
 """
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
 from .keys import STRATEGIES
+from .schema import AnyStrategy, FreezeBN, strategy_keys
 from .adapters import KINDS
 from .models import ModelSpec
 
@@ -47,55 +49,43 @@ FILTERS: dict[str, Callable[[str, nn.Module], bool]] = {
     "no_batchnorm": lambda leaf, module: not isinstance(module, nn.modules.batchnorm._BatchNorm),
 }
 REWEIGHTS = (None, "rgn")
-FREEZE_BN = (True, False, "all")
 ADAPTERS = (None, *KINDS)
 # What one LR step of layer-wise decay spans: a stage (timm's coarse groups) or a layer (coarse=False,
 # as timm's param_groups_layer_decay: a ViT's block, an EfficientNet's or ResNet's block within a stage)
 GRANULARITIES = ("stage", "layer")
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """A strategy config, checked; keys a yaml leaves out take these defaults."""
+@dataclass
+class Recipe(AnyStrategy):
+    """A strategy config, checked. Its keys, types and defaults are the schema's (tlsweep/schema.py): a
+    key a yaml leaves out takes the default there."""
 
-    name: str
-    pretrained: bool = True
-    unfreeze: Any = "all"
-    params: str = "all"
-    backbone_lr_scale: float = 1.0
-    layer_decay: float = 1.0
-    probe_epochs: int = 0
-    unfreeze_every: int | None = None
-    l2sp_alpha: float = 0.0
-    l2sp_beta: float = 0.0
-    reweight: str | None = None
-    rgn_batches: int = 5
-    freeze_bn: bool | str = True
-    cache_features: bool = True
-    feature_views: int | None = None
-    granularity: str = "stage"
-    adapter: str | None = None  # lora / dora through peft (tlsweep.adapters): the backbone stays frozen
-    rank: int = 8
-    alpha: float = 8.0
-    target_modules: Any = None
-    adapter_dropout: float = 0.0
+    name: str | None = None  # None: a recipe built in code, unnamed
 
     @classmethod
     def of(cls, strategy) -> "Recipe":
         """From the `strategy` config (a DictConfig, a dict, or any object with these attributes)."""
         if isinstance(strategy, Recipe):
             return strategy
-        known = {f.name for f in fields(cls)}
+        get = strategy.get if hasattr(strategy, "get") else lambda k, d: getattr(strategy, k, d)
+        name = get("name", None)
+        known = set(strategy_keys(name))  # the strategy's own schema: finetune has no probe_epochs
         keys = set(strategy.keys()) if hasattr(strategy, "keys") else known
         unknown = sorted(keys - known)
         if unknown:
-            raise ConfigError(f"unknown strategy key(s) {unknown}; valid keys: {sorted(known)}")
-        get = strategy.get if hasattr(strategy, "get") else lambda k, d: getattr(strategy, k, d)
+            owners = sorted({n for n in STRATEGIES for k in unknown if k in strategy_keys(n)})
+            near = sorted({m for k in unknown for m in difflib.get_close_matches(k, sorted(known), cutoff=0.75)})
+            raise ConfigError(f"strategy {name} has no key {', '.join(unknown)}"
+                              + (f"; did you mean {', '.join(near)}?" if near else "")
+                              + (f" ({', '.join(owners)} {'has' if len(owners) == 1 else 'have'} it: sweep "
+                                 "such a key in its own sweep)" if owners else "")
+                              + f"; its keys: {', '.join(sorted(known))}")
         values = {f.name: get(f.name, f.default) for f in fields(cls) if f.name != "name"}
+        values["freeze_bn"] = FreezeBN.of(values["freeze_bn"])
         for key in ("unfreeze", "target_modules"):
             if hasattr(values[key], "__iter__") and not isinstance(values[key], str):
                 values[key] = list(values[key])  # a ListConfig, as a plain list
-        recipe = cls(name=get("name", None), **values)
+        recipe = cls(name=name, **values)
         recipe._check()
         return recipe
 
@@ -109,8 +99,6 @@ class Recipe:
             bad("params", self.params, ", ".join(FILTERS))
         if self.reweight not in REWEIGHTS:
             bad("reweight", self.reweight, "null, rgn")
-        if self.freeze_bn not in FREEZE_BN:
-            bad("freeze_bn", self.freeze_bn, "true, false, all")
         if self.probe_epochs < 0:
             bad("probe_epochs", self.probe_epochs, "an integer >= 0")
         if self.unfreeze_every is not None and self.unfreeze_every < 1:
@@ -434,8 +422,9 @@ def frozen_bn_eval(model: nn.Module, every: bool = False) -> None:
             m.eval()
 
 
-def train_mode(model: nn.Module, freeze_bn: bool | str) -> None:
+def train_mode(model: nn.Module, freeze_bn: FreezeBN | str) -> None:
     """model.train(), then the strategy's BatchNorm policy (see the module docstring)."""
     model.train()
-    if freeze_bn:
-        frozen_bn_eval(model, every=freeze_bn == "all")
+    mode = FreezeBN.of(freeze_bn)
+    if mode is not FreezeBN.none:
+        frozen_bn_eval(model, every=mode is FreezeBN.all)
