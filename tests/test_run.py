@@ -189,11 +189,11 @@ def test_a_torchvision_built_for_another_torch_says_what_to_reinstall(tmp_path):
         (["strategy=probe2"], "Available options in 'strategy'"),
         (["data.root=/no/such/folder", "data.download=false"], "does not exist"),
         (["data=imagefolder"], "data.root"),
-        (["data=imagefolder", "data.root=/no/such/folder", "epochs=0"], "epochs=0: need at least 1")]],
+        (["data=imagefolder", "data.root=/no/such/folder", "epochs=0"], "epochs=0: must be an integer >= 1")]],
 ])
 def test_bad_input_exits_nonzero_and_says_what_to_fix(tmp_path, args, message):
     p = _cli("model.weights=null", "epochs=1", *args, cwd=tmp_path)
-    assert p.returncode == 1
+    assert p.returncode == 2  # bad config or data
     assert message in p.stderr + p.stdout
     assert "Traceback" not in p.stderr + p.stdout  # an expected failure is one message, not a stack
 

@@ -50,12 +50,29 @@ class JobError(CompactHydraException):
     """A user error, as Hydra prints it: the message alone, no traceback (HYDRA_FULL_ERROR=1 shows it)."""
 
 
+_jobs = {"started": 0, "exit_code": 1}  # what the in-process jobs did, for the exit code
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    _jobs["started"] += 1
     try:
         return run(cfg)["final_val_acc"]
     except UserError as err:  # already recorded FAILED in MLflow, with this message
+        _jobs["exit_code"] = max(_jobs["exit_code"], err.exit_code)
         raise JobError(f"tlsweep: {type(err).__name__}: {err}") from err
+
+
+def _exit_code(code) -> int:
+    """Hydra exits 1 for any failure. 2 when the input was bad: a config Hydra could not compose (no job
+    started), or a job's ConfigError/DataError."""
+    if code != 1:
+        return code
+    if not _jobs["started"]:
+        for hint in schema.hints([a for a in sys.argv[1:] if not a.startswith("-")]):
+            print(hint, file=sys.stderr)
+        return 2
+    return _jobs["exit_code"]
 
 
 def _sigterm(signum, frame):
@@ -78,9 +95,10 @@ def cli() -> None:
         sweep.mark_ended_early("KILLED")  # before the atexit hook closes a sweep's parent
         print("[tlsweep] interrupted (Ctrl-C or SIGTERM): the running job's run ends KILLED", file=sys.stderr)
         sys.exit(130)
-    except SystemExit as end:  # Hydra exits 1 when a job or the launcher failed
+    except SystemExit as end:  # Hydra exits 1 when composing, a job or the launcher failed
         if end.code not in (None, 0):
             sweep.mark_ended_early("FAILED")
+            sys.exit(_exit_code(end.code))
         raise
     finally:
         gc.freeze()

@@ -189,6 +189,7 @@ def run(cfg: DictConfig) -> dict:
                 Tag.DEVICE: str(device),
                 Tag.DATA_VAL: data.val_from,
                 Tag.DATA_SELECT: data.select_from,
+                Tag.BAD_IMAGES: f"{len(data.skipped)} skipped" + (f": {', '.join(data.skipped)}"[:4000] if data.skipped else ""),
                 **models.weights_record(spec, weights),
                 Tag.PREPROCESS: str(pp),
                 Tag.TRAINABLE_STAGES: ",".join(plan.trainable),

@@ -207,6 +207,7 @@ class DownloadDataConf(DataConf):
 
 @dataclass
 class FolderDataConf(DataConf):
+    root: str = MISSING  # required: data.root=/path/to/folder
     val_fraction: Optional[float] = None
 
 
@@ -221,10 +222,13 @@ class TrackingConf:
 
 @dataclass
 class Config:
-    model: ModelConf = MISSING
-    strategy: StrategyConf = MISSING
-    optim: OptimConf = MISSING
-    data: DataConf = MISSING
+    # Each group's option brings its own schema (a subclass of these). Typed Any here: OmegaConf merges an
+    # option into a field typed with the base class by filling the base's defaults first, and a `???`
+    # of the option then cannot unset them (data=imagefolder would get root=None, not "required").
+    model: Any = MISSING  # ModelConf
+    strategy: Any = MISSING  # StrategyConf or one with its strategy's own keys
+    optim: Any = MISSING  # OptimConf
+    data: Any = MISSING  # DataConf
     tracking: TrackingConf = field(default_factory=TrackingConf)
     seed: int = 0
     epochs: int = 10
@@ -270,6 +274,10 @@ def check(cfg: DictConfig) -> None:
         if value is not None and not 0 < value < 1:
             raise _bad(key, value, "must be a fraction in (0, 1), or null for none held out")
 
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required and not set: give {missing[0]}=..."
+                          + (" (the folder that holds train/ and val/)" if missing[0] == "data.root" else ""))
     at_least("epochs", 1)
     at_least("batch_size", 1)
     at_least("seed", 0, note=" (numpy seeds are unsigned)")
@@ -311,6 +319,24 @@ def near_keys(key: str) -> list[str]:
     """Keys close to a misspelt one (strategy.probe_epoch -> strategy.probe_epochs)."""
     key = key.lstrip("+~")
     return difflib.get_close_matches(key, sorted(known_keys()), n=3, cutoff=0.75)
+
+
+def hints(overrides: list[str]) -> list[str]:
+    """For overrides Hydra refused: the near keys of a misspelt one, the strategies that own a key the
+    chosen one lacks."""
+    out = []
+    for line in overrides:
+        key = line.split("=", 1)[0].lstrip("+~")
+        if "=" not in line or key in known_keys() and not key.startswith("strategy."):
+            continue
+        last = key.rsplit(".", 1)[-1]
+        owners = [n for n in STRATEGY_SCHEMAS if key.startswith("strategy.") and last in strategy_keys(n)]
+        if owners and len(owners) < len(STRATEGY_SCHEMAS):
+            out.append(f"tlsweep: strategy.{last} is a key of {', '.join(owners)} only; sweep it in a sweep "
+                       "of those (README: keys only some strategies have)")
+        elif key not in known_keys() and (near := near_keys(key)):
+            out.append(f"tlsweep: no key {key}; did you mean {' or '.join(near)}?")
+    return out
 
 
 def strategy_keys(name: str) -> list[str]:

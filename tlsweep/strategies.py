@@ -103,21 +103,29 @@ class Recipe(AnyStrategy):
             bad("probe_epochs", self.probe_epochs, "an integer >= 0")
         if self.unfreeze_every is not None and self.unfreeze_every < 1:
             bad("unfreeze_every", self.unfreeze_every, "null or an integer >= 1")
-        if self.layer_decay <= 0 or self.backbone_lr_scale < 0:
-            bad("layer_decay/backbone_lr_scale", (self.layer_decay, self.backbone_lr_scale), "> 0 / >= 0")
-        if min(self.l2sp_alpha, self.l2sp_beta) < 0:
-            bad("l2sp_alpha/l2sp_beta", (self.l2sp_alpha, self.l2sp_beta), ">= 0")
+        if not self.layer_decay > 0:
+            bad("layer_decay", self.layer_decay, "a number > 0 (1: no decay)")
+        if not self.backbone_lr_scale >= 0:
+            bad("backbone_lr_scale", self.backbone_lr_scale, "a number >= 0 (0: the backbone does not train)")
+        for key in ("l2sp_alpha", "l2sp_beta"):
+            if not getattr(self, key) >= 0:
+                bad(key, getattr(self, key), "a number >= 0")
         if self.l2sp_alpha and not self.pretrained:
             bad("l2sp_alpha", self.l2sp_alpha, "0 when pretrained=false: there is no start point to pull toward")
+        if self.feature_views is not None and self.feature_views < 1:  # 0 is not "unset": null is
+            bad("feature_views", self.feature_views, "null (one view per epoch) or an integer >= 1")
         if self.rgn_batches < 1:
             bad("rgn_batches", self.rgn_batches, "an integer >= 1")
         if self.granularity not in GRANULARITIES:
             bad("granularity", self.granularity, ", ".join(GRANULARITIES))
         if self.adapter not in ADAPTERS:
             bad("adapter", self.adapter, ", ".join(["null", *KINDS]))
-        if self.adapter and (self.rank < 1 or self.alpha <= 0 or not 0 <= self.adapter_dropout < 1):
-            bad("rank/alpha/adapter_dropout", (self.rank, self.alpha, self.adapter_dropout),
-                "an integer >= 1 / > 0 / in [0, 1)")
+        if self.adapter and self.rank < 1:
+            bad("rank", self.rank, "an integer >= 1")
+        if self.adapter and not self.alpha > 0:
+            bad("alpha", self.alpha, "a number > 0")
+        if self.adapter and not 0 <= self.adapter_dropout < 1:
+            bad("adapter_dropout", self.adapter_dropout, "a number in [0, 1)")
 
     @property
     def phased(self) -> bool:

@@ -113,15 +113,27 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"model.weights={str(path)!r} is not a file; give a checkpoint path, DEFAULT or null")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    accepted = "accepted: a .safetensors file, or a torch .pth/.pt/.bin state dict saved with torch.save"
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- every reader's failure means the same to the user
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "Weights only load failed" in str(err):  # a pickle holding code: refused, never run
+            raise ConfigError(f"model.weights={str(path)!r}: refused: the file is a pickle that would run code when "
+                              "loaded (torch.load weights_only=True). Load it once yourself if you trust it, and "
+                              "save its state_dict() or a .safetensors file") from None
+        raise ConfigError(f"model.weights={str(path)!r} is not a loadable checkpoint ({text}); {accepted}") from None
     for key in ("state_dict", "model"):  # common wrappers (Lightning, timm/DeiT training checkpoints)
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
+    if not isinstance(sd, dict) or not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ConfigError(f"model.weights={str(path)!r} holds a {type(sd).__name__} with no tensors, not a "
+                          f"state dict; {accepted}")
     return lukemelas_to_timm(sd)
 
 
