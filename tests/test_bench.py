@@ -26,6 +26,10 @@ def test_bench_smoke_runs_the_ladder(tiny_root, tmp_path):
     assert row["naive_wall_s"] > 0 and row["tlsweep_wall_s"] > 0
     for side in ("naive_acc_mean_std", "tlsweep_acc_mean_std"):
         assert 0 <= row[side][0] <= 1
+    # both sides ran every planned config, the same ones, with the same number of seeds
+    assert row["naive_complete"] and row["naive_runs"].split("/")[0] == row["naive_runs"].split("/")[1] != "0"
+    assert {k.split()[0] for k in row["acc_by_config"]} == {"scratch", "probe", "partial", "finetune"}
+    assert all(c["naive"]["n"] == c["tlsweep"]["n"] >= 1 for c in row["acc_by_config"].values()), row["acc_by_config"]
     # probe and partial trained on cached features; the other rungs cannot
     assert row["tlsweep_feature_cache"] == ["off", "on"]
 

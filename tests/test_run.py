@@ -52,6 +52,12 @@ def test_every_model_and_strategy_trains(make_cfg, store_uri, fake_torchvision_d
     assert r.info.status == "FINISHED"
     assert r.data.params["model.name"] == model and r.data.params["strategy.name"] == strategy
     assert r.data.metrics["trainable_params"] == result["trainable_params"] <= r.data.metrics["total_params"]
+    # what trains, as the run records it: its parameter groups (one tag each) add up to the trainable count
+    groups = {k: v for k, v in r.data.tags.items() if k.startswith("tlsweep.group.")}
+    assert sum(int(v.split()[0].removeprefix("params=")) for v in groups.values()) == result["trainable_params"]
+    assert "tlsweep.group.head" in groups and (strategy != "probe" or list(groups) == ["tlsweep.group.head"]), groups
+    losses = _history(store_uri, r.info.run_id, "train_loss")
+    assert len(losses) == cfg.epochs and all(math.isfinite(v) for v in losses)
     if strategy == "probe":
         spec = model_spec(model, image_size=32)
         head = spec.head_module(spec.build())

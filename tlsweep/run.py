@@ -193,7 +193,7 @@ def run(cfg: DictConfig) -> dict:
                 **models.weights_record(spec, weights),
                 Tag.PREPROCESS: str(pp),
                 Tag.TRAINABLE_STAGES: ",".join(plan.trainable),
-                **group_tags(plan.groups),
+                **group_tags(plan.trained_groups()),
             })
         prep_seconds = time.perf_counter() - start  # data, model and feature cache, before the first epoch
         progress.ready(prep_seconds, "feature cache " + ("on" if features_how.on else "off"))

@@ -204,6 +204,12 @@ class Plan:
             self.penalty = self._l2sp
 
     # --- phases -------------------------------------------------------------------------------
+    def trained_groups(self) -> list[dict]:
+        """The groups with a parameter that trains in some epoch of this run (gradual's groups of stages
+        it never reaches in a short run are left out): what the run's group tags describe."""
+        trains = {id(p) for p in self._head} | {id(p) for s in self.trainable for p in self._by_stage[s]}
+        return [g for g in self.groups if any(id(p) in trains for p in g["params"])]
+
     def stages_at(self, epoch: int) -> list[str]:
         """The stages that train in `epoch` (1-based), besides the head."""
         r = self.recipe
