@@ -258,7 +258,7 @@ def _bound(root: str, seeds: list[int], epochs: int, model: tuple[str, ...], ima
     import tlsweep.schema  # noqa: F401 -- registers the config schema that conf/ extends
     from tlsweep import data as datasets
     from tlsweep import features
-    from tlsweep.run import resolve_device
+    from tlsweep.runtime import resolve_device
     from tlsweep.runtime import autocast
     from tlsweep.train import tune_allocator
 

@@ -8,7 +8,7 @@ from tests.conftest import REPO, TINY_TIMM
 from tlsweep import strategies
 from tlsweep.errors import ConfigError
 from tlsweep.models import get_spec
-from tlsweep.run import make_optimizer
+from tlsweep.optim import make_optimizer
 from tlsweep.train import run_epoch
 
 

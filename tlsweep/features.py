@@ -33,7 +33,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from . import diskcache
 from .fastdata import DecodedImages, TensorLoader, content_key
-from .models import ModelSpec, Preprocess
+from .models import ModelSpec, Preprocess, file_sha256
 from .runtime import Loaders, Runtime
 from .schema import FreezeBN
 from .strategies import train_mode
@@ -63,6 +63,15 @@ class CacheDecision:
         return f"{'on' if self.on else 'off'}: {self.why}"
 
 
+def weights_id(spec: ModelSpec, weights, seed: int) -> str:
+    """What the frozen prefix's parameters are, for the feature cache's key."""
+    if weights is None:  # a random init differs per seed, so its features do too
+        return f"random-init-seed{seed}"
+    if str(weights).upper() == "DEFAULT":
+        return spec.weights_name
+    return file_sha256(weights)
+
+
 @dataclass(frozen=True)
 class CacheSettings:
     """What a run's config says about its feature cache."""
@@ -75,9 +84,9 @@ class CacheSettings:
     weights_id: str  # what the frozen parameters are (checkpoint, or the seed of a random init)
 
     @classmethod
-    def of(cls, cfg, weights_id: str) -> "CacheSettings":
+    def of(cls, cfg, spec: ModelSpec, weights) -> "CacheSettings":
         return cls(cfg.strategy.feature_views, cfg.data.cache_budget_mb, cfg.batch_size, cfg.cache_dir,
-                   cfg.strategy.freeze_bn, weights_id)
+                   cfg.strategy.freeze_bn, weights_id(spec, weights, cfg.seed))
 
 
 def cached_loaders(model: nn.Module, spec: ModelSpec, data, decoded, pp: Preprocess, rt: Runtime,

@@ -5,9 +5,9 @@ refuses at composition a value of the wrong type (`optim.lr=fast`) or a key that
 (`strategy.probe_epoch=3`), naming the key. A strategy's schema holds only the keys that strategy reads:
 finetune has no `probe_epochs`, so a sweep cannot quietly give it one.
 
-`check(cfg)` then tests what a type cannot say (ranges and relations), before a job reads data or
+`check_ranges(cfg)` then tests what a type cannot say (ranges and relations), before a job reads data or
 builds a model; the strategy's own values are checked by `strategies.Recipe`, the device's presence by
-`run.resolve_device`. Torch-free: the CLI composes and refuses a config without importing torch.
+`runtime.resolve_device`. Torch-free: the CLI composes and refuses a config without importing torch.
 """
 from __future__ import annotations
 
@@ -259,7 +259,7 @@ def _bad(key: str, value, allowed: str) -> ConfigError:
     return ConfigError(f"{key}={value}: {allowed}")
 
 
-def check(cfg: DictConfig) -> None:
+def check_ranges(cfg: DictConfig) -> None:
     """Ranges and relations of the top level, optim and data, each refused in one line naming the key and
     what it may be. A `0` where null means "all" is refused, not read as null."""
     def at_least(key: str, low: int, null_ok: bool = False, note: str = "") -> None:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .keys import STRATEGIES
+from .keys import STRATEGIES, Tag
 from .schema import AnyStrategy, FreezeBN, strategy_keys
 from .adapters import KINDS
 from .models import ModelSpec
@@ -204,11 +204,21 @@ class Plan:
             self.penalty = self._l2sp
 
     # --- phases -------------------------------------------------------------------------------
-    def trained_groups(self) -> list[dict]:
-        """The groups with a parameter that trains in some epoch of this run (gradual's groups of stages
-        it never reaches in a short run are left out): what the run's group tags describe."""
+    def tags(self) -> dict[str, str]:
+        """One tag per parameter group name: its size, (largest) LR, and how many of its parameters never
+        decay; only groups with a parameter that trains in some epoch of this run (a short gradual run
+        never reaches its lowest stages)."""
         trains = {id(p) for p in self._head} | {id(p) for s in self.trainable for p in self._by_stage[s]}
-        return [g for g in self.groups if any(id(p) in trains for p in g["params"])]
+        tags: dict[str, tuple[int, int, float]] = {}
+        for g in self.groups:
+            if not any(id(p) in trains for p in g["params"]):
+                continue
+            n = sum(p.numel() for p in g["params"])
+            name = g.get("stage", g["name"])  # auto-RGN: one tag per stage, not per tensor
+            size, no_decay, lr = tags.get(name, (0, 0, g["lr"]))
+            tags[name] = (size + n, no_decay + (n if g.get("weight_decay") == 0.0 else 0), max(lr, g["lr"]))
+        return {f"{Tag.GROUP_PREFIX}{name}": f"params={size} lr={lr:g} no_weight_decay={nd}"
+                for name, (size, nd, lr) in tags.items()}
 
     def stages_at(self, epoch: int) -> list[str]:
         """The stages that train in `epoch` (1-based), besides the head."""

@@ -121,3 +121,12 @@ def fit(model: nn.Module, loaders: Loaders, optimizer: torch.optim.Optimizer, sc
     if loaders.select is not None:
         result["select_acc"] = metrics["select_acc"]
     return result
+
+
+def merge(before: dict, part: dict) -> dict:
+    """fit() results of consecutive segments as one run's: the best over all, the last one's final."""
+    if not before:
+        return part
+    best = part if part["best_val_acc"] > before["best_val_acc"] else before
+    return {**before, **part, "best_val_acc": best["best_val_acc"], "best_epoch": best["best_epoch"],
+            "train_seconds": before["train_seconds"] + part["train_seconds"]}
