@@ -50,8 +50,11 @@ class ImageData:
     name: str
     classes: list[str]
     train: Split
-    val: Split
+    val: Split  # the scored split: what final_<scored>_acc is measured on
     val_from: str = "its own val split"  # where val came from, for the run's tags
+    # The scored split's real name: "val", or "test" for a dataset whose official val split selects
+    # (then `select`) and whose test split scores; the run's metrics carry it (final_test_acc).
+    scored: str = "val"
     select: Split | None = None  # held out of train to choose hyperparameters on (data.select_fraction)
     select_from: str = "none (data.select_fraction=null)"  # for the run's tags
     skipped: list[str] = field(default_factory=list)  # unreadable image files left out (data.bad_images=skip)
@@ -338,6 +341,8 @@ def load(cfg) -> ImageData:
     if cfg.name not in DATASETS:
         raise DataError(f"unknown data.name {cfg.name!r}; valid: {', '.join(DATASETS)}")
     data = screen(DATASETS[cfg.name](cfg), cfg.get("bad_images", "skip"))
+    if cfg.get("select_fraction") and data.select is not None:
+        raise DataError(f"{data.name} has its own selection split ({data.select_from}); drop data.select_fraction")
     if cfg.get("select_fraction"):
         # carved before data.shots, so that a few-shot sweep is selected on the same images as a full one
         data.train, data.select = stratified_holdout(data.train, float(cfg.select_fraction), SELECT_SEED)

@@ -22,6 +22,8 @@ PER_RUN_PREFIXES = ("tracking.", "hydra.")
 LABELS = {
     "final_val_acc": "final val accuracy", "best_val_acc": "best val accuracy", "val_acc": "val accuracy",
     "train_acc": "train accuracy", "val_loss": "val loss", "train_loss": "train loss",
+    "final_test_acc": "final test accuracy", "best_test_acc": "best test accuracy", "test_acc": "test accuracy",
+    "test_loss": "test loss", "select_acc": "selection accuracy",
     "best_epoch": "best epoch", "trainable_params": "trainable parameters", "total_params": "parameters",
     "train_seconds": "training time (s)", "prep_seconds": "preparation time (s)",
     "epoch_seconds": "time per epoch (s)",

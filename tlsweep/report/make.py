@@ -15,6 +15,7 @@ from tlsweep.keys import DATASET_KEY, SHOTS_KEY, Tag
 from tlsweep.tracking import EXPERIMENT, current, default_tracking_uri
 
 DEFAULT_METRIC = "final_val_acc"  # best_val_acc is selected on the validation set it is scored on
+TEST_METRIC = "final_test_acc"  # the default instead when the runs' scored split is a test split
 SELECTION_METRIC = "select_acc"  # logged by runs with data.select_fraction; higher is better
 
 
@@ -43,7 +44,7 @@ def default_out(sweep_name: str, metric: str, by: list[str], default_by: list[st
     reports/<sweep>/<metric>[_by_<key>+<key>][_select_<key>[_on_val]]/, so no report overwrites another's files.
     """
     base = Path("reports") / sweep_name.replace(os.sep, "_")
-    if metric == DEFAULT_METRIC and by == default_by and not select:
+    if metric in (DEFAULT_METRIC, TEST_METRIC) and by == default_by and not select:
         return base
     name = metric if by == default_by else f"{metric}_by_{'+'.join(by) or 'nothing'}"
     if select:
@@ -51,7 +52,7 @@ def default_out(sweep_name: str, metric: str, by: list[str], default_by: list[st
     return base / name.replace(os.sep, "_")
 
 
-def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None = None, metric: str = DEFAULT_METRIC,
+def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None = None, metric: str | None = None,
                 by: list[str] | None = None, out: str | os.PathLike | None = None, ci: str = "t",
                 reference: str | None = None, experiment: str = EXPERIMENT, select: list[str] | None = None,
                 select_on: str = "select") -> Report:
@@ -59,7 +60,8 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
 
     `sweep` is a parent run id or name (None: the latest sweep with a finished run), or a list of
     them: their runs are pooled, one per configuration (the earliest finished); `out` defaults
-    to `default_out`; `ci` is "t" or "bootstrap"; `reference` is "key=value" or a bare value.
+    to `default_out`; `metric` to final_test_acc when the runs were scored on a test split (a dataset
+    with official val and test splits: val selects, test scores), else final_val_acc; `ci` is "t" or "bootstrap"; `reference` is "key=value" or a bare value.
     `select` (e.g. ["optim.lr"]): within each group of the other `by` keys, keep only the value with
     the best mean selection metric over seeds: `select_acc` (the split held out of train by
     data.select_fraction), or with select_on="val" the scored metric itself (optimistic).
@@ -96,6 +98,8 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
 
     if runs.empty:
         raise ReportError(f"sweep {sweep_name!r} ({parent_ids}) has no child runs; nothing to report")
+    if metric is None:
+        metric = TEST_METRIC if TEST_METRIC in runs.columns and runs[TEST_METRIC].notna().any() else DEFAULT_METRIC
     finished = runs["status"] == "FINISHED"
     if not finished.any():
         errors = [e for e in runs["error"] if e]
@@ -180,7 +184,7 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     (out_dir / "summary.md").write_text(markdown)
     (out_dir / "summary.tex").write_text(tables.latex(summary, gaps, shown, metric, ref, notes, sweep_name))
 
-    history = store.history(client, data.index, "val_acc")
+    history = store.history(client, data.index, "test_acc" if "test" in metric else "val_acc")
     files += figures.make_all(out_dir, data, summary, history, by, metric, choice, row_key, rows_label)
     return Report(summary=summary, gaps=gaps, out_dir=out_dir, failed=failed,
                   parent_run_id=parent_ids, sweep_name=sweep_name, metric=metric, by=by,
