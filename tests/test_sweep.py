@@ -145,3 +145,16 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, tiny_root, launcher):
 
     assert pd.read_csv(summary)["n"].tolist() == [4]
     assert mlflow.get_experiment_by_name("Default") is None or not client.search_runs(["0"])
+
+
+def _timed(start: float, end: float | None):
+    return SimpleNamespace(info=SimpleNamespace(start_time=int(start * 1000), end_time=None if end is None else int(end * 1000)))
+
+
+def test_fixed_cost_is_wall_time_less_the_jobs_this_process_ran():
+    runs = [_timed(102, 110), _timed(111, 121), _timed(50, 60), _timed(121.5, None)]  # an earlier run; one open
+    cost = sweep.fixed_cost(runs, started=100, now=125)
+    assert cost.line == "[tlsweep] 2 runs: 18.0 s in jobs, 7.0 s around them"
+    assert cost.metrics == {"sweep/wall_seconds": 25, "sweep/in_jobs_seconds": 18, "sweep/around_jobs_seconds": 7}
+    parallel = sweep.fixed_cost([_timed(102, 110), _timed(103, 111)], started=100, now=112)
+    assert "overlapped" in parallel.line and "sweep/around_jobs_seconds" not in parallel.metrics

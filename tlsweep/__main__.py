@@ -7,8 +7,9 @@ import hydra
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
-from . import schema  # noqa: F401 -- registers the config schema before Hydra composes
+from . import schema  # registers the config schema before Hydra composes
 from .errors import UserError
+from .progress import PipeSafe
 
 
 def torch_pair_message(err: Exception) -> str | None:
@@ -33,17 +34,20 @@ def torch_pair_message(err: Exception) -> str | None:
             f"(from the same index)")
 
 
-try:
-    import torchvision  # noqa: F401 -- a torchvision built for another torch fails here, before any work
-except RuntimeError as _err:
-    _message = torch_pair_message(_err)
-    if _message is None:
-        raise
-    sys.exit(_message)
+def _job_code():
+    """`run`, with what a job needs (torch, torchvision, timm, MLflow), imported when the first job starts:
+    `--help`, composing a config and refusing a bad one need none of it. A torchvision built for another
+    torch fails here, before any work, with what to reinstall."""
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError as err:
+        message = torch_pair_message(err)
+        if message is None:
+            raise
+        raise SystemExit(message) from None
+    from .run import run
 
-from . import sweep  # noqa: E402 -- after the torch/torchvision check
-from .progress import PipeSafe  # noqa: E402
-from .run import run  # noqa: E402
+    return run
 
 
 class JobError(CompactHydraException):
@@ -56,6 +60,7 @@ _jobs = {"started": 0, "exit_code": 1}  # what the in-process jobs did, for the 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     _jobs["started"] += 1
+    run = _job_code()
     try:
         result = run(cfg)
         return result.get("final_val_acc", result.get("final_test_acc"))
@@ -76,6 +81,13 @@ def _exit_code(code) -> int:
     return _jobs["exit_code"]
 
 
+def _mark_ended_early(status: str) -> None:
+    """Tell a sweep's callback (when a multirun loaded it) how the launching process ended."""
+    sweep = sys.modules.get("tlsweep.sweep")
+    if sweep is not None:
+        sweep.mark_ended_early(status)
+
+
 def _sigterm(signum, frame):
     raise KeyboardInterrupt  # a killed job (SIGTERM) ends its MLflow run as KILLED, like Ctrl-C
 
@@ -83,22 +95,18 @@ def _sigterm(signum, frame):
 def cli() -> None:
     signal.signal(signal.SIGTERM, _sigterm)
     sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)  # before Hydra's log handlers take them
-    # The imports above (torch, torchvision, MLflow, Hydra) leave millions of objects that live
-    # until exit; freezing them keeps every later collection from walking them again. Freezing
-    # once more at the end does the same for what the jobs imported and built (timm, SQLAlchemy,
-    # ...): the interpreter's final collection at exit then has nothing to walk.
-    # Exit on the 2-core dev machine: 1.3 s -> 0.3 s, and with the second freeze 0.9 -> 0.4 s
-    # after a sweep.
-    gc.freeze()
+    # What the jobs import and build (torch, timm, MLflow, SQLAlchemy, ...) leaves millions of objects
+    # that live until exit; freezing them at the end keeps the interpreter's final collection from
+    # walking them (exit on the 2-core dev machine: 1.3 s -> 0.3 s, and 0.9 -> 0.4 s after a sweep).
     try:
         main()
     except KeyboardInterrupt:
-        sweep.mark_ended_early("KILLED")  # before the atexit hook closes a sweep's parent
+        _mark_ended_early("KILLED")  # before the atexit hook closes a sweep's parent
         print("[tlsweep] interrupted (Ctrl-C or SIGTERM): the running job's run ends KILLED", file=sys.stderr)
         sys.exit(130)
     except SystemExit as end:  # Hydra exits 1 when composing, a job or the launcher failed
         if end.code not in (None, 0):
-            sweep.mark_ended_early("FAILED")
+            _mark_ended_early("FAILED")
             sys.exit(_exit_code(end.code))
         raise
     finally:

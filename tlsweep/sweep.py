@@ -19,6 +19,7 @@ import os
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig, OmegaConf
 
+from . import STARTED
 from .keys import Tag, short_labels
 from .mlstore import children
 from .tracking import (EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, announce, current,
@@ -66,6 +68,30 @@ def summary_line(children: list, planned: int | None = None) -> str:
     errors = next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{n} x {e}" for e, n in kinds.most_common())
     runs = ", ".join(f"{c.info.run_name} ({c.info.status})" for c in bad)
     return f"[tlsweep] {len(bad)} of {total} jobs failed: {errors}{never}; runs: {runs}"
+
+
+@dataclass
+class FixedCost:
+    line: str
+    metrics: dict[str, float]
+
+
+def fixed_cost(children: list, started: float, now: float) -> FixedCost:
+    """What a sweep cost around its jobs: the process's wall time (imports, store, parent run, the report)
+    minus the time its jobs' runs were open. Only the runs this process started count (a resumed sweep's
+    earlier runs do not); jobs that overlapped (a parallel launcher) leave no such split."""
+    ours = [c for c in children if c.info.end_time and (c.info.start_time or 0) >= started * 1000]
+    in_jobs = sum(c.info.end_time - c.info.start_time for c in ours) / 1000
+    spans = sorted((c.info.start_time, c.info.end_time) for c in ours)
+    overlap = any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+    wall = now - started
+    metrics = {"sweep/wall_seconds": wall, "sweep/in_jobs_seconds": in_jobs}
+    if overlap:
+        return FixedCost(f"[tlsweep] {len(ours)} runs: {in_jobs:.1f} s in jobs that overlapped, {wall:.1f} s wall",
+                         metrics)
+    metrics["sweep/around_jobs_seconds"] = wall - in_jobs
+    return FixedCost(f"[tlsweep] {len(ours)} runs: {in_jobs:.1f} s in jobs, {wall - in_jobs:.1f} s around them",
+                     metrics)
 
 
 def sweep_status(children: list) -> str:
@@ -182,6 +208,11 @@ class SweepCallback(Callback):
             if self.report and any(c.info.status == "FINISHED" for c in jobs):
                 with _or_warn(f"report sweep {self.name}"):
                     self._report(client, parent)
+            with _or_warn(f"log the fixed cost of sweep {self.name}"):
+                cost = fixed_cost(jobs, STARTED, time.time())
+                print(cost.line, flush=True)
+                client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0)
+                                                  for k, v in cost.metrics.items()])
         finally:
             client.set_terminated(parent, status)
 
