@@ -1,4 +1,5 @@
-"""Datasets (hymenoptera, any ImageFolder, scikit-learn digits), their checks, and loaders.
+"""Datasets (hymenoptera, any ImageFolder, scikit-learn digits; by name through `sources`), their checks, and
+loaders.
 
 Every dataset becomes an `ImageData`: class names plus train/val `Split`s whose items are
 image file paths or uint8 [3,H,W] tensors. The plain loader below is the straightforward
@@ -128,7 +129,7 @@ def unreadable(items: list) -> list[tuple[str, str]]:
 
 def screen(data: ImageData, mode: str) -> ImageData:
     """Leave out (`skip`) or refuse (`error`) the image files that cannot be decoded, naming them."""
-    splits = {"train": data.train, "val": data.val}
+    splits = {"train": data.train, "val": data.val, **({"select": data.select} if data.select is not None else {})}
     bad = unreadable([p for s in splits.values() for p in s.items])
     if not bad:
         return data
@@ -327,11 +328,23 @@ def _imagefolder(cfg) -> ImageData:
     return image_folder(cfg.root, val_fraction=cfg.get("val_fraction"))
 
 
+def _source(loader: str):
+    """A loader of `sources` (datasets by name), imported on first use: it imports this module."""
+    def load(cfg) -> ImageData:
+        from . import sources
+
+        return getattr(sources, loader)(cfg)
+    return load
+
+
 # data.name -> the dataset it reads (the one registry of datasets; an unknown name lists these)
 DATASETS = {
     "digits": lambda cfg: digits(),
     "hymenoptera": lambda cfg: hymenoptera(cfg.root, download=cfg.get("download", True)),
     "imagefolder": _imagefolder,
+    "torchvision": _source("torchvision_data"),  # data.dataset=CIFAR10, Flowers102, ... (sources.TORCHVISION)
+    "filelist": _source("file_list_data"),  # VTAB-1k style <path> <label> lists
+    "hf": _source("hf_data"),  # a Hugging Face `datasets` dataset: the hub, or a save_to_disk folder
 }
 
 

@@ -211,6 +211,34 @@ class FolderDataConf(DataConf):
     val_fraction: Optional[float] = None
 
 
+@dataclass
+class TorchvisionDataConf(DownloadDataConf):
+    root: str = "data"  # the download folder: torchvision keeps each dataset in its own folder under it
+    dataset: str = MISSING  # a torchvision class name: CIFAR10, Flowers102, ... (tlsweep.sources.TORCHVISION)
+    val_fraction: Optional[float] = None  # where torchvision defines no split: the part held out (null: 0.2)
+
+
+@dataclass
+class FileListDataConf(DataConf):
+    root: str = MISSING  # one task's folder of <relative path> <label> lists (VTAB-1k), or a suite's folder
+    task: Optional[str] = None  # a task folder under root (a sweep over a suite's tasks); null: root is the task
+    train_list: Optional[str] = None  # null: train800.txt, or train800val200.txt when select_list is null
+    select_list: Optional[str] = "val200.txt"
+    test_list: str = "test.txt"
+
+
+@dataclass
+class HfDataConf(DataConf):
+    path: str = MISSING  # a hub name (uoft-cs/cifar10) or a folder written by save_to_disk
+    subset: Optional[str] = None  # the hub's configuration name, where it has several
+    revision: Optional[str] = None  # a hub commit or tag, to pin the data
+    image_column: str = "image"
+    label_column: str = "label"
+    train_split: str = "train"
+    select_split: Optional[str] = None
+    scored_split: str = "test"
+
+
 # ---- the top ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -245,6 +273,7 @@ def register() -> None:
     # In no group: a group's schemas would show in `--help` as if they were its options.
     nodes = {"config": Config, "model_model": ModelConf, "optim_adamw": OptimConf, "optim_sgd": SgdConf,
              "data_data": DataConf, "data_download": DownloadDataConf, "data_folder": FolderDataConf,
+             "data_torchvision": TorchvisionDataConf, "data_filelist": FileListDataConf, "data_hf": HfDataConf,
              **{f"strategy_{name}": schema for name, schema in STRATEGY_SCHEMAS.items()}}
     for name, node in nodes.items():
         cs.store(name=f"{name}_schema", node=node)
@@ -276,8 +305,12 @@ def check_ranges(cfg: DictConfig) -> None:
 
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     if missing:
+        what = {"data.root": "the folder that holds train/ and val/" if cfg.data.name != "filelist" else
+                "the task folder that holds train800.txt, val200.txt and test.txt",
+                "data.dataset": "a torchvision dataset: CIFAR10, Flowers102, DTD, ...",
+                "data.path": "a Hugging Face hub name, or a folder written by save_to_disk"}.get(missing[0])
         raise ConfigError(f"{missing[0]} is required and not set: give {missing[0]}=..."
-                          + (" (the folder that holds train/ and val/)" if missing[0] == "data.root" else ""))
+                          + (f" ({what})" if what else ""))
     at_least("epochs", 1)
     at_least("batch_size", 1)
     at_least("seed", 0, note=" (numpy seeds are unsigned)")
@@ -310,7 +343,8 @@ def known_keys() -> set[str]:
     """Every dotted key some option of some group has."""
     out = {f.name for f in fields(Config)} | {f"tracking.{f.name}" for f in fields(TrackingConf)}
     for group, schemas in (("model", [ModelConf]), ("strategy", [AnyStrategy]), ("optim", [SgdConf]),
-                           ("data", [DownloadDataConf, FolderDataConf])):
+                           ("data", [DownloadDataConf, FolderDataConf, TorchvisionDataConf, FileListDataConf,
+                                     HfDataConf])):
         out |= {f"{group}.{f.name}" for s in schemas for f in fields(s)}
     return out
 

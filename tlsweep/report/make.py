@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tlsweep.report import across as across_stats
 from tlsweep.report import stats, store, tables
 from tlsweep.errors import ReportError
 from tlsweep.report.keys import UNSET, design_keys, label, lower_is_better, resolve_keys, seed_keys
@@ -35,6 +36,7 @@ class Report:
     files: list[Path] = field(default_factory=list)
     selected: pd.DataFrame | None = None  # with `select`: per group, the chosen values (selected.csv)
     decision: pd.DataFrame | None = None  # when data.shots varies: best strategy per cell (decision.csv)
+    across: across_stats.Across | None = None  # with `across`: the cross-task analysis (across_*.csv)
 
 
 def default_out(sweep_name: str, metric: str, by: list[str], default_by: list[str],
@@ -55,7 +57,8 @@ def default_out(sweep_name: str, metric: str, by: list[str], default_by: list[st
 def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None = None, metric: str | None = None,
                 by: list[str] | None = None, out: str | os.PathLike | None = None, ci: str = "t",
                 reference: str | None = None, experiment: str = EXPERIMENT, select: list[str] | None = None,
-                select_on: str = "select") -> Report:
+                select_on: str = "select", across: str | list[str] | None = None,
+                across_groups: dict[str, str] | None = None) -> Report:
     """Summarise one sweep of `experiment`, or several as one, and write tables and figures to `out`.
 
     `sweep` is a parent run id or name (None: the latest sweep with a finished run), or a list of
@@ -65,6 +68,9 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     `select` (e.g. ["optim.lr"]): within each group of the other `by` keys, keep only the value with
     the best mean selection metric over seeds: `select_acc` (the split held out of train by
     data.select_fraction), or with select_on="val" the scored metric itself (optimistic).
+    `across` (e.g. "data.name", or ["data.name", "data.shots"]) adds statistics over tasks, the values
+    of those keys: the methods are the groups of the other `by` keys, the runs of a task its seeds
+    (`across.analyse`); `across_groups` maps a task to its group (None: VTAB-1k's when it names every task).
     """
     if ci not in ("t", "bootstrap"):
         raise ReportError(f"ci={ci!r} is not known: use ci=t or ci=bootstrap")
@@ -92,6 +98,9 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     by = resolve_keys([by] if isinstance(by, str) else by, params) if by is not None else default_by
     select = resolve_keys([select] if isinstance(select, str) else select, params) if select else []
     by = [k for k in by if k not in select]  # the groups within which a value is selected
+    across = resolve_keys([across] if isinstance(across, str) else across, params) if across else []
+    if set(across) & set(select):
+        raise ReportError(f"across={across} and select={select} share a key: a task cannot also be selected")
     # Pairs share their seeds and every design param outside `by`, so they differ only in `by`
     # (and, with `select`, in each group's selected values).
     pair_keys = [k for k in dict.fromkeys(seed_keys(params) + default_by) if k not in by + select]
@@ -136,6 +145,12 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     ref = stats.reference(reference, by, summary)
     gaps = stats.gaps(data, by, pair_keys, ref, summary, bootstrap=ci == "bootstrap")
     shown = by + select  # the tables also show each group's selected values
+    cross = None
+    if across:  # methods: the groups of the other `by` keys; a task's runs: its seeds (and any key left out)
+        methods = [k for k in by if k not in across]
+        tasks = data[methods + ["value"]].join(params.loc[data.index, across].fillna(UNSET))
+        cross = across_stats.analyse(tasks, across, methods, across_groups,
+                                     higher_is_better=not lower_is_better(metric))
     if select:
         summary, gaps = (_with_selected(frame, selected, by, select) for frame in (summary, gaps))
 
@@ -177,18 +192,26 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
                                                                                  index=False)
         files.append(out_dir / "selected.csv")
         notes.insert(1, _selection_note(select, by, selection, select_on, metric))
+    if cross is not None:
+        files += across_stats.write(cross, out_dir)
     title = f"**{sweep_name}** ({parent_ids}): {label(metric)}, {len(data)} of {len(runs)} runs"
     markdown = tables.markdown(title, summary, gaps, shown, metric, ref, ci, notes, failed)
     if choice is not None:
         markdown += "\n" + tables.decision_markdown(choice, row_key, metric, rows_label)
+    if cross is not None:
+        markdown += "\n" + across_stats.markdown(cross, metric)
     (out_dir / "summary.md").write_text(markdown)
     (out_dir / "summary.tex").write_text(tables.latex(summary, gaps, shown, metric, ref, notes, sweep_name))
 
     history = store.history(client, data.index, "test_acc" if "test" in metric else "val_acc")
     files += figures.make_all(out_dir, data, summary, history, by, metric, choice, row_key, rows_label)
+    if cross is not None:
+        from tlsweep.report import across_figures
+
+        files += across_figures.make_all(out_dir, cross, metric)
     return Report(summary=summary, gaps=gaps, out_dir=out_dir, failed=failed,
                   parent_run_id=parent_ids, sweep_name=sweep_name, metric=metric, by=by,
-                  markdown=markdown, files=files, selected=selected, decision=choice)
+                  markdown=markdown, files=files, selected=selected, decision=choice, across=cross)
 
 
 def _repeated_configs(found: list) -> int:
