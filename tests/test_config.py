@@ -80,3 +80,15 @@ def test_the_flowchart_sweeps_datasets_with_one_data_root():
             cfg = compose("config", overrides=["experiment=flowchart", f"data={dataset}", "data.root=/elsewhere",
                                                "data.shots=10"])
             assert (cfg.data.name, cfg.data.root, cfg.data.shots) == (dataset, "/elsewhere", 10)
+
+
+def test_help_and_composing_import_no_heavy_module():
+    """`--help`, composing a config and refusing a bad one must not pay for torch, timm or MLflow (seconds
+    each): the job's code loads when the first job starts."""
+    code = ("import sys, runpy; sys.argv = ['tlsweep', '--help']\n"
+            "try:\n    runpy.run_module('tlsweep', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'mlflow', 'matplotlib', 'pandas', 'scipy')"
+            " if m in sys.modules), file=sys.stderr)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "tlsweep: how much does transfer learning buy" in p.stdout  # the help was printed
+    assert p.stderr.strip().splitlines()[-1] == "[]", p.stderr[-2000:]
