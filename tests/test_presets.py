@@ -53,7 +53,7 @@ def test_vtab1k_runs_a_task_end_to_end_on_fake_files(tmp_path, store_uri):
                          f"tracking.uri={store_uri}", f"cache_dir={tmp_path / 'cache'}"))
     r = _last(store_uri)
     assert r.info.status == "FINISHED" and "final_test_acc" in result
-    assert r.data.params["data.task"] == "dtd" and "select_acc" in r.data.metrics
+    assert r.data.params["task"] == "dtd" and "select_acc" in r.data.metrics
 
 
 def test_kornblith_runs_a_dataset_end_to_end_on_fake_files(tmp_path, store_uri, no_md5, no_network):  # noqa: F811
@@ -61,4 +61,4 @@ def test_kornblith_runs_a_dataset_end_to_end_on_fake_files(tmp_path, store_uri, 
     result = run(_preset("kornblith", f"data.root={tmp_path}", "data.dataset=CIFAR10", *SHRINK,
                          f"tracking.uri={store_uri}", f"cache_dir={tmp_path / 'cache'}"))
     r = _last(store_uri)
-    assert r.info.status == "FINISHED" and "final_test_acc" in result and r.data.params["data.task"] == "CIFAR10"
+    assert r.info.status == "FINISHED" and "final_test_acc" in result and r.data.params["task"] == "CIFAR10"
