@@ -247,7 +247,7 @@ def test_a_reader_that_goes_away_fails_no_job(tmp_path, tiny_root):
 @pytest.mark.slow
 def test_full_error_shows_the_traceback(tmp_path):
     p = _cli("data=imagefolder", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
-    assert p.returncode == 1 and "Traceback" in p.stderr and "DataError" in p.stderr
+    assert p.returncode == 1 and "Traceback" in p.stderr and "ConfigError: data.root is required" in p.stderr
 
 
 @pytest.mark.slow
@@ -286,8 +286,14 @@ def test_multirun_makes_one_parent_with_every_child(tmp_path, tiny_root):
     assert "| probe" in parent.data.tags["mlflow.note.content"]
     means = {s: sum(r.data.metrics["final_val_acc"] for r in children if r.data.params["strategy.name"] == s) / 2
              for s in ("probe", "finetune")}
-    assert {k: v for k, v in parent.data.metrics.items()} == \
+    assert {k: v for k, v in parent.data.metrics.items() if k.startswith("final_val_acc/")} == \
         pytest.approx({f"final_val_acc/{s}": m for s, m in means.items()})
+    # the sweep's fixed cost: its wall time and the part of it its jobs' runs took, both logged and printed
+    cost = {k: v for k, v in parent.data.metrics.items() if k.startswith("sweep/")}
+    assert set(cost) == {"sweep/wall_seconds", "sweep/in_jobs_seconds", "sweep/around_jobs_seconds"}
+    assert cost["sweep/wall_seconds"] == pytest.approx(cost["sweep/in_jobs_seconds"] + cost["sweep/around_jobs_seconds"])
+    assert 0 < cost["sweep/in_jobs_seconds"] < cost["sweep/wall_seconds"]
+    assert f"[tlsweep] 4 runs: {cost['sweep/in_jobs_seconds']:.1f} s in jobs" in p.stdout
     shared = parent.data.params
     assert shared["optim.lr"] == "0.0003" and shared["model.name"] == "efficientnet_lite0" and shared["epochs"] == "1"
     assert "seed" not in shared and not any(k.startswith("strategy.") for k in shared)

@@ -71,10 +71,11 @@ def main(cfg: DictConfig) -> float:
 
 def _exit_code(code) -> int:
     """Hydra exits 1 for any failure. 2 when the input was bad: a config Hydra could not compose (no job
-    started), or a job's ConfigError/DataError."""
+    started here, and no sweep began: a sweep's jobs may run elsewhere, on SLURM), or a job's
+    ConfigError/DataError."""
     if code != 1:
         return code
-    if not _jobs["started"]:
+    if not _jobs["started"] and "tlsweep.sweep" not in sys.modules:
         for hint in schema.hints([a for a in sys.argv[1:] if not a.startswith("-")]):
             print(hint, file=sys.stderr)
         return 2
