@@ -17,7 +17,7 @@ import urllib.request
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms import v2
 
 from .errors import DataError
+from .splits import SELECT_SEED, SPLIT_SEED, ImageData, Split, stratified_holdout  # noqa: F401 -- the data API
+from .splits import why as _why
 from .models import Preprocess
 from .runtime import Loaders, Runtime
 
@@ -38,31 +40,6 @@ HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
 # which ImageFolder skips). Measured on the tutorial's files.
 HYMENOPTERA_SHA256 = "c415c930edc58a3d84c6f6b2c058ca7ea03038a196f05330aa86b3249cf557b7"
 HYMENOPTERA_COUNTS = {"train": {"ants": 123, "bees": 121}, "val": {"ants": 70, "bees": 83}}
-
-
-@dataclass
-class Split:
-    items: list  # file paths (str) or uint8 [3,H,W] tensors
-    targets: list[int]
-
-
-@dataclass
-class ImageData:
-    name: str
-    classes: list[str]
-    train: Split
-    val: Split  # the scored split: what final_<scored>_acc is measured on
-    val_from: str = "its own val split"  # where val came from, for the run's tags
-    # The scored split's real name: "val", or "test" for a dataset whose official val split selects
-    # (then `select`) and whose test split scores; the run's metrics carry it (final_test_acc).
-    scored: str = "val"
-    select: Split | None = None  # held out of train to choose hyperparameters on (data.select_fraction)
-    select_from: str = "none (data.select_fraction=null)"  # for the run's tags
-    skipped: list[str] = field(default_factory=list)  # unreadable image files left out (data.bad_images=skip)
-
-    def eval_splits(self) -> list[Split]:
-        """val, then the selection split when there is one: the splits evaluated, never trained on."""
-        return [self.val] + ([self.select] if self.select is not None else [])
 
 
 @dataclass
@@ -92,10 +69,6 @@ def load_rgb(item) -> torch.Tensor:
             return v2.functional.pil_to_tensor(img.convert("RGB"))
     except UNREADABLE as err:  # never a bare PIL error: say which file
         raise DataError(f"cannot read image {item}: {_why(err)}") from None
-
-
-def _why(err: Exception) -> str:
-    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
 
 
 _SCREENED: dict[str, list[tuple[str, str]]] = {}  # listing key -> its unreadable files, once per process
@@ -169,12 +142,6 @@ def check_classes(data: ImageData) -> None:
 
 # --- datasets --------------------------------------------------------------------------
 
-# The held-out split of a folder without val/ is the same for every run and seed of a study.
-SPLIT_SEED = 0
-# The selection split too: every run of a sweep (any seed, any LR) is chosen on the same images.
-SELECT_SEED = SPLIT_SEED
-
-
 def _class_folder(folder: Path) -> tuple[list[str], Split]:
     """The classes and images of `folder/<class>/*`, refusing empty classes."""
     try:
@@ -187,22 +154,6 @@ def _class_folder(folder: Path) -> tuple[list[str], Split]:
                             f"Add images or remove the folder.")
     samples = make_dataset(str(folder), to_idx, extensions=IMG_EXTENSIONS)
     return classes, Split([p for p, _ in samples], [t for _, t in samples])
-
-
-def stratified_holdout(split: Split, fraction: float, seed: int = SPLIT_SEED) -> tuple[Split, Split]:
-    """(kept, held out): `fraction` of each class held out, chosen with a fixed seed (not the
-    run's), so every run of a sweep holds out the same images."""
-    from sklearn.model_selection import train_test_split
-
-    if not 0 < fraction < 1:
-        raise DataError(f"a held-out fraction must be in (0, 1), got {fraction}")
-    idx = np.arange(len(split.items))
-    try:
-        keep, held = train_test_split(idx, test_size=fraction, stratify=split.targets, random_state=seed)
-    except ValueError as err:  # a class too small to appear on both sides
-        raise DataError(f"cannot hold out {fraction} of every class: {err}") from None
-    pick = lambda ids: Split([split.items[i] for i in sorted(ids)], [split.targets[i] for i in sorted(ids)])  # noqa: E731
-    return pick(keep), pick(held)
 
 
 def image_folder(root: str | Path, name: str = "imagefolder", val_fraction: float | None = None) -> ImageData:
@@ -329,7 +280,7 @@ def _imagefolder(cfg) -> ImageData:
 
 
 def _source(loader: str):
-    """A loader of `sources` (datasets by name), imported on first use: it imports this module."""
+    """A loader of `sources` (datasets by name, torchvision's dataset classes), imported on first use."""
     def load(cfg) -> ImageData:
         from . import sources
 

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 import torchvision.datasets
 
-from .data import SPLIT_SEED, ImageData, Split, _why, stratified_holdout
 from .errors import DataError
+from .splits import SPLIT_SEED, ImageData, Split, stratified_holdout
+from .splits import why as _why
 
 # --- torchvision ---------------------------------------------------------------------------------------
 
