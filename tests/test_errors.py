@@ -109,6 +109,9 @@ def test_a_refused_key_gets_its_near_match_or_its_owners():
     assert schema.hints(["optim.learning_rate=0.1"]) == []  # nothing close: Hydra's message alone
     assert "key of gradual, lpft only" in schema.hints(["strategy=finetune", "strategy.probe_epochs=3"])[0] \
         .replace("lpft, gradual", "gradual, lpft")
+    # lpft owns the key: whatever Hydra refused, it was not that
+    assert schema.hints(["strategy=lpft", "strategy.probe_epochs=3", "optim.lr=fast"]) == []
+    assert schema.hints(["strategy=lpft,finetune", "strategy.probe_epochs=3"])  # finetune lacks it
 
 
 # ---- data --------------------------------------------------------------------------------------------

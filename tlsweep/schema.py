@@ -358,17 +358,20 @@ def near_keys(key: str) -> list[str]:
 def hints(overrides: list[str]) -> list[str]:
     """For overrides Hydra refused: the near keys of a misspelt one, the strategies that own a key the
     chosen one lacks."""
-    out = []
+    out, known = [], known_keys()
+    # the strategies asked for (a sweep's values too); conf/config.yaml's default when none is
+    chosen = [v for line in overrides if line.startswith("strategy=") for v in line.split("=", 1)[1].split(",")]
+    chosen = chosen or ["finetune"]
     for line in overrides:
         key = line.split("=", 1)[0].lstrip("+~")
-        if "=" not in line or key in known_keys() and not key.startswith("strategy."):
+        if "=" not in line or key in known and not key.startswith("strategy."):
             continue
         last = key.rsplit(".", 1)[-1]
         owners = [n for n in STRATEGY_SCHEMAS if key.startswith("strategy.") and last in strategy_keys(n)]
-        if owners and len(owners) < len(STRATEGY_SCHEMAS):
+        if owners and any(c not in owners for c in chosen):
             out.append(f"tlsweep: strategy.{last} is a key of {', '.join(owners)} only; sweep it in a sweep "
                        "of those (README: keys only some strategies have)")
-        elif key not in known_keys() and (near := near_keys(key)):
+        elif key not in known and (near := near_keys(key)):
             out.append(f"tlsweep: no key {key}; did you mean {' or '.join(near)}?")
     return out
 
