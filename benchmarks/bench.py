@@ -11,13 +11,17 @@ tlsweep runs as users run it: `python -m tlsweep -m ...` in a subprocess, with a
 MLflow store and a cold cache, so process start, decoding, feature caching and MLflow
 logging are all inside its wall time. Each job records where its time went (`seconds/*`
 metrics: MLflow, model, data, feature pass, training); the rest of the wall is process start,
-imports, Hydra, the store's creation, closing the runs and exit. tlsweep's side runs first
+imports, Hydra, the store's creation, closing the runs and exit: the sweep's fixed cost, which it logs
+on its parent run (`sweep/around_jobs_seconds`) and the summary prints beside the speedup (its report
+is off: the naive side makes none). After the last workload a table puts each ratio beside its bar
+(issue 4: probe ≥ 10x end to end, fine-tune ≥ 1.25x per epoch, the GPU ladder ≥ 10x). tlsweep's side runs first
 (once per `--n-jobs` value), then the naive side; `--stop-at` cuts the naive side between
 runs and estimates its full wall from the runs that finished.
 
     python benchmarks/bench.py --workload probe      # CPU-sized: 2 LRs x 2 seeds x 3 epochs
     python benchmarks/bench.py --workload finetune   # 1 seed x 3 epochs, per-epoch ratio
     python benchmarks/bench.py --workload ladder     # GPU: 4 strategies x 5 seeds x 10 epochs
+    python benchmarks/bench.py --workload probe finetune  # both, then the bars: each ratio against its target
     python benchmarks/bench.py --workload all --out bench.json   # probe, finetune, vit-probe (+ ladder on a GPU)
     python benchmarks/bench.py --workload ladder --n-jobs 0 4   # tlsweep sequential, then 4 jobs at once
     python benchmarks/bench.py --smoke --data <small ImageFolder>  # every code path, in seconds
@@ -216,6 +220,10 @@ def tlsweep_sweep(root, grid, epochs, n_jobs: int = 0, image_size=None, timeout=
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlruns/mlflow.db")
         df = mlflow.search_runs(experiment_names=["tlsweep"], filter_string="tags.`tlsweep.role` = 'job'")
         client = mlflow.MlflowClient()
+        parent = mlflow.search_runs(experiment_names=["tlsweep"], filter_string="tags.`tlsweep.role` = 'sweep'")
+        # what the sweep logged on its parent: its wall less the time its runs were open (sequential jobs only)
+        fixed = parent["metrics.sweep/around_jobs_seconds"].iloc[0] \
+            if "metrics.sweep/around_jobs_seconds" in parent else None
         epoch_s = [[m.value for m in client.get_metric_history(r, "epoch_seconds")] for r in df.run_id]
         tags = list(df["tags.tlsweep.fast.features"])
         fast = sorted({t.split(":")[0].split(" (")[0] for t in tags})  # on / off
@@ -229,7 +237,8 @@ def tlsweep_sweep(root, grid, epochs, n_jobs: int = 0, image_size=None, timeout=
             # the sum of every job's time inside run(cfg), and its parts; with parallel jobs these are
             # job-seconds that overlap, so only a sequential sweep's wall splits into them
             "in_jobs_s": in_jobs, "job_parts_s": parts,
-            "outside_jobs_s": wall - in_jobs if n_jobs <= 1 else None}
+            "outside_jobs_s": wall - in_jobs if n_jobs <= 1 else None,
+            "fixed_cost_s": None if fixed is None or fixed != fixed else float(fixed)}
 
 
 # --- the bound -----------------------------------------------------------------------------
@@ -360,6 +369,7 @@ def summarize(name: str, naive: dict, fast: dict, bound_: dict | None = None) ->
         "naive_runs": f"{len(naive['runs'])}/{naive['planned']}", "naive_wall_s_full": naive_wall,
         "tlsweep_wall_s": fast["wall_s"], "tlsweep_in_jobs_s": fast["in_jobs_s"],
         "tlsweep_outside_jobs_s": fast["outside_jobs_s"], "tlsweep_job_parts_s": fast["job_parts_s"],
+        "tlsweep_fixed_cost_s": fast.get("fixed_cost_s"),
         "speedup_end_to_end": naive_wall / fast["wall_s"] if naive_wall else None,
         "naive_epoch_s": epoch(naive) if naive["runs"] else None, "tlsweep_epoch_s": epoch(fast),
         "naive_acc_mean_std": [_acc(naive["runs"])["mean"], _acc(naive["runs"])["std"]] if naive["runs"] else None,
@@ -372,12 +382,21 @@ def summarize(name: str, naive: dict, fast: dict, bound_: dict | None = None) ->
           f"\n  naive   : {naive['wall_s']:8.1f} s wall for {row['naive_runs']} runs"
           f"\n  tlsweep : {fast['wall_s']:8.1f} s wall; inside the jobs {fast['in_jobs_s']:.1f} s ({parts})"
           f"\n  speedup : {speed}"
+          f"\n  fixed   : {fixed_line(fast)}"
           + "".join(f"\n  acc {k}: naive {_f(v['naive']['mean'])} (n={v['naive']['n']}, "
                     f"{_f(v['naive']['min'])}..{_f(v['naive']['max'])}), tlsweep {_f(v['tlsweep']['mean'])} "
                     f"(n={v['tlsweep']['n']})" for k, v in by_config.items())
           + (f"\n  {bound_line(bound_, fast['wall_s'])}" if _measured(bound_) else "")
           + f"\n  command : python {row['tlsweep_command']}", flush=True)
     return row
+
+
+def fixed_line(fast: dict) -> str:
+    """The sweep's fixed cost, as it logged it on its parent run."""
+    if fast.get("fixed_cost_s") is None:
+        return "not split (jobs overlapped)"
+    return (f"{fast['fixed_cost_s']:.1f} s of the {fast['wall_s']:.1f} s wall around the jobs (start-up, imports, "
+            "store, Hydra, exit; no report, as the naive side makes none)")
 
 
 def _measured(b: dict | None) -> bool:
@@ -409,7 +428,8 @@ def summarize_uncached(name: str, cached: dict, uncached: dict, bound_: dict | N
         "cached_acc_mean_std": [acc["cached"]["mean"], acc["cached"]["std"]],
         "uncached_acc_mean_std": [acc["uncached"]["mean"], acc["uncached"]["std"]],
         "cached_features": cached["features_tags"], "uncached_features": uncached["features_tags"],
-        "cached_feature_passes": cached["feature_passes"], **_bound_fields(bound_, cached)})
+        "cached_feature_passes": cached["feature_passes"], "cached_fixed_cost_s": cached.get("fixed_cost_s"),
+        **_bound_fields(bound_, cached)})
 
     def side(s):
         parts = ", ".join(f"{k} {v:.1f}" for k, v in s["job_parts_s"].items())
@@ -422,12 +442,54 @@ def summarize_uncached(name: str, cached: dict, uncached: dict, bound_: dict | N
           f"\n  cached  : {side(cached)}; feature pass computed {cached['feature_passes']}x"
           f"\n  uncached: {side(uncached)}"
           f"\n  uncached/cached: {row['uncached_over_cached']:.2f}x"
+          f"\n  fixed   : {fixed_line(cached)} (cached)"
           f"\n  acc     : cached {pm(acc['cached'])}, uncached {pm(acc['uncached'])}"
           + (f"\n  {bound_line(bound_, cached['wall_s'])} (sweep: the cached one; uncached/bound = "
              f"{uncached['wall_s'] / bound_['seconds']:.1f}x)" if _measured(bound_) else "")
           + f"\n  command : python {row['cached_command']}"
           f"\n  command : python {row['uncached_command']}", flush=True)
     return row
+
+
+# Issue 4's speed bars: the ratio each workload must reach against the naive loop in the same invocation.
+BARS = {"probe": ("end to end", 10.0), "finetune": ("per epoch", 1.25), "ladder": ("end to end", 10.0)}
+
+
+def bars(rows: list[dict]) -> list[dict]:
+    """Each measured workload's ratio against its bar (and vit-probe's uncached/cached, which has none)."""
+    out = []
+    for row in rows:
+        name = row["workload"]
+        if "error" in row:
+            out.append({"workload": name, "n_jobs": row.get("n_jobs"), "error": row["error"]})
+            continue
+        if name == "vit-probe":
+            out.append({"workload": name, "n_jobs": row["n_jobs"], "measure": "uncached / cached, end to end",
+                        "ratio": row["uncached_over_cached"], "bar": None, "fixed_cost_s": row["cached_fixed_cost_s"]})
+            continue
+        measure, bar = BARS[name]
+        ratio = row["speedup_end_to_end"] if measure == "end to end" else \
+            (row["naive_epoch_s"] / row["tlsweep_epoch_s"] if row["naive_epoch_s"] else None)
+        out.append({"workload": name, "n_jobs": row["n_jobs"], "measure": f"naive / tlsweep, {measure}",
+                    "ratio": ratio, "bar": bar, "met": None if ratio is None else ratio >= bar,
+                    "naive_complete": row["naive_complete"], "fixed_cost_s": row["tlsweep_fixed_cost_s"]})
+    return out
+
+
+def bars_table(rows: list[dict]) -> str:
+    lines = ["\n== bars (this invocation)", "| workload | jobs at a time | measure | ratio | bar | met | fixed cost |",
+             "|---|---|---|---|---|---|---|"]
+    for b in rows:
+        if "error" in b:
+            lines.append(f"| {b['workload']} | {b['n_jobs'] or 1} | error: {b['error'][:80]} | | | | |")
+            continue
+        ratio = "n/a" if b["ratio"] is None else f"{b['ratio']:.2f}x" + ("" if b.get("naive_complete", True) else
+                                                                         " (naive side estimated)")
+        met = "" if b["bar"] is None or b["met"] is None else ("yes" if b["met"] else "NO")
+        fixed = "" if b["fixed_cost_s"] is None else f"{b['fixed_cost_s']:.1f} s"
+        bar = "" if b["bar"] is None else f"≥ {b['bar']:g}x"
+        lines.append(f"| {b['workload']} | {b['n_jobs'] or 1} | {b['measure']} | {ratio} | {bar} | {met} | {fixed} |")
+    return "\n".join(lines)
 
 
 def environment(device: torch.device) -> dict:
@@ -442,7 +504,8 @@ def environment(device: torch.device) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workload", choices=["probe", "finetune", "ladder", "vit-probe", "all"], default="all")
+    ap.add_argument("--workload", choices=["probe", "finetune", "ladder", "vit-probe", "all"], nargs="+",
+                    default=["all"], help="one or more, run in this order (all: every one this machine can run)")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, help="also write the results as JSON (rewritten after every step)")
     ap.add_argument("--n-jobs", type=int, nargs="+", default=[0],
@@ -468,7 +531,7 @@ def main() -> None:
         "vit-probe": Workload(probe, 10 if gpu else 3, model=(*VIT, vit_weights(Path(tempfile.mkdtemp()))),
                               against="uncached", bound=True),
     }
-    chosen = list(workloads) if args.workload == "all" else [args.workload]
+    chosen = list(workloads) if "all" in args.workload else list(dict.fromkeys(args.workload))
     if args.smoke:
         workloads = {name: dataclasses.replace(w, grid=[g for g in w.grid if g[1:] == w.grid[0][1:]], epochs=1)
                      for name, w in workloads.items()}
@@ -535,6 +598,9 @@ def main() -> None:
         if naive["runs"]:
             report["rows"] += [summarize(name, naive, fast, bound_) for fast in sides["tlsweep"]]
         save()
+    report["bars"] = bars(report["rows"])
+    print(bars_table(report["bars"]), flush=True)
+    save()
     sys.exit(1 if failed else 0)
 
 

@@ -21,8 +21,16 @@ def test_bench_smoke_runs_the_ladder(tiny_root, tmp_path):
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--smoke", "--workload", "ladder",
                         "--data", str(tiny_root), "--out", str(out)], cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
-    (row,) = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
     assert row["workload"] == "ladder" and "strategy=finetune,partial,probe,scratch" in row["tlsweep_command"]
+    # the fixed cost, as the sweep logged it on its parent, beside the speedup and in the bars table
+    assert 0 < row["tlsweep_fixed_cost_s"] < row["tlsweep_wall_s"]
+    (bar,) = result["bars"]
+    assert (bar["workload"], bar["bar"], bar["ratio"]) == ("ladder", 10.0, row["speedup_end_to_end"])
+    assert bar["met"] == (bar["ratio"] >= 10)
+    assert f"| ladder | 1 | naive / tlsweep, end to end | {bar['ratio']:.2f}x | ≥ 10x |" in p.stdout
+    assert f"fixed   : {row['tlsweep_fixed_cost_s']:.1f} s of the" in p.stdout
     assert row["naive_wall_s"] > 0 and row["tlsweep_wall_s"] > 0
     for side in ("naive_acc_mean_std", "tlsweep_acc_mean_std"):
         assert 0 <= row[side][0] <= 1

@@ -38,6 +38,21 @@ def test_t_interval_matches_scipy(x):
     assert (low, high) == pytest.approx(sps.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=sps.sem(x)))
 
 
+def test_t_tails_without_scipy_stats_match_it():
+    """stats uses scipy.special (scipy.stats costs every report 0.4 s of import): the same quantile, and
+    ttest_rel's two-sided p-value to 12 digits, over seeds-sized samples of accuracies."""
+    rng = np.random.default_rng(0)
+    for n in range(2, 40):
+        x = np.arange(n, dtype=float)
+        low = sps.t.interval(0.95, n - 1, loc=np.mean(x), scale=sps.sem(x))[0]
+        assert stats.t_interval(x)[2] == pytest.approx(low, rel=1e-13)
+    for _ in range(2000):
+        n = int(rng.integers(2, 12))
+        x, r = rng.integers(90, 153, n) / 153, rng.integers(90, 153, n) / 153
+        if np.ptp(x - r) > 0:
+            assert stats.paired_p(x, r) == pytest.approx(sps.ttest_rel(x, r).pvalue, rel=1e-12)
+
+
 def test_one_value_has_no_interval():
     assert all(math.isnan(v) for v in stats.t_interval(np.array([0.7])))
 

@@ -1,7 +1,9 @@
-"""What the MLflow UI shows: run names from the sweep, the experiment's kind, a parent that always closes."""
+"""What the MLflow UI shows: run names from the sweep, the experiment's kind, a parent that always closes;
+a new store started from an empty one of this MLflow's schema."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 import mlflow
 from hydra import compose, initialize_config_dir
@@ -92,3 +94,55 @@ def test_the_parent_closes_when_describing_it_fails(tmp_path, monkeypatch, caplo
     assert MlflowClient(uri).get_run(parent).info.status == "FINISHED"
     assert "could not log the shared config of sweep broken" in caplog.text
     assert "could not report sweep broken: RuntimeError: store went away" in caplog.text
+
+
+def _schema(db) -> tuple[list, list]:
+    """(every table and index, as the first line of its SQL and its other lines sorted: MLflow's own
+    migrations order the tables, indexes and a table's constraints differently run to run; the Alembic
+    revision)"""
+    with sqlite3.connect(db) as con:
+        sql = sorted((lines[0], sorted(line.strip().rstrip(",") for line in lines[1:]))
+                     for (text,) in con.execute("select sql from sqlite_master where sql is not null")
+                     for lines in [text.splitlines()])
+        return sql, con.execute("select version_num from alembic_version").fetchall()
+
+
+def test_a_new_store_is_a_copy_of_an_empty_store_of_this_mlflow(tmp_path, monkeypatch):
+    """The copy has MLflow's schema at its current revision, as MLflow builds it itself, and its own
+    experiments; the empty store is made once and kept in the user's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    first, second, own = (tmp_path / name / "mlflow.db" for name in ("first", "second", "mlflows-own"))
+    tracking.setup_store(f"sqlite:///{first}", "tlsweep")
+    template = tracking.schema_cache() / f"mlflow-{mlflow.__version__}.db"
+    assert template.is_file() and template.parent.is_relative_to(tmp_path / "cache")
+    import mlflow.store.db.utils as db_utils
+
+    def no_migration(engine):
+        raise AssertionError("the second store ran MLflow's migrations")
+
+    monkeypatch.setattr(db_utils, "_initialize_tables", no_migration)
+    _, exp = tracking.setup_store(f"sqlite:///{second}", "tlsweep")
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    MlflowClient(f"sqlite:///{own}").search_experiments()  # MLflow builds this one the slow way
+    assert _schema(second) == _schema(own)
+    client = MlflowClient(f"sqlite:///{second}")
+    assert client.get_experiment(exp).artifact_location == (second.parent / "artifacts").as_uri()
+    default, made_by_mlflow = client.get_experiment("0"), MlflowClient(f"sqlite:///{own}").get_experiment("0")
+    assert default.artifact_location == made_by_mlflow.artifact_location  # nothing of the empty store's place
+    run = client.create_run(exp)
+    client.log_metric(run.info.run_id, "acc", 0.5)
+    assert client.get_run(run.info.run_id).data.metrics == {"acc": 0.5}
+    assert [e.name for e in MlflowClient(f"sqlite:///{first}").search_experiments()] == ["tlsweep", "Default"]
+
+
+def test_without_a_cache_to_keep_the_empty_store_mlflow_builds_the_store(tmp_path, monkeypatch, caplog):
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    db = tmp_path / "store" / "mlflow.db"
+    with caplog.at_level(logging.WARNING, logger="tlsweep.tracking"):
+        _, exp = tracking.setup_store(f"sqlite:///{db}", "tlsweep")
+    assert "could not start" in caplog.text and "MLflow creates it" in caplog.text
+    assert MlflowClient(f"sqlite:///{db}").get_experiment(exp).name == "tlsweep"
+    assert not list(tmp_path.glob("store/*.part"))

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from . import schema  # registers the config schema before Hydra composes
 from .errors import UserError
+from .imports import heavy
 from .progress import PipeSafe
 
 
@@ -38,14 +39,15 @@ def _job_code():
     """`run`, with what a job needs (torch, torchvision, timm, MLflow), imported when the first job starts:
     `--help`, composing a config and refusing a bad one need none of it. A torchvision built for another
     torch fails here, before any work, with what to reinstall."""
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as err:
-        message = torch_pair_message(err)
-        if message is None:
-            raise
-        raise SystemExit(message) from None
-    from .run import run
+    with heavy():  # torch, torchvision, MLflow: seconds of imports
+        try:
+            import torchvision  # noqa: F401
+        except RuntimeError as err:
+            message = torch_pair_message(err)
+            if message is None:
+                raise
+            raise SystemExit(message) from None
+        from .run import run
 
     return run
 

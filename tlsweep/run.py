@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import time
 
-import mlflow
-import torch
 from omegaconf import DictConfig
 
-from . import data as datasets
-from . import features, models, schema, strategies, tracking
-from .keys import Tag
-from .progress import Progress
-from .optim import check_optim, make_optimizer
-from .runtime import Runtime, Stopwatch, resolve_device, seed_everything
-from .train import fit, merge, tune_allocator
+from .imports import heavy
+
+with heavy():  # torch, torchvision, MLflow: seconds of imports (see imports.py)
+    import mlflow
+    import torch
+
+    from . import data as datasets
+    from . import features, models, schema, strategies, tracking
+    from .keys import Tag
+    from .optim import check_optim, make_optimizer
+    from .progress import Progress
+    from .runtime import Runtime, Stopwatch, resolve_device, seed_everything
+    from .train import fit, merge, tune_allocator
 
 
 def run(cfg: DictConfig) -> dict:

@@ -24,16 +24,20 @@ from datetime import datetime
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig, OmegaConf
 
 from . import STARTED
+from .imports import heavy
 from .keys import Tag, short_labels
 from .mlstore import children
-from .tracking import (EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, announce, current,
-                       planned_jobs, setup_store, swept_keys)
+
+with heavy():  # MLflow: about 1 s of imports
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    from .tracking import (EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, announce, current,
+                           planned_jobs, setup_store, swept_keys)
 
 log = logging.getLogger(__name__)
 _ended_early: str | None = None  # how the launching process ended, when the sweep did not run to its end
@@ -207,7 +211,7 @@ class SweepCallback(Callback):
                 client.log_batch(parent, params=[Param(k, v) for k, v in shared.items()])
             if self.report and any(c.info.status == "FINISHED" for c in jobs):
                 with _or_warn(f"report sweep {self.name}"):
-                    self._report(client, parent)
+                    self._report(client, parent, runs)
             with _or_warn(f"log the fixed cost of sweep {self.name}"):
                 cost = fixed_cost(jobs, STARTED, time.time())
                 print(cost.line, flush=True)
@@ -216,11 +220,13 @@ class SweepCallback(Callback):
         finally:
             client.set_terminated(parent, status)
 
-    def _report(self, client: MlflowClient, parent: str) -> None:
-        from .report import ReportError, make_report
+    def _report(self, client: MlflowClient, parent: str, runs: list) -> None:
+        with heavy():  # the report's pandas, scipy and matplotlib
+            from .report import ReportError, make_report
 
         try:
-            rep = make_report(self.uri, sweep=parent, out=Path("reports") / self.name, experiment=self.experiment)
+            rep = make_report(self.uri, sweep=parent, out=Path("reports") / self.name, experiment=self.experiment,
+                              child_runs=runs)  # listed once, in finish
         except ReportError as err:
             print(f"[tlsweep] no report for sweep {self.name}: {err}", flush=True)
             return

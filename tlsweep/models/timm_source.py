@@ -15,12 +15,14 @@ from torch import nn
 from torchvision.transforms.v2 import InterpolationMode
 
 from ..errors import ConfigError, UserError, WeightsUnavailable
+from ..imports import heavy
 from . import weights as W
 from .pieces import module_name, timm_chain, timm_pieces
 from .spec import ModelSpec, Preprocess, by_param
 
 def _timm():
-    import timm  # ~1 s; only a run that builds a timm model pays it
+    with heavy():  # 0.4-1 s; only a run that builds a timm model pays it
+        import timm
 
     return timm
 

@@ -7,7 +7,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from tlsweep.errors import ReportError
-from tlsweep.report.make import make_report
+from tlsweep.imports import heavy
+
+with heavy():
+    from tlsweep.report.make import make_report
 
 
 @hydra.main(version_base=None, config_path="../../conf", config_name="report")

@@ -4,16 +4,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from tlsweep.report import across as across_stats
 from tlsweep.report import stats, store, tables
 from tlsweep.errors import ReportError
+from tlsweep.imports import heavy
 from tlsweep.report.keys import UNSET, design_keys, label, lower_is_better, resolve_keys, seed_keys
 from tlsweep.keys import DATASET_KEY, SHOTS_KEY, Tag
 from tlsweep.tracking import EXPERIMENT, current, default_tracking_uri
+
+if TYPE_CHECKING:
+    from tlsweep.report.across import Across
 
 DEFAULT_METRIC = "final_val_acc"  # best_val_acc is selected on the validation set it is scored on
 TEST_METRIC = "final_test_acc"  # the default instead when the runs' scored split is a test split
@@ -36,7 +40,7 @@ class Report:
     files: list[Path] = field(default_factory=list)
     selected: pd.DataFrame | None = None  # with `select`: per group, the chosen values (selected.csv)
     decision: pd.DataFrame | None = None  # when data.shots varies: best strategy per cell (decision.csv)
-    across: across_stats.Across | None = None  # with `across`: the cross-task analysis (across_*.csv)
+    across: Across | None = None  # with `across`: the cross-task analysis (across_*.csv)
 
 
 def default_out(sweep_name: str, metric: str, by: list[str], default_by: list[str],
@@ -58,7 +62,7 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
                 by: list[str] | None = None, out: str | os.PathLike | None = None, ci: str = "t",
                 reference: str | None = None, experiment: str = EXPERIMENT, select: list[str] | None = None,
                 select_on: str = "select", across: str | list[str] | None = None,
-                across_groups: dict[str, str] | None = None) -> Report:
+                across_groups: dict[str, str] | None = None, child_runs: list | None = None) -> Report:
     """Summarise one sweep of `experiment`, or several as one, and write tables and figures to `out`.
 
     `sweep` is a parent run id or name (None: the latest sweep with a finished run), or a list of
@@ -71,6 +75,7 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     `across` (e.g. "data.name", or ["data.name", "data.shots"]) adds statistics over tasks, the values
     of those keys: the methods are the groups of the other `by` keys, the runs of a task its seeds
     (`across.analyse`); `across_groups` maps a task to its group (None: VTAB-1k's when it names every task).
+    `child_runs`: the one sweep's child runs, when the caller has listed them (the sweep's end): not read again.
     """
     if ci not in ("t", "bootstrap"):
         raise ReportError(f"ci={ci!r} is not known: use ci=t or ci=bootstrap")
@@ -86,8 +91,11 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
                                                for s in asked)}.values())
     names = [p.data.tags.get(Tag.SWEEP_NAME) or p.info.run_name or p.info.run_id for p in parents]
     sweep_name, parent_ids = "+".join(names), ",".join(p.info.run_id for p in parents)
-    found = sorted((c for p in parents for c in store.children(client, exp_id, p.info.run_id)),
-                   key=lambda r: r.info.start_time or 0)
+    if child_runs is None:
+        child_runs = [c for p in parents for c in store.children(client, exp_id, p.info.run_id)]
+    elif len(parents) > 1:
+        raise ReportError("child_runs holds one sweep's children: pass it with one sweep")
+    found = sorted(child_runs, key=lambda r: r.info.start_time or 0)
     # a resumed sweep: a config's FINISHED rerun replaces its FAILED or KILLED first attempt; across
     # sweeps, a config that ran in several counts once (its earliest finished run), never twice
     kept = current(found)
@@ -147,6 +155,8 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     shown = by + select  # the tables also show each group's selected values
     cross = None
     if across:  # methods: the groups of the other `by` keys; a task's runs: its seeds (and any key left out)
+        from tlsweep.report import across as across_stats  # scipy.stats (0.4 s): only a cross-task report needs it
+
         methods = [k for k in by if k not in across]
         tasks = data[methods + ["value"]].join(params.loc[data.index, across].fillna(UNSET))
         cross = across_stats.analyse(tasks, across, methods, across_groups,
@@ -154,7 +164,8 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     if select:
         summary, gaps = (_with_selected(frame, selected, by, select) for frame in (summary, gaps))
 
-    from tlsweep.report import figures  # imports matplotlib: not needed until the data has checked out
+    with heavy():  # matplotlib: not needed until the data has checked out
+        from tlsweep.report import figures
 
     unselected = [k for k in default_by if k not in select]
     out_dir = Path(out) if out is not None else default_out(sweep_name, metric, by, unselected, select, select_on)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-import pandas as pd
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-
 from tlsweep.errors import ReportError
+from tlsweep.imports import heavy
 from tlsweep.keys import Tag
+
+with heavy():  # MLflow (and with it pandas): about 1 s of imports
+    import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 from tlsweep.mlstore import children, local_path, search  # noqa: F401 -- children: the report's callers use it here
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,8 @@ def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     if path is not None and path.is_file() and path.stat().st_size == 0:
         raise ReportError(f"the MLflow store {path} is an empty file; run a sweep first")
     try:
-        client = MlflowClient(tracking_uri=uri)
+        with heavy():  # the store's first open imports SQLAlchemy and Alembic
+            client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
     except MlflowException as e:
         raise ReportError(f"cannot read the MLflow store {uri}: {e.message}") from e

@@ -1,0 +1,32 @@
+"""Heavy imports with the garbage collector paused.
+
+torch, torchvision, timm, MLflow with SQLAlchemy, pandas and matplotlib create millions of objects that live
+until the process ends. While they are made, CPython's cyclic collector runs again and again, and each full
+collection walks the whole growing heap: on the dev CPU (Python 3.11) importing them took 5.6 s with the
+collector on and 4.2 s with it paused, and one full collection afterwards still took 0.5 s.
+
+`heavy()` collects what is garbage already, pauses the collector for a block of imports, then freezes every
+object that exists (`gc.freeze`: moved to a generation no collection walks), so no later collection, in
+training either, walks the imported modules again. A frozen object is still freed when its last reference
+goes; one that ends up in a reference cycle is not, so the block is for imports: what they leave lives until
+exit anyway. The collection first keeps earlier garbage (a finished job's configs) from being frozen with
+them; once the modules are frozen it walks only what came after, milliseconds.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+
+
+@contextlib.contextmanager
+def heavy():
+    enabled = gc.isenabled()  # nested: only the outermost block turns it back on
+    if enabled:
+        gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
