@@ -24,6 +24,18 @@ def test_heavy_pauses_the_collector_and_freezes_what_the_block_made():
     gc.unfreeze()  # give the test process's objects back to the collector
 
 
+def test_heavy_does_nothing_once_its_modules_are_loaded():
+    """A later job of the same process: nothing to import, so nothing of the job is frozen."""
+    before = gc.get_freeze_count()
+    with heavy("gc", "sys"):
+        assert gc.isenabled()
+        made = [[i] for i in range(1000)]
+    assert gc.get_freeze_count() == before and made
+    with heavy("gc", "tlsweep_not_loaded_yet"):
+        assert not gc.isenabled()
+    gc.unfreeze()
+
+
 def test_heavy_turns_the_collector_back_on_when_the_block_fails():
     with pytest.raises(ImportError):
         with heavy():

@@ -39,7 +39,7 @@ def _job_code():
     """`run`, with what a job needs (torch, torchvision, timm, MLflow), imported when the first job starts:
     `--help`, composing a config and refusing a bad one need none of it. A torchvision built for another
     torch fails here, before any work, with what to reinstall."""
-    with heavy():  # torch, torchvision, MLflow: seconds of imports
+    with heavy("tlsweep.run"):  # torch, torchvision, MLflow: seconds of imports, in a process's first job
         try:
             import torchvision  # noqa: F401
         except RuntimeError as err:

@@ -10,16 +10,23 @@ object that exists (`gc.freeze`: moved to a generation no collection walks), so 
 training either, walks the imported modules again. A frozen object is still freed when its last reference
 goes; one that ends up in a reference cycle is not, so the block is for imports: what they leave lives until
 exit anyway. The collection first keeps earlier garbage (a finished job's configs) from being frozen with
-them; once the modules are frozen it walks only what came after, milliseconds.
+them; once the modules are frozen it walks only what came after, milliseconds. Code that runs once per job
+names the modules it imports: when they are loaded already (a later job of the same process) the block does
+nothing, so no job's objects are frozen with them.
 """
 from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 
 
 @contextlib.contextmanager
-def heavy():
+def heavy(*modules: str):
+    """Pause and freeze around the block; a plain block when every one of `modules` is loaded already."""
+    if modules and all(m in sys.modules for m in modules):
+        yield
+        return
     enabled = gc.isenabled()  # nested: only the outermost block turns it back on
     if enabled:
         gc.collect()

@@ -221,7 +221,7 @@ class SweepCallback(Callback):
             client.set_terminated(parent, status)
 
     def _report(self, client: MlflowClient, parent: str, runs: list) -> None:
-        with heavy():  # the report's pandas, scipy and matplotlib
+        with heavy("tlsweep.report.make"):  # the report's modules
             from .report import ReportError, make_report
 
         try:

@@ -21,7 +21,7 @@ from .pieces import module_name, timm_chain, timm_pieces
 from .spec import ModelSpec, Preprocess, by_param
 
 def _timm():
-    with heavy():  # 0.4-1 s; only a run that builds a timm model pays it
+    with heavy("timm"):  # 0.4-1 s, once per process; only a run that builds a timm model pays it
         import timm
 
     return timm

@@ -164,7 +164,7 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     if select:
         summary, gaps = (_with_selected(frame, selected, by, select) for frame in (summary, gaps))
 
-    with heavy():  # matplotlib: not needed until the data has checked out
+    with heavy("tlsweep.report.figures"):  # matplotlib: not needed until the data has checked out
         from tlsweep.report import figures
 
     unselected = [k for k in default_by if k not in select]
