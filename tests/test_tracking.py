@@ -6,6 +6,7 @@ import logging
 import sqlite3
 
 import mlflow
+import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
@@ -146,3 +147,18 @@ def test_without_a_cache_to_keep_the_empty_store_mlflow_builds_the_store(tmp_pat
     assert "could not start" in caplog.text and "MLflow creates it" in caplog.text
     assert MlflowClient(f"sqlite:///{db}").get_experiment(exp).name == "tlsweep"
     assert not list(tmp_path.glob("store/*.part"))
+
+
+def test_an_empty_store_that_fails_half_way_leaves_no_part_file(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    import mlflow.store.db.utils as db_utils
+
+    def broken(engine):
+        raise RuntimeError("migration stopped")
+
+    monkeypatch.setattr(db_utils, "_initialize_tables", broken)
+    with caplog.at_level(logging.WARNING, logger="tlsweep.tracking"), \
+            pytest.raises(Exception):  # MLflow's own creation of the store runs the same broken migration
+        tracking.setup_store(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "tlsweep")
+    assert "migration stopped" in caplog.text
+    assert not list((tmp_path / "cache").rglob("*.part")) and not list(tmp_path.glob("store/*.part"))

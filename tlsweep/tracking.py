@@ -97,24 +97,28 @@ def _copy_empty_store(db: Path) -> None:
     its Default experiment with this store's artifact path, as for a new file. Any failure here leaves
     the store to MLflow, as before.
     """
-    template = schema_cache() / f"mlflow-{mlflow.__version__}.db"
+    parts = []  # written whole, then renamed: a reader never sees half a file
     try:
+        template = schema_cache() / f"mlflow-{mlflow.__version__}.db"  # no home folder: Path.home() raises
         if not template.exists():
             import sqlalchemy
             from mlflow.store.db.utils import _initialize_tables  # what SqlAlchemyStore runs on an empty db
 
             template.parent.mkdir(parents=True, exist_ok=True)
-            part = template.with_name(f"{template.name}.{os.getpid()}.part")
-            engine = sqlalchemy.create_engine(f"sqlite:///{part}")
+            parts.append(template.with_name(f"{template.name}.{os.getpid()}.part"))
+            engine = sqlalchemy.create_engine(f"sqlite:///{parts[-1]}")
             try:
                 _initialize_tables(engine)
             finally:
                 engine.dispose()
-            os.replace(part, template)  # whole or absent: a process killed half-way leaves only its .part
-        part = db.with_name(f"{db.name}.{os.getpid()}.part")
-        shutil.copyfile(template, part)
-        os.replace(part, db)
+            os.replace(parts[-1], template)
+        parts.append(db.with_name(f"{db.name}.{os.getpid()}.part"))
+        shutil.copyfile(template, parts[-1])
+        os.replace(parts[-1], db)
     except Exception as err:  # noqa: BLE001 -- a speed-up only: MLflow creates the store itself
+        for part in parts:
+            with contextlib.suppress(OSError):
+                part.unlink(missing_ok=True)
         log.warning("could not start %s from an empty store (%s: %s); MLflow creates it", db, type(err).__name__, err)
 
 
