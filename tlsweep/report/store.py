@@ -11,12 +11,12 @@ from collections import Counter
 from tlsweep.errors import ReportError
 from tlsweep.imports import heavy
 from tlsweep.keys import Tag
+from tlsweep.mlstore import children, local_path, search  # noqa: F401 -- children: the report's callers use it here
 
 with heavy():  # MLflow (and with it pandas): about 1 s of imports
     import pandas as pd
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-from tlsweep.mlstore import children, local_path, search  # noqa: F401 -- children: the report's callers use it here
 
 log = logging.getLogger(__name__)
 
