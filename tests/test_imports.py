@@ -67,3 +67,18 @@ def test_a_job_imports_nothing_of_the_report():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip() == "[]", p.stdout
+
+
+def test_opening_a_store_freezes_nothing_once_sqlalchemy_is_loaded():
+    """Opening a store in a loop (a notebook making reports) must not freeze the caller's objects each time."""
+    import contextlib
+
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 -- loaded, as after any store's first open
+
+    from tlsweep.mlstore import opening
+
+    before = gc.get_freeze_count()
+    with opening("sqlite:///x.db"):
+        assert gc.isenabled()
+    assert gc.get_freeze_count() == before
+    assert isinstance(opening("http://127.0.0.1:5000"), contextlib.nullcontext)

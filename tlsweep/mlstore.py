@@ -2,9 +2,12 @@
 job's tracking (tracking.py) and the report (report/store.py). Needs MLflow only: no torch, no pandas."""
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from urllib.parse import urlparse
+
+from .imports import heavy
 
 PAGE = 1000  # runs per search request (MLflow's own cap per page)
 
@@ -20,6 +23,14 @@ def local_path(uri: str) -> Path | None:
     if parsed.scheme == "" or re.fullmatch(r"[a-zA-Z]", parsed.scheme):  # a bare path (or C:\ on Windows)
         return Path(uri)
     return None
+
+
+def opening(uri: str):
+    """Around a process's first open of a SQL store, which imports SQLAlchemy and Alembic (0.7 s): those imports
+    with the collector paused (imports.heavy); a plain block once they are loaded, or for a server's URI."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return contextlib.nullcontext()
+    return heavy("mlflow.store.tracking.sqlalchemy_store")
 
 
 def search(client, exp_id: str, filter_string: str, max_results: int | None = None) -> list:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .imports import heavy
 from .keys import Tag, is_seed, short_labels
-from .mlstore import local_path
+from .mlstore import local_path, opening
 
 with heavy():  # about 1 s of imports
     import mlflow
@@ -76,7 +76,7 @@ def setup_store(uri: str | None = None, experiment: str = EXPERIMENT) -> tuple[s
         artifacts = (db.parent / "artifacts").as_uri()  # keep artifacts beside the db, not in ./mlartifacts
         lock = FileLock(f"{db}.lock")  # flock: released by the OS also when its holder dies
     mlflow.set_tracking_uri(uri)
-    with lock, heavy():  # a SQL store's first open imports SQLAlchemy and Alembic (0.7 s)
+    with lock, opening(uri):
         if db is not None and not db.exists():
             _copy_empty_store(db)
         client = MlflowClient(uri)  # opens the store: creates or migrates its schema

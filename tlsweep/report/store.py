@@ -11,7 +11,7 @@ from collections import Counter
 from tlsweep.errors import ReportError
 from tlsweep.imports import heavy
 from tlsweep.keys import Tag
-from tlsweep.mlstore import children, local_path, search  # noqa: F401 -- children: the report's callers use it here
+from tlsweep.mlstore import children, local_path, opening, search  # noqa: F401 -- children: the report's callers use it here
 
 with heavy():  # MLflow (and with it pandas): about 1 s of imports
     import pandas as pd
@@ -32,7 +32,7 @@ def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     if path is not None and path.is_file() and path.stat().st_size == 0:
         raise ReportError(f"the MLflow store {path} is an empty file; run a sweep first")
     try:
-        with heavy():  # the store's first open imports SQLAlchemy and Alembic
+        with opening(uri):
             client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
     except MlflowException as e:
