@@ -7,11 +7,18 @@ Measures, each in a fresh temporary directory with nothing else running:
 - the 4-run probe sweep of issue 19 (lite0, 2 LRs x 2 seeds x 3 epochs on hymenoptera) on a fresh store and a
   cold cache: wall seconds, the seconds inside its jobs (the sum of its child runs' open time in MLflow) and the
   rest, the fixed cost;
-- `python -m tlsweep.report` on that sweep's store (wall seconds).
+- `python -m tlsweep.report` on that sweep's store (wall seconds);
+- with `--floor`, the import floor: one more (untimed) sweep under `python -X importtime` lists every module
+  it loads; a fresh process then imports those that are not tlsweep's own (torch, torchvision, timm, MLflow
+  and SQLAlchemy, Hydra, pandas, matplotlib, ...), with the collector off, and nothing else. Its wall (the
+  interpreter's start and exit included) is what the sweep's fixed cost cannot go below while it uses these
+  libraries; the fixed cost less the floor is what Hydra's work, the store's queries, the report's drawing
+  and tlsweep's own bookkeeping take.
 
     python benchmarks/fixed_cost.py                          # this checkout, 3 repeats of the short commands
     python benchmarks/fixed_cost.py --sweeps 3               # and the sweep 3 times (medians)
     python benchmarks/fixed_cost.py --repo ../old-checkout   # another checkout's code (its own conf/), same steps
+    python benchmarks/fixed_cost.py --floor                  # and the import floor beside the fixed cost
     python benchmarks/fixed_cost.py --first-store            # the store as on a machine's first sweep: no empty
                                                              # store of this MLflow kept in the user's cache yet
     python benchmarks/fixed_cost.py --out fixed.json
@@ -37,6 +44,19 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO / ".." / "shared" / "data" / "hymenoptera_data").resolve()
 SWEEP = ["-m", "model=efficientnet_lite0", "strategy=probe", "seed=0,1", "optim.lr=1e-3,3e-4", "epochs=3"]
 WATCHED = ("matplotlib", "scipy", "pandas", "torch._dynamo")
+IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \| *(\S+)$")
+# what a sweep loads that is tlsweep itself or the interpreter's own entry modules, not a library it uses
+NOT_LIBRARIES = ("tlsweep", "hydra_plugins.tlsweep_sweeper", "__main__", "__mp_main__", "sitecustomize")
+FLOOR = """
+import gc, importlib, sys
+gc.disable()  # as tlsweep's heavy imports run (tlsweep.imports.heavy)
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except Exception:  # what the sweep only tried (a Windows module, an optional extra) fails here too
+        pass
+gc.freeze()  # as heavy() leaves them: the final collection at exit walks none of them
+"""
 LINE = re.compile(r"\[tlsweep\] (\d+) runs: ([\d.]+) s in jobs, ([\d.]+) s around them")
 
 
@@ -57,6 +77,34 @@ def in_jobs(db: Path) -> tuple[int, float]:
     return len(rows), sum(end - start for start, end in rows) / 1000
 
 
+def loaded_modules(importtime_stderr: str) -> list[str]:
+    """The libraries a process imported, as the outermost imports of `python -X importtime`'s tree, in order,
+    with tlsweep's own modules replaced by what they imported: the same imports in the same order, so that a
+    fresh process running them does the same work, less tlsweep's. (The tree comes children first: a module's
+    line follows the lines of what it imported, indented one step more.)"""
+    pending: list[tuple[int, str, list]] = []  # (depth, name, children) not yet claimed by a parent
+    for line in importtime_stderr.splitlines():
+        m = IMPORT_LINE.match(line)
+        if not m:
+            continue
+        depth = len(line.split("|")[2]) - len(line.split("|")[2].lstrip()) - 1
+        children = []
+        while pending and pending[-1][0] > depth:
+            children.insert(0, pending.pop())
+        pending.append((depth, m.group(1), children))
+
+    def libraries(nodes) -> list[str]:
+        out = []
+        for _, name, children in nodes:
+            if any(name == x or name.startswith(x + ".") for x in NOT_LIBRARIES):
+                out += libraries(children)
+            else:
+                out.append(name)
+        return out
+
+    return list(dict.fromkeys(libraries(pending)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", type=Path, default=REPO, help="the checkout whose tlsweep runs (default: this one)")
@@ -65,6 +113,8 @@ def main() -> None:
     ap.add_argument("--sweeps", type=int, default=1, help="runs of the sweep (the median is reported)")
     ap.add_argument("--first-store", action="store_true",
                     help="an empty user cache (XDG_CACHE_HOME): the store is built as on a machine's first sweep")
+    ap.add_argument("--floor", action="store_true",
+                    help="also measure the import floor: the libraries the sweep loads, imported and nothing else")
     ap.add_argument("--out", type=Path, help="also write the numbers as JSON")
     args = ap.parse_args()
     repo = args.repo.resolve()
@@ -108,6 +158,21 @@ def main() -> None:
             print(f"sweep, median of {len(sweeps)}: {out['sweep']['median_wall_s']:.1f} s wall, "
                   f"{out['sweep']['median_in_jobs_s']:.1f} s in jobs, {out['sweep']['median_around_jobs_s']:.1f} s "
                   "around them", flush=True)
+
+        if args.floor:
+            work = tmp / "floor-sweep"
+            work.mkdir()
+            _, p = timed([sys.executable, "-X", "importtime", "-m", "tlsweep", *SWEEP, f"data.root={args.data}"],
+                         work, env)
+            modules = loaded_modules(p.stderr)
+            floor_s = [timed([sys.executable, "-c", FLOOR, *modules], tmp, env)[0] for _ in range(args.repeat)]
+            around = out["sweep"]["median_around_jobs_s"]
+            out["floor"] = {"modules": len(modules), "import_floor_s": statistics.median(floor_s),
+                            "around_jobs_less_floor_s": around - statistics.median(floor_s)}
+            print(f"import floor: {out['floor']['import_floor_s']:.2f} s (runs: "
+                  f"{', '.join(f'{s:.2f}' for s in floor_s)}; {len(modules)} modules the sweep loaded outside "
+                  f"tlsweep, imported in a fresh process with the collector off); the fixed cost less the floor: "
+                  f"{out['floor']['around_jobs_less_floor_s']:.2f} s", flush=True)
 
         report_s = [timed([sys.executable, "-m", "tlsweep.report", "out=report-cli"], tmp / "sweep0", env)[0]
                     for _ in range(args.repeat)]

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from tlsweep.keys import STRATEGIES, STRATEGY_KEY
-from tlsweep.report import stats
+from tlsweep.report import render, stats
 from tlsweep.report.across import CONVENTIONS, Across
 from tlsweep.report.figures import PALETTE, RC, SIZE
 from tlsweep.report.keys import is_fraction, metric_label
@@ -34,21 +34,13 @@ def make_all(out_dir: Path, result: Across, metric: str) -> list[Path]:
         stale.unlink(missing_ok=True)
     style = _Style(result)
     scale = 100.0 if is_fraction(metric) else 1.0
-    files = []
-    with matplotlib.rc_context(RC):
-        files += _save(aggregates(result, style, metric, scale), out_dir, "across_aggregates")
-        files += _save(improvement(result, style), out_dir, "across_improvement")
+    with matplotlib.rc_context(RC):  # the files are written inside it too: savefig reads pdf.fonttype
+        todo = render.files(aggregates(result, style, metric, scale), out_dir, "across_aggregates")
+        todo += render.files(improvement(result, style), out_dir, "across_improvement")
         if not result.no_cd:
-            files += _save(cd_diagram(result, style), out_dir, "across_cd")
-        files += _save(profiles(result, style, metric, scale), out_dir, "across_profiles")
-    return files
-
-
-def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
-    paths = [Path(out_dir) / f"{name}.pdf", Path(out_dir) / f"{name}.png"]
-    fig.savefig(paths[0])
-    fig.savefig(paths[1], dpi=300)
-    return paths
+            todo += render.files(cd_diagram(result, style), out_dir, "across_cd")
+        todo += render.files(profiles(result, style, metric, scale), out_dir, "across_profiles")
+        return render.save_all(todo)
 
 
 class _Style:

@@ -21,6 +21,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from tlsweep.keys import SHOTS_KEY, STRATEGIES, STRATEGY_KEY, short_labels
+from tlsweep.report import render
 from tlsweep.report.keys import as_number, is_fraction, label, metric_label, sort_key
 from tlsweep.report.stats import t_interval
 
@@ -48,33 +49,30 @@ def make_all(out_dir: Path, data: pd.DataFrame, summary: pd.DataFrame, history: 
     `choice`: the table of stats.decide over (row_key, data.shots), when the sweep varies the shots.
     """
     fraction = is_fraction(metric)
-    files = []
-    with matplotlib.rc_context(RC):
-        files += _save(ladder(data, summary, by, metric), out_dir, "ladder", fraction)
+    todo = []
+    with matplotlib.rc_context(RC):  # the files are written inside it too: savefig reads pdf.fonttype
+        todo += _prepared(ladder(data, summary, by, metric), out_dir, "ladder", fraction)
         if not history.empty:
-            files += _save(curves(data, summary, history, by), out_dir, "curves", True)
+            todo += _prepared(curves(data, summary, history, by), out_dir, "curves", True)
         for name in ("lr", "shots"):  # the file is named by the key's last part: optim.lr, data.shots
             x_key = next((k for k in by if k.rsplit(".", 1)[-1] == name), None)
             if x_key is not None and summary[x_key].nunique() > 1:
-                files += _save(versus(data, summary, by, x_key, metric), out_dir, name, fraction)
+                todo += _prepared(versus(data, summary, by, x_key, metric), out_dir, name, fraction)
         if choice is not None:
-            files += _save(decision(choice, row_key, SHOTS_KEY, metric, rows_label), out_dir, "decision", False)
-    return files
+            todo += _prepared(decision(choice, row_key, SHOTS_KEY, metric, rows_label), out_dir, "decision", False)
+        return render.save_all(todo)
 
 
 def _scale(metric: str) -> float:
     return 100.0 if is_fraction(metric) else 1.0
 
 
-def _save(fig: Figure, out_dir: Path, name: str, percent: bool) -> list[Path]:
+def _prepared(fig: Figure, out_dir: Path, name: str, percent: bool) -> list[render.File]:
     if percent:
         for ax in fig.axes:
             low, high = ax.get_ylim()
             ax.set_ylim(max(low, 0.0), min(high, 100.0))
-    paths = [out_dir / f"{name}.pdf", out_dir / f"{name}.png"]
-    fig.savefig(paths[0])
-    fig.savefig(paths[1], dpi=300)
-    return paths
+    return render.files(fig, out_dir, name)
 
 
 class _Layout:
