@@ -13,7 +13,7 @@ Measures, each in a fresh temporary directory with nothing else running:
   and SQLAlchemy, Hydra, pandas, matplotlib, ...), with the collector off, and nothing else. Its wall (the
   interpreter's start and exit included) is what the sweep's fixed cost cannot go below while it uses these
   libraries; the fixed cost less the floor is what Hydra's work, the store's queries, the report's drawing
-  and tlsweep's own bookkeeping take.
+  and tlsweep's own bookkeeping take. The same for `python -m tlsweep.report`.
 
     python benchmarks/fixed_cost.py                          # this checkout, 3 repeats of the short commands
     python benchmarks/fixed_cost.py --sweeps 3               # and the sweep 3 times (medians)
@@ -105,6 +105,13 @@ def loaded_modules(importtime_stderr: str) -> list[str]:
     return list(dict.fromkeys(libraries(pending)))
 
 
+def import_floor(args: list[str], cwd: Path, tmp: Path, env: dict, repeat: int) -> tuple[list[str], list[float]]:
+    """(the libraries `python *args` loads, the wall seconds of fresh processes importing just them)."""
+    _, p = timed([sys.executable, "-X", "importtime", *args], cwd, env)
+    modules = loaded_modules(p.stderr)
+    return modules, [timed([sys.executable, "-c", FLOOR, *modules], tmp, env)[0] for _ in range(repeat)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", type=Path, default=REPO, help="the checkout whose tlsweep runs (default: this one)")
@@ -162,10 +169,8 @@ def main() -> None:
         if args.floor:
             work = tmp / "floor-sweep"
             work.mkdir()
-            _, p = timed([sys.executable, "-X", "importtime", "-m", "tlsweep", *SWEEP, f"data.root={args.data}"],
-                         work, env)
-            modules = loaded_modules(p.stderr)
-            floor_s = [timed([sys.executable, "-c", FLOOR, *modules], tmp, env)[0] for _ in range(args.repeat)]
+            modules, floor_s = import_floor(["-m", "tlsweep", *SWEEP, f"data.root={args.data}"], work, tmp, env,
+                                            args.repeat)
             around = out["sweep"]["median_around_jobs_s"]
             out["floor"] = {"modules": len(modules), "import_floor_s": statistics.median(floor_s),
                             "around_jobs_less_floor_s": around - statistics.median(floor_s)}
@@ -179,6 +184,14 @@ def main() -> None:
         out["report_cli_s"] = statistics.median(report_s)
         print(f"python -m tlsweep.report: {out['report_cli_s']:.2f} s "
               f"(runs: {', '.join(f'{s:.2f}' for s in report_s)})", flush=True)
+        if args.floor:
+            modules, floor_s = import_floor(["-m", "tlsweep.report", "out=report-floor"], tmp / "sweep0", tmp, env,
+                                            args.repeat)
+            out["report_cli_floor"] = {"modules": len(modules), "import_floor_s": statistics.median(floor_s),
+                                       "cli_less_floor_s": out["report_cli_s"] - statistics.median(floor_s)}
+            print(f"its import floor: {statistics.median(floor_s):.2f} s (runs: "
+                  f"{', '.join(f'{s:.2f}' for s in floor_s)}); the report CLI less the floor: "
+                  f"{out['report_cli_floor']['cli_less_floor_s']:.2f} s", flush=True)
     if args.out:
         args.out.write_text(json.dumps(out, indent=2))
 
