@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO / ".." / "shared" / "data" / "hymenoptera_data").resolve()
 SWEEP = ["-m", "model=efficientnet_lite0", "strategy=probe", "seed=0,1", "optim.lr=1e-3,3e-4", "epochs=3"]
 WATCHED = ("matplotlib", "scipy", "pandas", "torch._dynamo")
-IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \| *(\S+)$")
+IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|( *)(\S+)$")  # indent: depth in the tree
 # what a sweep loads that is tlsweep itself or the interpreter's own entry modules, not a library it uses
 NOT_LIBRARIES = ("tlsweep", "hydra_plugins.tlsweep_sweeper", "__main__", "__mp_main__", "sitecustomize")
 FLOOR = """
@@ -87,11 +87,11 @@ def loaded_modules(importtime_stderr: str) -> list[str]:
         m = IMPORT_LINE.match(line)
         if not m:
             continue
-        depth = len(line.split("|")[2]) - len(line.split("|")[2].lstrip()) - 1
+        depth = len(m.group(1))
         children = []
         while pending and pending[-1][0] > depth:
             children.insert(0, pending.pop())
-        pending.append((depth, m.group(1), children))
+        pending.append((depth, m.group(2), children))
 
     def libraries(nodes) -> list[str]:
         out = []

@@ -82,10 +82,11 @@ def save_all(todo: list[File]) -> list[Path]:
     try:
         for share in parts[1:]:  # one by one: a Ctrl-C between forks still finds the earlier ones below
             children.append((_fork(share), share))
-        start = time.perf_counter()
+        start = time.monotonic()
         for f in parts[0]:
             f.save()
-        deadline = time.monotonic() + max(DEADLINE[0], DEADLINE[1] * (time.perf_counter() - start))
+        now = time.monotonic()
+        deadline = now + max(DEADLINE[0], DEADLINE[1] * (now - start))
         while children:
             pid, share = children[0]
             if pid is None or not _finished(pid, deadline):
