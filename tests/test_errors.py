@@ -215,3 +215,110 @@ def test_the_console_exits_2_with_the_message_and_no_traceback(tmp_path):
     assert "strategy.probe_epoch" in p.stderr and "did you mean strategy.probe_epochs?" in p.stderr
     assert "Traceback" not in p.stderr + p.stdout
     assert not (tmp_path / "mlruns").exists()  # refused before a store or run was made
+
+
+# ---- data faults: a damaged or hostile file, or a class too small, is refused by name -------------------
+
+def _data_fault_bomb(root: Path):
+    from tests.test_messy_data import write_bomb
+
+    write_bomb(root / "train" / "ants" / "huge.png", 14_143, 14_143)
+    return ["data.bad_images=error"], str(root / "train" / "ants" / "huge.png")
+
+
+def _data_fault_dangling_link(root: Path):
+    os.symlink(root / "moved-away.png", root / "train" / "bees" / "gone.png")
+    return ["data.bad_images=error"], f"{root / 'train' / 'bees' / 'gone.png'}: a symbolic link"
+
+
+def _data_fault_val_fraction(root: Path):
+    import shutil
+
+    shutil.rmtree(root / "val")
+    for f in list((root / "train" / "bees").iterdir())[1:]:
+        f.unlink()
+    return ["data.val_fraction=0.2"], "class 'bees' has 1 image"
+
+
+def _data_fault_shots(root: Path):
+    return ["data.shots=7"], "class 'ants' has only 6 training image(s)"
+
+
+def _data_fault_val_emptied(root: Path):
+    for f in (root / "val").rglob("*.png"):
+        f.write_text("garbage")
+    return ["data.bad_images=skip"], f"the val split ({root / 'val'}) has no readable image left"
+
+
+DATA_FAULTS = [_data_fault_bomb, _data_fault_dangling_link, _data_fault_val_fraction, _data_fault_shots,
+               _data_fault_val_emptied]
+
+
+@pytest.mark.parametrize("fault", DATA_FAULTS, ids=[f.__name__.removeprefix("_data_fault_") for f in DATA_FAULTS])
+def test_data_fault_is_refused_naming_the_file_or_class(make_cfg, store_uri, tmp_path, fault):
+    root = write_image_folder(tmp_path / "data")
+    overrides, names = fault(root)
+    code, message, tag = _attempt(make_cfg, store_uri, [f"data.root={root}", NULL, *overrides])
+    assert code == 2 and names in message, message
+    assert tag is not None and tag.endswith(message), tag  # the run ended FAILED with the same message
+    assert not _running(store_uri)
+
+
+# ---- process faults: a diverged loss -------------------------------------------------------------------
+
+def test_process_fault_a_diverged_loss_fails_its_run_with_the_epoch_and_lr(make_cfg, store_uri):
+    """A single run whose loss turns NaN: exit 1 with the message, the run FAILED and tagged diverged (the
+    epoch and the learning rates); in a sweep the same run is a lost candidate (test_process_faults.py)."""
+    code, message, tag = _attempt(make_cfg, store_uri, ["model=timm", "model.arch=resnet10t", NULL,
+                                                        "optim=sgd", "optim.lr=1e6", "batch_size=2"])
+    assert code == 1 and message.startswith("non-finite training loss (nan) in epoch 1"), message
+    assert tag.startswith("Diverged: non-finite training loss")
+    client = MlflowClient(store_uri)
+    (last,) = client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id],
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    assert last.data.tags["tlsweep.diverged"].startswith("epoch 1, lr 1e+06 (")
+    assert not _running(store_uri)
+
+
+def test_data_fault_batch_of_one_is_refused_naming_batch_size(make_cfg, store_uri, tmp_path):
+    """A training split of one image per class with batch_size=1: every batch holds one sample, which a BatchNorm
+    in train mode (finetune's, in resnet18) cannot normalize; refused before the data is read, as any batch_size=1."""
+    root = write_image_folder(tmp_path / "data", per_split={"train": 1, "val": 1})
+    code, message, tag = _attempt(make_cfg, store_uri, [f"data.root={root}", NULL, "batch_size=1"])
+    assert code == 2 and message.startswith("batch_size=1: strategy finetune trains"), message
+    assert "at least 2 samples per batch" in message and "batch_size>=2" in message, message
+    assert tag is not None and tag.endswith(message), tag  # the run ended FAILED with the same message
+    assert not _running(store_uri)
+
+
+# ---- the store -------------------------------------------------------------------------------------------
+
+def store_fault_uri(kind: str, tmp_path: Path) -> tuple[str, str]:
+    """(tracking.uri, what the message must name) for a store that cannot be used."""
+    import socket
+
+    if kind == "dead server":
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port} (connection refused)"
+    if kind == "path under a file":
+        (tmp_path / "afile").write_text("")
+        return f"sqlite:///{tmp_path / 'afile' / 'sub' / 'mlflow.db'}", f"{tmp_path / 'afile'} is a file, not a folder"
+    (tmp_path / "notes.db").write_text("not a database " * 100)
+    return f"sqlite:///{tmp_path / 'notes.db'}", f"{tmp_path / 'notes.db'} (file is not a database)"
+
+
+@pytest.mark.parametrize("kind", ["dead server", "path under a file", "not a database"])
+def test_store_fault_is_one_line_naming_the_store_and_exits_1(make_cfg, store_uri, tmp_path, kind):
+    import time
+
+    from tlsweep.errors import StoreError
+
+    uri, names = store_fault_uri(kind, tmp_path)
+    t0 = time.perf_counter()
+    with pytest.raises(StoreError) as info:
+        run(make_cfg(f"tracking.uri={uri}", NULL))
+    assert time.perf_counter() - t0 < 10  # before any retry, data or model
+    assert info.value.exit_code == 1 and names in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert not _running(store_uri)

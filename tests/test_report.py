@@ -160,8 +160,8 @@ def test_latest_sweep_grouped_by_what_varies(ladder):
     # strategy.backbone_lr_scale and model.weights follow the strategy; device and seed are per run
     assert ladder.by == ["strategy.name"]
     summary = _read(ladder.out_dir / "summary.csv")
-    assert list(summary.columns) == ["strategy.name", "n", "mean", "std", "sem", "ci95_low", "ci95_high",
-                                     "min", "max"]
+    assert list(summary.columns) == ["strategy.name", "n", "n_diverged", "mean", "std", "sem", "ci95_low",
+                                     "ci95_high", "min", "max"]
     assert list(summary["strategy.name"]) == ["scratch", "probe", "partial", "finetune"]  # ladder order
     left_out = {(f["run_name"], f["status"]) for f in ladder.failed}
     assert left_out == {("sweep-ladder-6", "FINISHED"), ("sweep-ladder-9", "FAILED"),

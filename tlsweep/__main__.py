@@ -1,5 +1,6 @@
 """`python -m tlsweep` / `tlsweep`: the Hydra entry point. All the work is in `run.run`."""
 import gc
+import math
 import signal
 import sys
 
@@ -8,7 +9,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 from . import schema  # registers the config schema before Hydra composes
-from .errors import UserError
+from .errors import Diverged, UserError
 from .imports import heavy
 from .progress import PipeSafe
 
@@ -67,14 +68,26 @@ def main(cfg: DictConfig) -> float:
         result = run(cfg)
         return result.get("final_val_acc", result.get("final_test_acc"))
     except UserError as err:  # already recorded FAILED in MLflow, with this message
+        if isinstance(err, Diverged) and _multirun():
+            # a sweep's lost candidate, not a fault: its run is FAILED and tagged diverged, and the job returns,
+            # so that Hydra counts it done and a sweep whose other jobs finished exits 0
+            print(f"tlsweep: {type(err).__name__}: {err} (the sweep goes on)", file=sys.stderr, flush=True)
+            return math.nan
         _jobs["exit_code"] = max(_jobs["exit_code"], err.exit_code)
         raise JobError(f"tlsweep: {type(err).__name__}: {err}") from err
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _exit_code(code) -> int:
     """Hydra exits 1 for any failure. 2 when the input was bad: a config Hydra could not compose (no job
     started here, and no sweep began: a sweep's jobs may run elsewhere, on SLURM), or a job's
-    ConfigError/DataError."""
+    ConfigError/DataError. A store that fails (StoreError) exits 1, also when a multirun's start finds it so."""
     if code != 1:
         return code
     if not _jobs["started"] and "tlsweep.sweep" not in sys.modules:

@@ -12,25 +12,23 @@ import hashlib
 import os
 import shutil
 import tempfile
+import unicodedata
 import urllib.error
 import urllib.request
-import warnings
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from .errors import DataError
+from .images import folder_of, image_files, is_leftover, load_rgb, screen
 from .splits import SELECT_SEED, SPLIT_SEED, ImageData, Split, stratified_holdout  # noqa: F401 -- the data API
-from .splits import why as _why
 from .models import Preprocess
 from .runtime import Loaders, Runtime
 
@@ -53,71 +51,6 @@ class Decoded:
     def eval_splits(self) -> list:
         """val, then the selection split when there is one, as `ImageData.eval_splits`."""
         return [self.val] + ([self.select] if self.select is not None else [])
-
-
-# What PIL raises for a file it cannot decode: not an image (UnidentifiedImageError is an OSError), truncated
-# (OSError), a mode it cannot convert (ValueError), a corrupt header (SyntaxError), a decompression bomb.
-UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def load_rgb(item) -> torch.Tensor:
-    """An image as uint8 [3,H,W] RGB (PIL decodes: torchvision.io's decoders are deprecated)."""
-    if isinstance(item, torch.Tensor):
-        return item
-    try:
-        with Image.open(item) as img:
-            return v2.functional.pil_to_tensor(img.convert("RGB"))
-    except UNREADABLE as err:  # never a bare PIL error: say which file
-        raise DataError(f"cannot read image {item}: {_why(err)}") from None
-
-
-_SCREENED: dict[str, list[tuple[str, str]]] = {}  # listing key -> its unreadable files, once per process
-
-
-def unreadable(items: list) -> list[tuple[str, str]]:
-    """(path, why) of each image file among `items` that PIL cannot decode to RGB. Every file is decoded
-    once (0.35 s for hymenoptera's 398 on the 2-core dev machine); the answer is kept per process for the
-    same listing (same paths, sizes and modification times), so a sweep's later jobs pay nothing."""
-    paths = [p for p in items if not isinstance(p, torch.Tensor)]
-    if not paths:
-        return []
-    h = hashlib.sha256()
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    key = h.hexdigest()
-    if key not in _SCREENED:
-        def why(path) -> tuple[str, str] | None:
-            try:
-                with Image.open(path) as img:
-                    img.convert("RGB")  # decodes every pixel: a truncated file fails here, not at open
-            except UNREADABLE as err:
-                return str(path), _why(err)
-            return None
-
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # PIL releases the GIL while decoding
-            _SCREENED[key] = [w for w in pool.map(why, paths) if w]
-    return _SCREENED[key]
-
-
-def screen(data: ImageData, mode: str) -> ImageData:
-    """Leave out (`skip`) or refuse (`error`) the image files that cannot be decoded, naming them."""
-    splits = {"train": data.train, "val": data.val, **({"select": data.select} if data.select is not None else {})}
-    bad = unreadable([p for s in splits.values() for p in s.items])
-    if not bad:
-        return data
-    listed = "; ".join(f"{p}: {why}" for p, why in bad[:10]) + (f"; ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
-    if str(mode) == "error":
-        raise DataError(f"{len(bad)} image file(s) cannot be read (data.bad_images=error): {listed}. "
-                        "Fix or remove them, or set data.bad_images=skip to leave them out")
-    gone = {p for p, _ in bad}
-    for name, split in splits.items():
-        keep = [i for i, p in enumerate(split.items) if str(p) not in gone]
-        setattr(data, name, Split([split.items[i] for i in keep], [split.targets[i] for i in keep]))
-    warnings.warn(f"{data.name}: left out {len(bad)} unreadable image file(s) (data.bad_images=skip): {listed}",
-                  stacklevel=2)
-    data.skipped = [p for p, _ in bad]
-    return data
 
 
 def check_classes(data: ImageData) -> None:
@@ -143,17 +76,30 @@ def check_classes(data: ImageData) -> None:
 # --- datasets --------------------------------------------------------------------------
 
 def _class_folder(folder: Path) -> tuple[list[str], Split]:
-    """The classes and images of `folder/<class>/*`, refusing empty classes."""
+    """The classes and images of `folder/<class>/**` (any depth, through symlinks), leaving out other tools'
+    leftovers and hidden entries (`images.is_leftover`), refusing empty classes. Class names are compared
+    NFC-normalized: macOS stores names decomposed, so a class copied from it still matches its twin."""
     try:
-        classes, to_idx = find_classes(str(folder))
-    except FileNotFoundError as err:
-        raise DataError(f"{folder} has no class folders ({err}).") from None
-    for cls in classes:
-        if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (folder / cls).iterdir()):
-            raise DataError(f"class folder {folder / cls} holds no images ({', '.join(IMG_EXTENSIONS)}). "
+        dirs = sorted((unicodedata.normalize("NFC", e.name), e.path) for e in os.scandir(folder)
+                      if not is_leftover(e.name) and e.is_dir())
+    except OSError as err:
+        raise DataError(f"{folder} cannot be listed ({err}).") from None
+    if not dirs:
+        raise DataError(f"{folder} has no class folders: put each class's images in {folder}/<class>/.")
+    classes = [name for name, _ in dirs]
+    twins = sorted({c for c in classes if classes.count(c) > 1})
+    if twins:
+        raise DataError(f"{folder} holds class folder(s) {', '.join(map(repr, twins))} twice, spelled in different "
+                        "Unicode forms: merge them")
+    items, targets = [], []
+    for c, (_, path) in enumerate(dirs):
+        files = image_files(path)
+        if not files:
+            raise DataError(f"class folder {path} holds no images ({', '.join(IMG_EXTENSIONS)}). "
                             f"Add images or remove the folder.")
-    samples = make_dataset(str(folder), to_idx, extensions=IMG_EXTENSIONS)
-    return classes, Split([p for p, _ in samples], [t for _, t in samples])
+        items += files
+        targets += [c] * len(files)
+    return classes, Split(items, targets)
 
 
 def image_folder(root: str | Path, name: str = "imagefolder", val_fraction: float | None = None) -> ImageData:
@@ -183,7 +129,8 @@ def image_folder(root: str | Path, name: str = "imagefolder", val_fraction: floa
                         f"{root}/train/<class>/*), or set data.val_fraction=0.2 to hold out a stratified part of "
                         f"{pool}'s images as val.")
     classes, images = _class_folder(pool)
-    train, val = stratified_holdout(images, float(val_fraction))
+    train, val = stratified_holdout(images, float(val_fraction), classes=classes, key="data.val_fraction",
+                                    where=str(pool))
     return ImageData(name, classes, train, val,
                      val_from=f"{val_fraction} of {pool} held out, stratified by class (seed {SPLIT_SEED})")
 
@@ -258,7 +205,7 @@ def digits() -> ImageData:
     return ImageData("digits", [str(c) for c in d.target_names], split(tr), split(va))
 
 
-def few_shot(split: Split, shots: int, seed: int) -> Split:
+def few_shot(split: Split, shots: int, seed: int, classes: list[str] | None = None) -> Split:
     """Keep `shots` training images per class, chosen with a fixed seed (not the run's seed,
     so every run of a sweep sees the same subset)."""
     rng = np.random.default_rng(seed)
@@ -267,7 +214,9 @@ def few_shot(split: Split, shots: int, seed: int) -> Split:
     for c in np.unique(targets):
         ids = np.flatnonzero(targets == c)
         if len(ids) < shots:
-            raise DataError(f"data.shots={shots} but class {c} has only {len(ids)} training images.")
+            name = repr(classes[c]) if classes else str(c)
+            raise DataError(f"data.shots={shots} but class {name} has only {len(ids)} training image(s) in "
+                            f"{folder_of(split.items)}: lower data.shots to {len(ids)} or add images to it")
         keep.extend(rng.choice(ids, shots, replace=False).tolist())
     keep.sort()
     return Split([split.items[i] for i in keep], [split.targets[i] for i in keep])
@@ -309,11 +258,13 @@ def load(cfg) -> ImageData:
         raise DataError(f"{data.name} has its own selection split ({data.select_from}); drop data.select_fraction")
     if cfg.get("select_fraction"):
         # carved before data.shots, so that a few-shot sweep is selected on the same images as a full one
-        data.train, data.select = stratified_holdout(data.train, float(cfg.select_fraction), SELECT_SEED)
+        data.train, data.select = stratified_holdout(data.train, float(cfg.select_fraction), SELECT_SEED,
+                                                     classes=data.classes, key="data.select_fraction",
+                                                     where=f"{data.name}'s training split ({folder_of(data.train.items)})")
         data.select_from = (f"{cfg.select_fraction} of train held out, stratified by class (seed {SELECT_SEED}): "
                             f"{len(data.select.items)} images, never trained on")
     if cfg.get("shots"):
-        data.train = few_shot(data.train, int(cfg.shots), int(cfg.get("shots_seed", 0)))
+        data.train = few_shot(data.train, int(cfg.shots), int(cfg.get("shots_seed", 0)), data.classes)
     check_classes(data)
     return data
 
@@ -389,11 +340,32 @@ def loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_wor
                                                                              rt=rt))
 
 
+class TrainBatches(Sampler):
+    """Shuffled batches of a training split, as `DataLoader(shuffle=True)` draws them from `generator`, less a
+    trailing batch of one (`fastdata.trained_count`)."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        from .fastdata import trained_count
+
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.used = trained_count(n, batch_size)
+
+    def __len__(self) -> int:
+        return -(-self.used // self.batch_size)
+
+    def __iter__(self):
+        # torch's own shuffle, run to its end: the same draws from the generator as before, so runs repeat
+        order = list(RandomSampler(range(self.n), generator=self.generator))[:self.used]
+        for start in range(0, self.used, self.batch_size):
+            yield order[start:start + self.batch_size]
+
+
 def plain_loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_workers: int):
     """DataLoaders that decode and transform every image every epoch."""
     g = torch.Generator().manual_seed(seed)  # shuffling and (via worker seeds) augmentation follow the run's seed
-    common = dict(batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0)
-    train = DataLoader(SplitDataset(data.train, train_transform(pp)), shuffle=True, generator=g, **common)
-    val = DataLoader(SplitDataset(data.val, eval_transform(pp)), shuffle=False,
+    common = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
+    train = DataLoader(SplitDataset(data.train, train_transform(pp)),
+                       batch_sampler=TrainBatches(len(data.train.items), batch_size, g), generator=g, **common)
+    val = DataLoader(SplitDataset(data.val, eval_transform(pp)), batch_size=batch_size, shuffle=False,
                      generator=torch.Generator().manual_seed(seed), **common)
     return train, val

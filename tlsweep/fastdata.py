@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING
 
 import torch
 import torchvision
-from PIL import Image
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from . import diskcache
+from .images import displayed_size
 from .runtime import Runtime
 
 if TYPE_CHECKING:  # duck-typed: anything with crop, mean, std, interpolation (no import of the model zoo)
@@ -59,17 +59,13 @@ def _resized_hw(h: int, w: int, resize: int) -> tuple[int, int]:
 def _item_hw(item: Item) -> tuple[int, int]:
     if isinstance(item, torch.Tensor):
         return tuple(item.shape[-2:])
-    with Image.open(item) as im:  # PIL reads the header only; pixels are decoded lazily
-        w, h = im.size
+    w, h = displayed_size(item)  # the header only, and the EXIF orientation load_rgb applies
     return h, w
 
 
 def decoded_size_bytes(items: Sequence[Item], resize: int) -> int:
-    """Bytes of the uint8 image store `decode_images` would allocate, from headers only.
-
-    Exact, provided the loader does not rotate images (e.g. by EXIF orientation), which would
-    swap a header's width and height.
-    """
+    """Bytes of the uint8 image store `decode_images` would allocate (with `images.load_rgb`), from headers
+    only: exact, EXIF rotations included (a turn swaps width and height, which keeps the resized area)."""
     return sum(3 * h * w for h, w in (_resized_hw(*_item_hw(it), resize) for it in items))
 
 
@@ -134,6 +130,14 @@ def content_key(items: Sequence[Item], resize: int, interpolation: Interpolation
             h.update(f"|file:{st.st_size}:".encode())
         h.update(data)
     return h.hexdigest()
+
+
+def trained_count(n: int, batch_size: int) -> int:
+    """How many of a training split's `n` samples one epoch trains on: all, except that a trailing batch of
+    exactly one is dropped. BatchNorm in training mode cannot normalize a single sample whose feature map is
+    1x1 (one value per channel), and a batch of one is no batch statistic anyway. The order is reshuffled
+    every epoch, so every sample is still seen; larger remainders are kept, so that small data lose nothing."""
+    return n - 1 if batch_size > 1 and n > 1 and n % batch_size == 1 else n
 
 
 def pad_batch(images: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -307,9 +311,10 @@ class TensorLoader:
     """Batches `(x, y)` of one split from `DecodedImages`, for use wherever a DataLoader is:
     x float32 [B, 3, crop, crop] normalized, y int64 [B], both on `device`.
 
-    train=True: reshuffled every epoch, one random resized crop and flip per sample.
-    train=False: in order, center crop. All randomness comes from one CPU generator seeded
-    once with `seed`; each epoch continues its stream, so epochs differ and a run repeats.
+    train=True: reshuffled every epoch, one random resized crop and flip per sample; a trailing batch
+    of one is dropped (`trained_count`). train=False: in order, center crop, every sample. All
+    randomness comes from one CPU generator seeded once with `seed`; each epoch continues its
+    stream, so epochs differ and a run repeats.
     `len(loader)` is the number of batches and `len(loader.dataset)` the number of images,
     as with a DataLoader.
     """
@@ -333,12 +338,12 @@ class TensorLoader:
 
     def __len__(self) -> int:
         n = len(self.dataset)
-        return -(-n // self.batch_size)
+        return -(-(trained_count(n, self.batch_size) if self.train else n) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.dataset)
         order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
-        for b in range(len(self)):
+        for b in range(len(self)):  # len() leaves out a trailing training batch of one
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.batch(idx), self.dataset.targets[idx.to(self.dataset.targets.device)]
 

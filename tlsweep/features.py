@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from . import diskcache
-from .fastdata import DecodedImages, TensorLoader, content_key
+from .fastdata import DecodedImages, TensorLoader, content_key, trained_count
 from .models import ModelSpec, Preprocess, file_sha256
 from .runtime import Loaders, Runtime
 from .schema import FreezeBN
@@ -331,7 +331,8 @@ def _compute(prefix, train, val, views: int, pp: Preprocess, batch_size: int,
 
 
 class FeatureLoader:
-    """Batches (features, y) from cached features; train: reshuffled each epoch, next view each epoch."""
+    """Batches (features, y) from cached features; train: reshuffled each epoch, next view each epoch, a
+    trailing batch of one dropped (`fastdata.trained_count`: what trains may hold BatchNorm)."""
 
     def __init__(self, feats: torch.Tensor, targets: torch.Tensor, batch_size: int, train: bool, seed: int = 0):
         self.feats, self.targets = feats, targets.to(feats.device)
@@ -341,7 +342,8 @@ class FeatureLoader:
         self.dataset = targets  # len(loader.dataset) = number of images, as with a DataLoader
 
     def __len__(self) -> int:
-        return -(-len(self.targets) // self.batch_size)
+        n = len(self.targets)
+        return -(-(trained_count(n, self.batch_size) if self.train else n) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.targets)
@@ -351,6 +353,6 @@ class FeatureLoader:
         else:
             view, order = self.feats, torch.arange(n, device=self.feats.device)
         self.epoch += 1
-        for start in range(0, n, self.batch_size):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
             yield view[idx], self.targets[idx]

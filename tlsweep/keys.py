@@ -24,6 +24,15 @@ class Tag:
     SWEPT = "tlsweep.swept"
     CONFIG_KEY = "tlsweep.config_key"  # hash of the resolved config: what resume matches on
     ERROR = "tlsweep.error"  # the one-line reason a run FAILED
+    # a FAILED run whose loss became NaN or infinite: "epoch 1, lr 1e+06 (head 1e+06, backbone 1e+05), train
+    # loss nan". Such a config counts as done: resume skips it, the sweep's status and exit code treat it as ended
+    DIVERGED = "tlsweep.diverged"
+    # the process that runs a job (or, on the parent, launches the sweep): what tells an orphan from a live run.
+    # PID_START is the process's start (clock ticks since boot, Linux), so that a reused pid is not taken for it
+    HOST = "tlsweep.host"
+    PID = "tlsweep.pid"
+    PID_START = "tlsweep.pid_start"
+    LAUNCHED = "tlsweep.launched"  # on the parent: when its current launching process took the sweep (ISO time)
     SLURM_JOB_ID = "tlsweep.slurm_job_id"
     GIT_DIRTY = "tlsweep.git_dirty"
     WEIGHTS = "tlsweep.weights"
@@ -44,6 +53,11 @@ class Tag:
     RUN_NAME = "mlflow.runName"
     NOTE = "mlflow.note.content"
     GIT_COMMIT = "mlflow.source.git.commit"
+
+
+def diverged(tags: dict) -> bool:
+    """A run that ended on a NaN or infinite loss: a candidate that is lost, not a failure to rerun."""
+    return bool(tags.get(Tag.DIVERGED))
 
 
 def last_part(key: str) -> str:

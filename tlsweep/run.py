@@ -13,14 +13,16 @@ from .imports import heavy
 with heavy():  # torch, torchvision, MLflow: seconds of imports (see imports.py)
     import mlflow
     import torch
+    from torch import nn
 
     from . import data as datasets
     from . import features, models, schema, strategies, tracking
+    from .errors import ConfigError, Diverged
     from .keys import Tag
     from .optim import check_optim, make_optimizer
     from .progress import Progress
     from .runtime import Runtime, Stopwatch, resolve_device, seed_everything
-    from .train import fit, merge, tune_allocator
+    from .train import divergence, fit, merge, tune_allocator
 
 
 def run(cfg: DictConfig) -> dict:
@@ -30,8 +32,10 @@ def run(cfg: DictConfig) -> dict:
     clock = Stopwatch()
     name = tracking.run_name(cfg)
     done = tracking.finished_run(cfg)
-    if done is not None:  # a resumed sweep: this config already finished in it
-        print(f"[tlsweep] {name}: skipped, already FINISHED in this sweep (run {done.info.run_id})", flush=True)
+    if done is not None:  # a resumed sweep: this config already finished in it, or diverged
+        how = (f"diverged in this sweep ({done.data.tags[Tag.DIVERGED]}; delete run {done.info.run_id} to run it "
+               "again)" if done.info.status == "FAILED" else f"already FINISHED in this sweep (run {done.info.run_id})")
+        print(f"[tlsweep] {name}: skipped, {how}", flush=True)
         return dict(done.data.metrics)
     with tracking.job_run(cfg, name):  # opened first, so that even a config error is recorded as FAILED
         clock.seconds["mlflow"] = time.perf_counter() - start  # store, run, params, config artifact
@@ -44,6 +48,7 @@ def run(cfg: DictConfig) -> dict:
         with clock("model"):
             spec = models.get_spec(cfg.model, cfg.data.image_size)
             strategies.check(spec, cfg.strategy, cfg.epochs)  # a bad key, value or stage fails before any work
+            check_batch_of_one(spec, cfg)
         with clock("data"):  # every image decoded once, as the weights' preprocessing resizes it
             data = datasets.load(cfg.data)
             # the task a run is on, whatever source named it (Flowers102, a VTAB-1k task folder, hymenoptera):
@@ -125,6 +130,9 @@ def run(cfg: DictConfig) -> dict:
                 part = fit(net, batches, optimizer, scheduler, epochs, rt,  # the plan holds freeze_bn
                            plan=plan, first_epoch=first, on_epoch=on_epoch)
                 result = merge(result, part)
+        except Diverged as err:  # a lost candidate, not a fault: resume skips it, the sweep counts it as ended
+            mlflow.set_tag(Tag.DIVERGED, divergence(err, cfg.optim.lr))
+            raise
         finally:
             progress.close()
         clock.seconds["train"] = result["train_seconds"] - (clock.seconds["mlflow"] - logged_before)  # fit logs too
@@ -135,8 +143,9 @@ def run(cfg: DictConfig) -> dict:
         # A key with a per-epoch history (trainable_params, select_acc) is not logged again: its last epoch's
         # value is the run's (a second value at step 0 drew lpft's curve from 3.4M down to 12.8k and back)
         summary = {k: v for k, v in result.items() if k not in ("trainable_params", "select_acc")}
-        mlflow.log_metrics(scored_as({**summary, **{f"seconds/{k}": v for k, v in clock.seconds.items()}},
-                                     data.scored))
+        # a store that refuses them gets them printed as a JSON line, and the run is not FINISHED
+        tracking.log_result(scored_as({**summary, **{f"seconds/{k}": v for k, v in clock.seconds.items()}},
+                                      data.scored))
     s = data.scored
     result = scored_as(result, s)
     print(f"[tlsweep] {cfg.strategy.name:8s} seed={cfg.seed} final_{s}_acc={result[f'final_{s}_acc']:.4f} "
@@ -152,3 +161,29 @@ def scored_as(metrics: dict, scored: str) -> dict:
         return metrics
     return {k.replace("val_", f"{scored}_") if k.startswith(("val_", "best_val_", "final_val_")) else k: v
             for k, v in metrics.items()}
+
+
+def check_batch_of_one(spec: models.ModelSpec, cfg: DictConfig) -> None:
+    """Refuse batch_size=1 where some BatchNorm runs in train mode in some epoch of the run.
+
+    Every batch then holds one sample, and a train-mode BatchNorm over a 1x1 map (or a BatchNorm1d) has
+    one value per channel, which torch refuses mid-epoch; larger batches never get there, as the training
+    loaders drop a trailing batch of one. Decided by the strategy's own Plan and BatchNorm rule applied to
+    the architecture on the meta device (no memory, no weights), before any data is read.
+    """
+    if cfg.batch_size > 1:
+        return
+    with torch.device("meta"):
+        model = spec.build()
+        plan = strategies.apply(model, spec, cfg.strategy, 2, cfg.optim.lr, cfg.epochs)  # any head size will do
+    for first, _ in plan.segments(cfg.epochs):
+        plan.set_phase(first)
+        strategies.train_mode(model, plan.recipe.freeze_bn)
+        bn = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+        if bn:
+            raise ConfigError(
+                f"batch_size=1: strategy {cfg.strategy.name} trains {len(bn)} BatchNorm layer(s) of {spec.name} in "
+                f"train mode{f' from epoch {first}' if first > 1 else ''} ({', '.join(bn[:3])}"
+                f"{f' and {len(bn) - 3} more' if len(bn) > 3 else ''}), which need at least 2 samples per batch; "
+                "use batch_size>=2, or keep every BatchNorm in eval mode (strategy.freeze_bn=all, or a strategy "
+                "that trains none, such as probe)")

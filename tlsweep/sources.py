@@ -9,6 +9,7 @@ the run's `tlsweep.data.val` tag says so.
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 import torchvision.datasets
 
 from .errors import DataError
+from .images import UNREADABLE, leave_out, open_image, to_rgb, without_leftovers
 from .splits import SPLIT_SEED, ImageData, Split, stratified_holdout
 from .splits import why as _why
 
@@ -182,16 +184,18 @@ def torchvision_data(cfg) -> ImageData:
 
     def split_of(split: str | None, classes: list[str] | None = None) -> tuple[Split, list[str]]:
         ds = _open(name, spec, root, split, bool(cfg.download))
-        own = _classes(name, spec, ds)
+        # torchvision's ImageFolder (EuroSAT, Country211) takes a ".ipynb_checkpoints" folder for a class
+        items, own = without_leftovers(_classes(name, spec, ds), _items(name, ds), root)
         if classes is not None and own != classes:  # DTD, Food101, the pets name classes per split
             raise DataError(f"{name}'s {split} split names other classes than its {spec.train} split "
                             f"({len(own)} vs {len(classes)}); re-extract the dataset")
-        return _items(name, ds), own
+        return items, own
 
     train, classes = split_of(spec.train)
     if spec.scored is None:
         fraction = float(fraction or HOLDOUT_FRACTION)
-        train, val = stratified_holdout(train, fraction, SPLIT_SEED)
+        train, val = stratified_holdout(train, fraction, SPLIT_SEED, classes=classes, key="data.val_fraction",
+                                        where=f"{name} ({(root / spec.folder).absolute()})")
         val_from = (f"{fraction} of {name} held out, stratified by class (seed {SPLIT_SEED}; torchvision defines "
                     f"no split): {len(val.items)} images")
     else:
@@ -308,7 +312,6 @@ def _load_hf(cfg, datasets):
 def hf_data(cfg) -> ImageData:
     """`data=hf data.path=<hub name or folder>`: train_split trains, select_split selects, scored_split is
     scored (as "test" when its name starts with test, else as "val"); images decoded to uint8 tensors."""
-    from PIL import Image
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     datasets = _datasets()
@@ -341,20 +344,31 @@ def hf_data(cfg) -> ImageData:
         values = sorted({v for ds in picked.values() for v in ds[cfg.label_column]})
         classes, index = [str(v) for v in values], {v: i for i, v in enumerate(values)}
 
+    bad: list[tuple[str, str]] = []  # (row, why) of the images that cannot be decoded
+
     def split(role: str) -> Split:
         ds = picked[role]
-        if not isinstance(ds.features[cfg.image_column], datasets.Image):  # paths or bytes: decode them as images
-            ds = ds.cast_column(cfg.image_column, datasets.Image())
+        # undecoded (bytes or a path), so that a decompression bomb is refused from its header, never decoded
+        ds = ds.cast_column(cfg.image_column, datasets.Image(decode=False))
         targets = [v if index is None else index[v] for v in ds[cfg.label_column]]
         if index is None and not all(0 <= t < len(classes) for t in targets):  # ClassLabel's -1: no label
             raise DataError(f"{name}'s {roles[role]} split holds images without a label ({cfg.label_column} outside "
                             f"0..{len(classes) - 1}); it cannot be trained or scored on")
-        images = []
-        for img in ds.select_columns([cfg.image_column])[cfg.image_column]:
-            if not isinstance(img, Image.Image):
+        kept = Split([], [])
+        for row, (cell, target) in enumerate(zip(ds.select_columns([cfg.image_column])[cfg.image_column], targets)):
+            if not isinstance(cell, dict) or not (cell.get("bytes") or cell.get("path")):
                 raise DataError(f"{name}'s {roles[role]} split: {cfg.image_column} is not an image column")
-            images.append(pil_to_tensor(img.convert("RGB")))
-        return Split(images, [int(t) for t in targets])
+            where = f"{name}/{roles[role]}[{row}]" + (f" ({cell['path']})" if cell.get("path") else "")
+            try:
+                with open_image(io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]) as img:
+                    kept.items.append(pil_to_tensor(to_rgb(img)))
+            except UNREADABLE as err:
+                bad.append((where, _why(err)))
+                continue
+            kept.targets.append(int(target))
+        if targets and not kept.items:
+            raise DataError(f"{name}'s {roles[role]} split has no readable image: {bad[-1][0]}: {bad[-1][1]}")
+        return kept
 
     scored = split("scored")
     data = ImageData(name, classes, split("train"), scored,
@@ -363,4 +377,7 @@ def hf_data(cfg) -> ImageData:
     if "select" in picked:
         data.select = split("select")
         data.select_from = f"{name}'s {cfg.select_split} split: {len(data.select.items)} images, never trained on"
+    if bad:
+        leave_out(name, bad, cfg.get("bad_images", "skip"))
+        data.skipped = [w for w, _ in bad]
     return data

@@ -5,6 +5,7 @@ reads itself, the checks and loaders) and `sources` (datasets by name) both buil
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,20 +43,38 @@ class ImageData:
         return [self.val] + ([self.select] if self.select is not None else [])
 
 
-def stratified_holdout(split: Split, fraction: float, seed: int = SPLIT_SEED) -> tuple[Split, Split]:
+def stratified_holdout(split: Split, fraction: float, seed: int = SPLIT_SEED, *, classes: list[str] | None = None,
+                       key: str = "the held-out fraction", where: str = "the split") -> tuple[Split, Split]:
     """(kept, held out): `fraction` of each class held out, chosen with a fixed seed (not the
-    run's), so every run of a sweep holds out the same images."""
+    run's), so every run of a sweep holds out the same images. `classes`, `key` (the config key that asked)
+    and `where` (the folder or split) name what a refusal is about."""
     from sklearn.model_selection import train_test_split
 
     if not 0 < fraction < 1:
         raise DataError(f"a held-out fraction must be in (0, 1), got {fraction}")
-    idx = np.arange(len(split.items))
+    counts = np.bincount(np.asarray(split.targets, dtype=np.int64), minlength=len(classes or ()))
+    name = lambda c: repr(classes[c]) if classes else str(c)  # noqa: E731
+    # scikit-learn's stratified split needs each class on both sides, and at least one held-out image per class
+    few = [(name(c), int(n)) for c, n in enumerate(counts) if 0 < n < 2]
+    if few:
+        listed = ", ".join(f"class {c} has {n} image" for c, n in few[:5])
+        listed += f" (and {len(few) - 5} more)" if len(few) > 5 else ""
+        raise DataError(f"{listed} in {where}; {key}={fraction} needs at least 2 per class (one to train on, one to "
+                        "hold out): add images to it, or remove the class")
+    n, present = len(split.items), int((counts > 0).sum())
+    held = math.ceil(fraction * n)  # as scikit-learn rounds
+    kept = n - held
+    if held < present or kept < present:
+        side, fix = (f"holds out {held}", "raise") if held < present else (f"keeps {kept} to train on", "lower")
+        raise DataError(f"{key}={fraction} of the {n} images in {where} {side}, fewer than their {present} classes "
+                        f"(each needs one on both sides): {fix} {key}, or add images")
+    idx = np.arange(n)
     try:
-        keep, held = train_test_split(idx, test_size=fraction, stratify=split.targets, random_state=seed)
-    except ValueError as err:  # a class too small to appear on both sides
-        raise DataError(f"cannot hold out {fraction} of every class: {err}") from None
+        keep, held_out = train_test_split(idx, test_size=fraction, stratify=split.targets, random_state=seed)
+    except ValueError as err:  # what the checks above do not foresee
+        raise DataError(f"cannot hold out {key}={fraction} of every class in {where}: {err}") from None
     pick = lambda ids: Split([split.items[i] for i in sorted(ids)], [split.targets[i] for i in sorted(ids)])  # noqa: E731
-    return pick(keep), pick(held)
+    return pick(keep), pick(held_out)
 
 
 def why(err: Exception) -> str:

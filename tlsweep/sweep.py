@@ -7,7 +7,9 @@ is closed, and the sweep's report logged to it, when the sweep ends, also when a
 (Hydra then skips `on_multirun_end`, so an atexit hook does it).
 
 Resume: the same command with the same `tracking.sweep_name` continues that sweep under the same
-parent; each job whose config already has a FINISHED run there is skipped (`tracking.finished_run`).
+parent; each job whose config already has a FINISHED (or diverged) run there is skipped
+(`tracking.finished_run`). One process at a time runs a sweep name: a second launcher is refused
+(`owner`), on a local store by a file lock that dies with its holder, so a resume after a kill works.
 """
 from __future__ import annotations
 
@@ -26,17 +28,18 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import STARTED
+from . import STARTED, owner, stores
+from .errors import StoreError, end_command
 from .imports import heavy
-from .keys import Tag, short_labels
-from .mlstore import children
+from .keys import Tag, diverged, short_labels
+from .mlstore import children, local_path
 
 with heavy():  # MLflow: about 1 s of imports
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
     from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
-    from .tracking import (EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, announce, current,
+    from .tracking import (EXPERIMENT, EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, announce, current,
                            planned_jobs, setup_store, swept_keys)
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,25 @@ def mark_ended_early(status: str) -> None:
     every run made so far finished. A job cancelled before it started leaves no run to say so."""
     global _ended_early
     _ended_early = status
+
+
+class SweepBusy(SystemExit):
+    """Another live process runs this sweep name: the process exits 1 with the one line. A SystemExit, since
+    Hydra turns a callback's Exception into a warning and launches the jobs anyway."""
+
+
+def lost(run) -> bool:
+    """A job that diverged: FAILED with a tlsweep.diverged tag. Its config counts as done (a lost candidate)."""
+    return run.info.status == "FAILED" and diverged(run.data.tags)
+
+
+def diverged_part(children: list) -> str:
+    """The summary line's part on runs that diverged ("; 1 diverged: probe lr=1e+06 (epoch 1)"), or ""."""
+    gone = [c for c in children if lost(c)]
+    if not gone:
+        return ""
+    return f"; {len(gone)} diverged: " + ", ".join(
+        f"{c.info.run_name} ({c.data.tags[Tag.DIVERGED].split(',')[0]})" for c in gone)
 
 
 def find_sweep(client: MlflowClient, exp_id: str, name: str):
@@ -64,14 +86,15 @@ def summary_line(children: list, planned: int | None = None) -> str:
     never = f"; {total - len(children)} of {total} never started" if total > len(children) else ""
     if not children:
         return f"[tlsweep] no job of this sweep made a run{never}"
-    bad = [c for c in children if c.info.status != "FINISHED"]
+    bad = [c for c in children if c.info.status != "FINISHED" and not lost(c)]
+    gone = diverged_part(children)
     if not bad:
-        return f"[tlsweep] {len(children)} of {total} jobs finished{never}"
+        return f"[tlsweep] {sum(c.info.status == 'FINISHED' for c in children)} of {total} jobs finished{gone}{never}"
     kinds = Counter(c.data.tags.get(Tag.ERROR, f"{c.info.status} (no error recorded)").splitlines()[0][:300]
                     for c in bad)
     errors = next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{n} x {e}" for e, n in kinds.most_common())
     runs = ", ".join(f"{c.info.run_name} ({c.info.status})" for c in bad)
-    return f"[tlsweep] {len(bad)} of {total} jobs failed: {errors}{never}; runs: {runs}"
+    return f"[tlsweep] {len(bad)} of {total} jobs failed: {errors}{gone}{never}; runs: {runs}"
 
 
 @dataclass
@@ -100,8 +123,8 @@ def fixed_cost(children: list, started: float, now: float) -> FixedCost:
 
 def sweep_status(children: list) -> str:
     """The parent's status from its current runs: KILLED after a kill, FAILED if any did not finish
-    or none ran at all, else FINISHED."""
-    statuses = {c.info.status for c in children}
+    or none ran at all, else FINISHED. A run that diverged ended as it should: a lost candidate."""
+    statuses = {"FINISHED" if lost(c) else c.info.status for c in children}
     return "KILLED" if "KILLED" in statuses else "FAILED" if not statuses or statuses - {"FINISHED"} else "FINISHED"
 
 
@@ -146,9 +169,13 @@ class SweepCallback(Callback):
         self.report = report
         self.parent: str | None = None
         self.planned: int | None = None
+        self.claim: owner.LocalClaim | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        uri, exp_id = setup_store(config.tracking.uri, config.tracking.experiment)
+        try:
+            uri, exp_id = setup_store(config.tracking.uri, config.tracking.experiment)
+        except StoreError as err:  # before any job starts: the sweep ends here, with one line
+            end_command(err)
         client = MlflowClient(uri)
         asked = config.tracking.get("sweep_name")
         name = asked or f"sweep-{datetime.now():%Y-%m-%d_%H-%M-%S}"
@@ -157,16 +184,26 @@ class SweepCallback(Callback):
         params = OmegaConf.to_container(sweeper_params) if sweeper_params else None
         self.swept = swept_keys(overrides, params)
         self.planned = planned_jobs(overrides, params)
+        self._claim(uri, asked)  # before the parent is looked up: the loser of a race must not see it free
         previous = find_sweep(client, exp_id, asked) if asked else None
+        launcher = {**owner.identity(), Tag.LAUNCHED: owner.launched()}  # who runs the sweep now
         if previous is not None:  # the same name again: continue that sweep, under the same parent
             parent = previous.info.run_id
+            if self.claim is None:  # a server store: no lock all launchers reach, so the parent's owner tags.
+                # Not atomic: two launchers that read the parent within the same moment both find it free.
+                busy = owner.refusal(asked, previous.info.status, previous.data.tags, owner.host(), owner.pid_alive)
+                if busy:
+                    raise SweepBusy(busy)
             client.update_run(parent, status="RUNNING")
+            client.log_batch(parent, tags=[RunTag(k, v) for k, v in launcher.items()])
             done = len(children(client, exp_id, parent, status="FINISHED"))
-            how = f"resumed: {done} finished runs kept; jobs whose config finished are skipped"
+            gone = sum(map(lost, children(client, exp_id, parent, status="FAILED")))
+            how = (f"resumed: {done} finished runs kept" + (f", {gone} diverged" if gone else "")
+                   + "; jobs whose config finished" + (" or diverged" if gone else "") + " are skipped")
         else:
             parent = client.create_run(exp_id, run_name=name, tags={
                 Tag.ROLE: "sweep", Tag.SWEEP_NAME: name, Tag.OVERRIDES: " ".join(overrides),
-                Tag.SWEPT: " ".join(self.swept), Tag.RUN_NAME: name}).info.run_id
+                Tag.SWEPT: " ".join(self.swept), Tag.RUN_NAME: name, **launcher}).info.run_id
             how = "new"
         self.uri, self.exp_id, self.parent, self.name = uri, exp_id, parent, name
         self.experiment = config.tracking.experiment
@@ -176,10 +213,45 @@ class SweepCallback(Callback):
                            EXPERIMENT_ENV: exp_id, "MLFLOW_TRACKING_URI": uri})
         announce(uri, exp_id)
         print(f"[tlsweep] sweep {name} ({how}): parent run {parent}", flush=True)
-        atexit.register(self.finish)  # Hydra skips on_multirun_end when a job raised
+        atexit.register(self._finish_at_exit)  # Hydra skips on_multirun_end when a job raised
+
+    def __getstate__(self) -> dict:
+        # joblib and submitit pickle the callbacks into every job: the claim (a held lock) stays in the launcher
+        return {**self.__dict__, "claim": None}
+
+    def _claim(self, uri: str, name: str | None) -> None:
+        """On a local SQLite store, hold sweep `name` for this process's life (SweepBusy if another holds it)."""
+        db = local_path(uri) if name and uri.startswith("sqlite:///") else None
+        if db is None:  # a sweep named by the clock, or a server store (see on_multirun_start)
+            return
+        claim = owner.LocalClaim(db, name)
+        busy = claim.acquire()
+        if busy:
+            raise SweepBusy(busy)
+        self.claim = claim
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         self.finish()
+
+    def _finish_at_exit(self) -> None:
+        with contextlib.suppress(KeyboardInterrupt):  # the process ends anyway; finish said what was cut short
+            self.finish()
+
+    @contextlib.contextmanager
+    def _report_interruptible(self):
+        """Ctrl-C while the report is made: say how to make it later, then let the interrupt end the process.
+        The runs stay as they are and `finish` still closes the parent."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            again = f"python -m tlsweep.report sweep={self.name}"
+            if self.uri != f"sqlite:///{Path('mlruns/mlflow.db').resolve()}":  # not where the report looks first
+                again += f" tracking.uri={self.uri}"
+            if self.experiment != EXPERIMENT:
+                again += f" tracking.experiment={self.experiment}"
+            print(f"[tlsweep] report of sweep {self.name} interrupted; its runs are kept. Make it with: {again}",
+                  flush=True)
+            raise
 
     def finish(self) -> None:
         """Close the parent: FINISHED if every config finished, else FAILED (KILLED after Ctrl-C).
@@ -193,7 +265,11 @@ class SweepCallback(Callback):
             os.environ.pop(var, None)
         client = MlflowClient(self.uri)
         status = "FAILED"
+        down = stores.fault_now(self.uri)  # a store failing at the end: one line now, not minutes of retries
         try:
+            if down is not None:
+                print(stores.left_open(self.name, parent, down), flush=True)
+                return
             runs = children(client, self.exp_id, parent)  # listed once, every page of them
             for i, child in enumerate(runs):  # a worker that died hard cannot close its run
                 if child.info.status == "RUNNING":
@@ -205,20 +281,33 @@ class SweepCallback(Callback):
             if _ended_early and status == "FINISHED" or _ended_early == "KILLED":
                 status = _ended_early
             print(summary_line(jobs, self.planned), flush=True)
+            if stores.failed_line(self.name):
+                print(stores.failed_line(self.name), flush=True)
             with _or_warn(f"log the shared config of sweep {self.name} as its parent's params"):
                 known = client.get_run(parent).data.params  # a resumed parent has them already
                 shared = {k: v for k, v in shared_params(jobs, self.swept).items() if k not in known}
                 client.log_batch(parent, params=[Param(k, v) for k, v in shared.items()])
             if self.report and any(c.info.status == "FINISHED" for c in jobs):
-                with _or_warn(f"report sweep {self.name}"):
+                with _or_warn(f"report sweep {self.name}"), self._report_interruptible():
                     self._report(client, parent, runs)
             with _or_warn(f"log the fixed cost of sweep {self.name}"):
                 cost = fixed_cost(jobs, STARTED, time.time())
                 print(cost.line, flush=True)
                 client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0)
                                                   for k, v in cost.metrics.items()])
+        except Exception as err:
+            down = stores.fault(err, self.uri)  # the store failed half-way through: say so, in one line
+            if down is None:
+                raise
+            print(stores.left_open(self.name, parent, down), flush=True)
         finally:
-            client.set_terminated(parent, status)
+            try:
+                if down is None:
+                    client.set_terminated(parent, status)
+            finally:
+                if self.claim is not None:  # after the parent closed: a next launcher finds it ended
+                    self.claim.release()
+                    self.claim = None
 
     def _report(self, client: MlflowClient, parent: str, runs: list) -> None:
         with heavy("tlsweep.report.make"):  # the report's modules

@@ -7,6 +7,7 @@ processes pass on. This module imports nothing of the sweep's lifecycle or the r
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -19,14 +20,17 @@ from pathlib import Path
 from filelock import FileLock
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from . import owner, stores
+from .errors import StoreError, why
 from .imports import heavy
-from .keys import Tag, is_seed, short_labels
+from .keys import Tag, diverged, is_seed, short_labels
 from .mlstore import local_path, opening
 
 with heavy():  # about 1 s of imports
     import mlflow
     from mlflow.tracking import MlflowClient
 
+stores.configure()  # bounded HTTP retries, before the first request of any process that tracks
 log = logging.getLogger(__name__)
 EXPERIMENT = "tlsweep"
 PARENT_ENV = "TLSWEEP_PARENT_RUN_ID"
@@ -67,8 +71,11 @@ def setup_store(uri: str | None = None, experiment: str = EXPERIMENT) -> tuple[s
     A server serializes its own writes; there only the experiment's create race remains,
     settled by create-or-get. Callers log by the id returned, never by name: racing
     `mlflow.set_experiment` sends the losers' runs to the Default experiment.
+    A store that cannot be used (a server down, a path that cannot be written, a db locked past
+    `stores.LOCK_WAIT_S`) raises StoreError first, in one line, before MLflow's retries.
     """
     uri = default_tracking_uri(uri)
+    stores.check(uri)
     artifacts, lock = None, contextlib.nullcontext()
     db = local_path(uri) if uri.startswith("sqlite:///") else None
     if db is not None:
@@ -76,7 +83,7 @@ def setup_store(uri: str | None = None, experiment: str = EXPERIMENT) -> tuple[s
         artifacts = (db.parent / "artifacts").as_uri()  # keep artifacts beside the db, not in ./mlartifacts
         lock = FileLock(f"{db}.lock")  # flock: released by the OS also when its holder dies
     mlflow.set_tracking_uri(uri)
-    with lock, opening(uri):
+    with stores.translated(uri), lock, opening(uri):
         if db is not None and not db.exists():
             _copy_empty_store(db)
         client = MlflowClient(uri)  # opens the store: creates or migrates its schema
@@ -119,6 +126,9 @@ def _copy_empty_store(db: Path) -> None:
         for part in parts:
             with contextlib.suppress(OSError):
                 part.unlink(missing_ok=True)
+        full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full and parts and parts[-1].parent == db.parent:  # the store's own disk: MLflow could not write it either
+            raise StoreError(stores.store_path(db, why(err), "create")) from err
         log.warning("could not start %s from an empty store (%s: %s); MLflow creates it", db, type(err).__name__, err)
 
 
@@ -253,31 +263,41 @@ def _store(cfg: DictConfig) -> tuple[str, str]:
     """(uri, experiment id): a sweep's job takes its parent's by id from the environment (a job on another
     node or in another directory would resolve a relative store differently, and a name can race)."""
     if os.environ.get(PARENT_ENV) and os.environ.get(EXPERIMENT_ENV) and os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        return os.environ["MLFLOW_TRACKING_URI"], os.environ[EXPERIMENT_ENV]
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+        if stores.failed_before():  # an earlier job of this process found the store failing: if it still does,
+            stores.check(uri, lock_wait=stores.MLFLOW_BUSY_S)  # fail in seconds, before any work, not after retries
+        mlflow.set_tracking_uri(uri)
+        return uri, os.environ[EXPERIMENT_ENV]
     return setup_store(cfg.tracking.uri, cfg.tracking.experiment)
 
 
 def finished_run(cfg: DictConfig):
-    """The FINISHED run of this config in the current sweep (a resumed one), or None; None outside a sweep."""
+    """The run that settled this config in the current sweep (a resumed one), or None; None outside a sweep:
+    a FINISHED run, else a FAILED one that diverged (a lost candidate: rerunning it would diverge again)."""
     parent = os.environ.get(PARENT_ENV)
     if not parent:
         return None
-    uri, exp_id = _store(cfg)
-    found = MlflowClient(uri).search_runs(
-        [exp_id], f"tags.mlflow.parentRunId = '{parent}' and tags.`{Tag.CONFIG_KEY}` = '{config_key(cfg)}' "
-                  "and attributes.status = 'FINISHED'", max_results=1)
-    return found[0] if found else None
+    with stores.translated(os.environ.get("MLFLOW_TRACKING_URI", ""), run_name(cfg)):
+        uri, exp_id = _store(cfg)
+        found = MlflowClient(uri).search_runs(  # a search has no OR on status: a config's few attempts, sorted here
+            [exp_id], f"tags.mlflow.parentRunId = '{parent}' and tags.`{Tag.CONFIG_KEY}` = '{config_key(cfg)}'",
+            max_results=100)
+    done = ([r for r in found if r.info.status == "FINISHED"]
+            or [r for r in found if r.info.status == "FAILED" and diverged(r.data.tags)])
+    return done[0] if done else None
 
 
 @contextlib.contextmanager
 def job_run(cfg: DictConfig, run_name: str):
-    """One MLflow run for one job, ended FINISHED, FAILED (error as a tag) or KILLED (Ctrl-C)."""
+    """One MLflow run for one job, ended FINISHED, FAILED (error as a tag) or KILLED (Ctrl-C). A store
+    that fails raises StoreError; the run then ends FAILED if the store answers again at once, else it
+    stays RUNNING, and a resume of the sweep by name runs the config again."""
     uri, exp_id = _store(cfg)
     parent = os.environ.get(PARENT_ENV)
     if not parent:
         announce(uri, exp_id)
-    tags = {Tag.ROLE: "job", Tag.OVERRIDES: " ".join(hydra_overrides()), Tag.CONFIG_KEY: config_key(cfg)}
+    tags = {Tag.ROLE: "job", Tag.OVERRIDES: " ".join(hydra_overrides()), Tag.CONFIG_KEY: config_key(cfg),
+            **owner.identity()}  # host, pid, its start: the report tells an orphan (a SIGKILLed job) from a live run
     if os.environ.get(SWEEP_NAME_ENV):
         tags[Tag.SWEEP_NAME] = os.environ[SWEEP_NAME_ENV]
     if os.environ.get("SLURM_JOB_ID"):
@@ -288,7 +308,8 @@ def job_run(cfg: DictConfig, run_name: str):
     commit = git_commit()
     if commit:
         tags[Tag.GIT_COMMIT], tags[Tag.GIT_DIRTY] = commit[0], str(commit[1])
-    run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, parent_run_id=parent or None, tags=tags)
+    with stores.translated(uri, run_name):
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, parent_run_id=parent or None, tags=tags)
     try:
         mlflow.log_params(flatten(cfg))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
@@ -297,10 +318,33 @@ def job_run(cfg: DictConfig, run_name: str):
         _close(run.info.run_id, "KILLED", "KeyboardInterrupt")
         raise
     except BaseException as err:
+        found = stores.fault(err, uri)
+        if found is not None:
+            stores.end_after_fault(run.info.run_id, run_name, found)
+            if found is not err:
+                raise found from err
+            raise
         _close(run.info.run_id, "FAILED", f"{type(err).__name__}: {err}"[:5000])
         raise
     else:
-        mlflow.end_run()
+        with stores.translated(uri, run_name):
+            mlflow.end_run()  # pops the run first: a failure leaves it RUNNING in the store, for a resume to rerun
+
+
+def log_result(metrics: dict[str, float]) -> None:
+    """Log a finished job's metrics, the last thing its run takes. If the store refuses them, they are printed
+    first as one JSON line of the job's output, so they are not lost, and the error goes on: the run does
+    not end FINISHED, and a resume runs its config again."""
+    try:
+        mlflow.log_metrics(metrics)
+    except Exception as err:
+        uri = mlflow.get_tracking_uri()
+        if stores.fault(err, uri) is None:
+            raise
+        run = mlflow.active_run()
+        stores.unlogged(uri, run and run.info.run_id, run and run.info.run_name, run.data.tags if run else {},
+                        metrics)
+        raise
 
 
 def _close(run_id: str, status: str, error: str) -> None:

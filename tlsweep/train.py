@@ -34,19 +34,29 @@ def tune_allocator() -> None:
     libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap for reuse
 
 
+# How often a pass checks that its loss is still finite. On the CPU every step: the loss is already on the
+# host, so the check costs nothing, and a diverged run stops at its first NaN step. On CUDA (and MPS) reading
+# a value waits for the device, draining the queue of kernels the host keeps ahead of it, so there the pass
+# checks its running sum every SYNC_EVERY steps: a diverged run wastes at most that many steps, not an epoch.
+SYNC_EVERY = 32
+
+
 def run_epoch(model: nn.Module, loader: Iterable, rt: Runtime = CPU, optimizer=None,
               penalty: Callable[[], torch.Tensor] | None = None) -> tuple[float, float]:
     """One pass over `loader`; trains when an optimizer is given. Returns (mean loss, accuracy).
 
     `penalty()` (a regularizer such as L2-SP) is added to the loss it trains on, not to the loss it
-    reports, which stays the data's cross-entropy. Sums stay on the device: no host sync per step.
+    reports, which stays the data's cross-entropy. Sums stay on the device: on an accelerator, one host
+    sync per SYNC_EVERY steps. A pass whose loss is no longer finite stops there and returns it (NaN or
+    inf): a NaN stays in the sum, and cross-entropy is never negative, so an inf cannot cancel.
     """
     train = optimizer is not None
     loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
     correct = torch.zeros((), device=rt.device, dtype=torch.int64)
     n = 0
+    check_every = 1 if rt.device.type == "cpu" else SYNC_EVERY
     with torch.set_grad_enabled(train):
-        for x, y in loader:
+        for step, (x, y) in enumerate(loader, 1):
             x, y = rt.put(x), y.to(rt.device, non_blocking=True)
             with rt.autocast():
                 logits = model(x)
@@ -58,6 +68,8 @@ def run_epoch(model: nn.Module, loader: Iterable, rt: Runtime = CPU, optimizer=N
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             n += len(y)
+            if step % check_every == 0 and not torch.isfinite(loss_sum):
+                break
     return loss_sum.item() / n, correct.item() / n
 
 
@@ -74,6 +86,19 @@ def lr_metrics(groups: list[dict]) -> dict[str, float]:
     for stage, lrs in per_stage.items():
         out.update({f"lr/{stage}/min": min(lrs), f"lr/{stage}/mean": sum(lrs) / len(lrs), f"lr/{stage}/max": max(lrs)})
     return out
+
+
+def _group_lrs(lrs: dict[str, float]) -> dict[str, float]:
+    return {k.removeprefix("lr/"): v for k, v in lrs.items()}
+
+
+def divergence(err: Diverged, lr: float) -> str:
+    """The `tlsweep.diverged` tag: "epoch 1, lr 1e+06 (head 1e+06, backbone 1e+05), train loss nan", with
+    `lr` the config's optim.lr and in parentheses the LRs that epoch's parameter groups trained with."""
+    groups = [f"{name} {value:.3g}" for name, value in err.lrs.items()]
+    if len(groups) > 8:  # auto_rgn: one group per tensor, summed up per stage; keep the tag one line
+        groups = groups[:8] + [f"... {len(groups) - 8} more"]
+    return f"epoch {err.epoch}, lr {lr:.3g}" + (f" ({', '.join(groups)})" if groups else "") + f", {err.loss}"
 
 
 def fit(model: nn.Module, loaders: Loaders, optimizer: torch.optim.Optimizer, scheduler, epochs: int,
@@ -101,11 +126,13 @@ def fit(model: nn.Module, loaders: Loaders, optimizer: torch.optim.Optimizer, sc
         if plan is not None:
             extra.update(plan.end_epoch(optimizer))
         if not math.isfinite(train_loss):
-            raise Diverged(f"non-finite training loss ({train_loss}) in epoch {epoch}; lower optim.lr")
+            raise Diverged(f"non-finite training loss ({train_loss}) in epoch {epoch}; lower optim.lr",
+                           epoch, _group_lrs(lrs), f"train loss {train_loss}")
         model.eval()
         val_loss, val_acc = run_epoch(model, loaders.val, rt)
         if not math.isfinite(val_loss):  # finite weights can still overflow on unseen inputs
-            raise Diverged(f"non-finite validation loss ({val_loss}) in epoch {epoch}; lower optim.lr")
+            raise Diverged(f"non-finite validation loss ({val_loss}) in epoch {epoch}; lower optim.lr",
+                           epoch, _group_lrs(lrs), f"val loss {val_loss}")
         if scheduler is not None:
             scheduler.step()
         if val_acc > best_acc:

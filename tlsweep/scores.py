@@ -1,0 +1,162 @@
+"""Transferability scores of frozen features: how well a backbone's features suit a task, read from the features
+alone, before any training (LogME, k-NN and nearest-class-mean accuracy), and how well a score ranks backbones by the
+accuracy they reach after transfer (weighted Kendall tau, Spearman rho).
+
+Features are an (N, D) array, labels an (N,) array of class labels. Pure numpy (scipy.stats for the rank
+statistics, imported when they are asked for): whoever extracts the features owns torch, nothing here imports it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# k of knn_acc: the k-NN evaluation of DINO (Caron et al., ICCV 2021) found 20 neighbours best among 10, 20, 100, 200
+KNN_K = 20
+_BLOCK = 1024  # eval rows per similarity block: 1024 x N_train float64, 2 GB only at a quarter-million train samples
+
+
+def logme(features: np.ndarray, labels: np.ndarray) -> float:
+    """LogME (You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer Learning", ICML 2021).
+
+    Per class, a Bayesian linear regression from the features onto the class's one-vs-rest target
+    (w ~ N(0, I/alpha), y ~ N(Fw, I/beta)); its log evidence, maximised over alpha and beta and divided by N,
+    averaged over the classes. Higher is better. alpha and beta come from the fixed-point iteration of You et al.,
+    "Ranking and Tuning Pre-trained Models: A New Paradigm for Exploiting Model Hubs" (JMLR 2022), on the SVD of F,
+    so that N < D (1280-d features of a few hundred images) costs one thin SVD.
+    """
+    return float(logme_per_class(features, labels)[0].mean())
+
+
+def logme_per_class(features: np.ndarray, labels: np.ndarray, tol: float = 1e-10,
+                    max_iter: int = 1000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(evidence / N, alpha, beta) per class, classes in sorted order; `logme` is the evidence's mean.
+
+    The iteration is MacKay's: gamma = sum_i beta s_i / (alpha + beta s_i) over the eigenvalues s_i of F^T F,
+    alpha <- gamma / |m|^2, beta <- (N - gamma) / |Fm - y|^2, with m the posterior mean. It stops when alpha/beta
+    moves by less than `tol` (relative) or when the evidence gains less than `tol` per sample: where the evidence
+    is largest at beta -> infinity (N < D: some w fits y exactly), alpha/beta keeps shrinking towards 0 while the
+    evidence has already reached its limit.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    if f.ndim != 2 or y.shape != (len(f),):
+        raise ValueError(f"features must be (N, D) and labels (N,); got {f.shape} and {y.shape}")
+    n, d = f.shape
+    targets = (y[:, None] == np.unique(y)[None, :]).astype(np.float64)  # one-vs-rest, N x C
+    u, sv, _ = np.linalg.svd(f, full_matrices=False)  # k = min(N, D) singular values
+    s = (sv ** 2)[:, None]  # eigenvalues of F^T F; its other D - k are 0
+    z2 = (u.T @ targets) ** 2  # the targets' energy along each singular direction, k x C
+    off = np.maximum((targets ** 2).sum(0) - z2.sum(0), 0.0)  # energy outside F's column space: no w fits it
+    zero = d - len(sv)  # eigenvalues of F^T F that are 0 because k < D: each adds log(alpha) to log|A|
+
+    def evidence(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        lam = alpha / beta
+        den = s + lam  # (alpha + beta s_i) / beta
+        gamma = (s / den).sum(0)
+        m2 = (s * z2 / den ** 2).sum(0)  # |m|^2, m = beta A^-1 F^T y
+        res2 = (z2 * (lam / den) ** 2).sum(0) + off  # |F m - y|^2
+        # log|A| over all D eigenvalues of A = alpha I + beta F^T F, the zero ones of F^T F included: the JMLR
+        # reference code sums only the k nonzero ones, which overstates the evidence by (D - k)/2 log(alpha) when N < D
+        logdet = np.log(alpha + beta * s).sum(0) + zero * np.log(alpha)
+        e = (d * np.log(alpha) + n * np.log(beta) - beta * res2 - alpha * m2 - logdet - n * np.log(2 * np.pi)) / 2
+        return e / n, gamma, m2, res2
+
+    tiny = np.finfo(np.float64).tiny
+    alpha, beta = np.ones(targets.shape[1]), np.ones(targets.shape[1])
+    ev, gamma, m2, res2 = evidence(alpha, beta)
+    for _ in range(max_iter):
+        new_alpha = gamma / np.maximum(m2, tiny)
+        new_beta = (n - gamma) / np.maximum(res2, tiny)
+        new_ev, gamma, m2, res2 = evidence(new_alpha, new_beta)
+        step = np.abs(new_alpha / new_beta * beta / alpha - 1)
+        alpha, beta = new_alpha, new_beta
+        done = (step < tol) | (np.abs(new_ev - ev) < tol)
+        ev = new_ev
+        if done.all():
+            break
+    return ev, alpha, beta
+
+
+def _unit(f: np.ndarray) -> np.ndarray:
+    f = np.asarray(f, dtype=np.float64)
+    norm = np.linalg.norm(f, axis=1, keepdims=True)
+    return f / np.where(norm > 0, norm, 1.0)
+
+
+def _split(train_f, train_y, eval_f, eval_y):
+    """(train features, train labels, eval features, eval labels, leave-one-out?)."""
+    if (eval_f is None) != (eval_y is None):
+        raise ValueError("give both eval_f and eval_y, or neither (leave-one-out on train)")
+    train_f, train_y = np.asarray(train_f, dtype=np.float64), np.asarray(train_y)
+    if eval_f is None:
+        return train_f, train_y, train_f, train_y, True
+    return train_f, train_y, np.asarray(eval_f, dtype=np.float64), np.asarray(eval_y), False
+
+
+def knn_acc(train_f: np.ndarray, train_y: np.ndarray, eval_f: np.ndarray | None = None,
+            eval_y: np.ndarray | None = None, k: int = KNN_K) -> float:
+    """k-nearest-neighbour accuracy under cosine similarity with an unweighted majority vote: k = 20 as in DINO's
+    k-NN evaluation (Caron et al., ICCV 2021), whose vote is weighted, the rule here is scikit-learn's
+    KNeighborsClassifier(metric="cosine"). A tied vote goes to the smallest class label (scikit-learn's rule).
+
+    With no eval split, leave-one-out on train: each sample's neighbours are the other samples. k is capped at the
+    number of candidate neighbours.
+    """
+    train_f, train_y, eval_f, eval_y, loo = _split(train_f, train_y, eval_f, eval_y)
+    classes, code = np.unique(train_y, return_inverse=True)
+    k = min(k, len(train_f) - loo)
+    if k < 1:
+        raise ValueError("knn_acc needs at least one neighbour: two training samples for leave-one-out")
+    train, evals = _unit(train_f), _unit(eval_f)
+    correct = 0
+    for start in range(0, len(evals), _BLOCK):
+        sim = evals[start:start + _BLOCK] @ train.T
+        rows = np.arange(len(sim))
+        if loo:
+            sim[rows, rows + start] = -np.inf
+        near = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        votes = np.bincount((rows[:, None] * len(classes) + code[near]).ravel(),
+                            minlength=len(sim) * len(classes)).reshape(len(sim), len(classes))
+        correct += int((classes[votes.argmax(1)] == eval_y[start:start + _BLOCK]).sum())  # argmax: first of a tie
+    return correct / len(evals)
+
+
+def ncc_acc(train_f: np.ndarray, train_y: np.ndarray, eval_f: np.ndarray | None = None,
+            eval_y: np.ndarray | None = None) -> float:
+    """Nearest-class-mean accuracy: Euclidean distance to each class's mean feature, as scikit-learn's
+    NearestCentroid (its default metric); a tie goes to the smallest class label.
+
+    With no eval split, leave-one-out on train: a sample's own class mean is taken without it, so a class with one
+    sample is never predicted for that sample.
+    """
+    train_f, train_y, eval_f, eval_y, loo = _split(train_f, train_y, eval_f, eval_y)
+    classes, code, count = np.unique(train_y, return_inverse=True, return_counts=True)
+    means = np.zeros((len(classes), train_f.shape[1]))
+    np.add.at(means, code, train_f)
+    means /= count[:, None]
+    correct = 0
+    for start in range(0, len(eval_f), _BLOCK):
+        x = eval_f[start:start + _BLOCK]
+        dist = (x ** 2).sum(1)[:, None] - 2 * x @ means.T + (means ** 2).sum(1)[None, :]  # squared
+        if loo:
+            # without x, its class mean moves away from it: x - mean' = (x - mean) n / (n - 1)
+            own, n = code[start:start + _BLOCK], count[code[start:start + _BLOCK]]
+            rows = np.arange(len(x))
+            dist[rows, own] = np.where(n > 1, dist[rows, own] * (n / np.maximum(n - 1, 1)) ** 2, np.inf)
+        correct += int((classes[dist.argmin(1)] == eval_y[start:start + _BLOCK]).sum())
+    return correct / len(eval_f)
+
+
+def weighted_tau(score: np.ndarray, accuracy: np.ndarray) -> float:
+    """Weighted Kendall tau with hyperbolic weights (Vigna, WWW 2015), as scipy.stats.weightedtau: how well a score
+    ranks models by their accuracy after transfer, swaps among the top models weighing most. LogME's measure of a
+    score (You et al., ICML 2021)."""
+    from scipy import stats  # 0.4 s of import: only a caller that ranks pays it
+
+    return float(stats.weightedtau(score, accuracy)[0])
+
+
+def spearman_rho(score: np.ndarray, accuracy: np.ndarray) -> float:
+    """Spearman's rank correlation of a score with accuracy after transfer, as scipy.stats.spearmanr."""
+    from scipy import stats
+
+    return float(stats.spearmanr(score, accuracy)[0])
