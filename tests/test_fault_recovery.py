@@ -67,6 +67,16 @@ def test_a_report_folder_that_cannot_be_written_is_a_report_error(tmp_path, monk
         make._writable(tmp_path / "ok")
 
 
+
+def test_a_report_on_a_server_that_does_not_answer_is_one_line_in_seconds():
+    from tests.test_store_faults import closed_port
+
+    uri = f"http://127.0.0.1:{closed_port()}"
+    t0 = time.perf_counter()
+    with pytest.raises(ReportError, match=rf"cannot reach the MLflow server at {uri} \(connection refused\)"):
+        make.make_report(tracking_uri=uri, sweep="any")
+    assert time.perf_counter() - t0 < 10  # MLflow's own retries took 4 min on a dead server
+
 @pytest.mark.slow
 def test_a_lock_taken_during_the_run_is_said_after_mlflows_wait(make_cfg, tmp_path, monkeypatch, capsys):
     """Locked after the run started: each MLflow statement waits MLFLOW_BUSY_S, then one line, the metrics as JSON,

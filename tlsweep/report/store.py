@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from tlsweep import owner
-from tlsweep.errors import ReportError
+from tlsweep import owner, stores
+from tlsweep.errors import ReportError, StoreError
 from tlsweep.imports import heavy
 from tlsweep.keys import Tag
 from tlsweep.mlstore import children, local_path, opening, search  # noqa: F401 -- children: the report's callers use it here
@@ -27,6 +27,12 @@ LISTED = 10  # sweeps named in an error message
 def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """Client and experiment id; refuses to create a store that is not there."""
     path = local_path(uri)
+    stores.configure()  # bounded HTTP retries: a server that dies while the report reads costs seconds, not minutes
+    if path is None:  # a server or a database: one probe first, so that a dead one is one line, not retries
+        try:
+            stores.check(uri)
+        except StoreError as err:
+            raise ReportError(str(err)) from None
     if path is not None and not path.exists():
         raise ReportError(f"no MLflow store at {path} (tracking URI {uri}): the file does not exist. "
                           "Pass tracking.uri=<uri> or set MLFLOW_TRACKING_URI, or run a sweep first.")
