@@ -63,7 +63,8 @@ def test_help_is_tlsweeps_own():
     assert p.returncode == 0, p.stderr
     assert "powered by Hydra" not in p.stdout
     for want in ("transfer-learning", "python -m tlsweep -m experiment=quickstart", "python -m tlsweep.report",
-                 "strategy: auto_rgn, bitfit, dora, finetune, gradual, l2sp, llrd, lora, lpft, norm, partial, probe, scratch",
+                 "strategy: auto_rgn, bitfit, dora, finetune, gradual, l2sp, llrd, lora, lpft, norm, partial, probe, score, scratch",
+                 "experiment=advise",
                  "model: clip_vitb16, convnext_tiny, convnextv2_tiny, dinov2_vits14, efficientnet_lite0",
                  "model=timm model.arch=", 'pip install -e ".[peft]"', "mlruns/mlflow.db"):
         assert want in p.stdout, want

@@ -83,6 +83,9 @@ ROWS = [
     (["strategy=lora", "strategy.rank=0", NULL], "rank"),
     (["strategy=lpft", "epochs=2", NULL], "strategy.probe_epochs=2"),
     (["strategy=partial", "strategy.unfreeze=[layer5]", NULL], "layer5"),
+    # the score rung reads the feature cache: refused without it, by its key or at the run's first segment
+    (["strategy=score", "strategy.cache_features=false", NULL], "strategy.cache_features=False"),
+    (["strategy=score", "data.cache=false", NULL], "strategy=score scores the cached frozen features"),
     (["device=gpu", NULL], "device=gpu"),
     (["model.weights=/no/such/model.pth"], "/no/such/model.pth"),
     (["data.root=/no/such/folder", NULL], "/no/such/folder"),

@@ -140,7 +140,7 @@ def test_the_parts_load_without_mlflow():
 
 
 def test_the_ladder_climbs_by_trainable_params_with_a_colour_per_strategy():
-    """Thirteen strategies: thirteen distinct colours, scratch first, then left to right by what trains."""
+    """Fourteen strategies: fourteen distinct colours, scratch first, then left to right by what trains."""
     from tlsweep.keys import STRATEGIES
 
     size = {s: (i * 7919) % 101 * 1000 + 10 for i, s in enumerate(STRATEGIES)}  # an order unlike the names'
@@ -155,7 +155,7 @@ def test_the_ladder_climbs_by_trainable_params_with_a_colour_per_strategy():
     from matplotlib.collections import PathCollection
 
     colours = {tuple(c.get_facecolor()[0]) for c in ax.collections if isinstance(c, PathCollection)}
-    assert len(colours) == len(STRATEGIES) == 13
+    assert len(colours) == len(STRATEGIES) == 14
 
 
 def test_every_seed_stays_visible_beside_the_mean():

@@ -33,6 +33,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from . import diskcache
 from .fastdata import DecodedImages, TensorLoader, content_key, trained_count
+from .feature_scores import HeadInputs
 from .models import ModelSpec, Preprocess, file_sha256
 from .runtime import Loaders, Runtime
 from .schema import FreezeBN
@@ -91,22 +92,25 @@ class CacheSettings:
 
 def cached_loaders(model: nn.Module, spec: ModelSpec, data, decoded, pp: Preprocess, rt: Runtime,
                    settings: CacheSettings, epochs: int, seed: int):
-    """(what trains, (train, val, select or None) loaders, decision) with the frozen prefix run once, when
-    that is valid; else (the model, None, the decision saying why not). `epochs`: how many epochs these
-    loaders serve; `data` (ImageData) and `decoded` (data.Decoded) name the same splits."""
+    """(what trains, (train, val, select or None) loaders, decision, head inputs) with the frozen prefix run
+    once, when that is valid; else (the model, None, the decision saying why not, None). `epochs`: how many
+    epochs these loaders serve; `data` (ImageData) and `decoded` (data.Decoded) name the same splits. Head
+    inputs: when the prefix ends right below the head, its cached features as the transferability scores
+    read them (`feature_scores.HeadInputs`); else None."""
     if decoded is None:
-        return model, None, CacheDecision(False, "needs the decode-once data (data.cache=true within its budget)")
+        return model, None, CacheDecision(False, "needs the decode-once data (data.cache=true within its budget)"), None
     train_mode(model, settings.freeze_bn)  # decide in the mode the model trains in
     cut = split(model, spec)
     if isinstance(cut, str):
-        return model, None, CacheDecision(False, cut)
+        return model, None, CacheDecision(False, cut), None
     views = settings.views or epochs
     evaluated = decoded.eval_splits()
     with torch.no_grad():
         per_image = cut.prefix(torch.zeros(1, 3, pp.crop, pp.crop, device=rt.device)).numel() * 4
     need = per_image * (views * len(decoded.train) + sum(map(len, evaluated))) / 2**20
     if need > settings.budget_mb:
-        return model, None, CacheDecision(False, f"{need:.0f} MB of features exceed data.cache_budget_mb={settings.budget_mb}")
+        return model, None, CacheDecision(
+            False, f"{need:.0f} MB of features exceed data.cache_budget_mb={settings.budget_mb}"), None
     # the selection split is evaluated like val: one center-crop pass, cached with val's
     together = evaluated[0] if len(evaluated) == 1 else DecodedImages.pack(
         [d.image(i) for d in evaluated for i in range(len(d))], torch.cat([d.targets for d in evaluated]))
@@ -120,9 +124,14 @@ def cached_loaders(model: nn.Module, spec: ModelSpec, data, decoded, pp: Preproc
         evals.append(FeatureLoader(eval_f[start:start + len(d)], d.targets, settings.batch_size, train=False))
         start += len(d)
     loaders = Loaders(FeatureLoader(train_f, decoded.train.targets, settings.batch_size, train=True, seed=seed), *evals)
+    head = None
+    if cut.at == "head":  # every model's pieces label the head "head" (models/pieces.py): the prefix gives its input
+        select = evals[1] if len(evals) > 1 else None  # eval_splits(): val, then the selection split
+        head = HeadInputs(entry_key(key, views, pp, rt), train_f[0], decoded.train.targets,
+                          select.feats if select else None, select.targets if select else None)
     return cut.suffix, loaders, CacheDecision(True, (
         f"frozen prefix below {cut.at} run once ({source}); {views} augmented train views "
-        f"(seed {VIEW_SEED}) shared across runs; epoch e uses view (e-1) mod {views}"))
+        f"(seed {VIEW_SEED}) shared across runs; epoch e uses view (e-1) mod {views}")), head
 
 
 @dataclass
@@ -276,11 +285,7 @@ def features(prefix: nn.Module, train: DecodedImages, val: DecodedImages, key_pa
     parallel jobs of a sweep that need the same features compute them once: the first holds
     the entry's file lock while it computes, the others wait and load the file.
     """
-    h = hashlib.sha256()
-    for part in [*key_parts, views, VIEW_SEED, pp.crop, tuple(pp.mean), tuple(pp.std), pp.interpolation,
-                 rt.device.type, torch.__version__, "bn-folded"]:
-        h.update(f"{part}|".encode())
-    key = h.hexdigest()
+    key = entry_key(key_parts, views, pp, rt)
     if key in _MEMO:
         tr, va = _MEMO[key]
         return tr.to(rt.device), va.to(rt.device), "memory"
@@ -295,6 +300,16 @@ def features(prefix: nn.Module, train: DecodedImages, val: DecodedImages, key_pa
         diskcache.save({"key": key, **host}, path)
     _remember(key, host["train"], host["val"])
     return tr, va, f"computed, {folded} BatchNorms folded into their convs" if folded else "computed"
+
+
+def entry_key(key_parts: list[str], views: int, pp: Preprocess, rt: Runtime) -> str:
+    """The cache entry's key: `key_parts` and what `features` adds itself (views, preprocessing, dtype rules).
+    Entries already on disk are found by it: a change to it orphans them (tests/test_scores_run.py holds one)."""
+    h = hashlib.sha256()
+    for part in [*key_parts, views, VIEW_SEED, pp.crop, tuple(pp.mean), tuple(pp.std), pp.interpolation,
+                 rt.device.type, torch.__version__, "bn-folded"]:
+        h.update(f"{part}|".encode())
+    return h.hexdigest()
 
 
 def _remember(key: str, tr: torch.Tensor, va: torch.Tensor) -> None:

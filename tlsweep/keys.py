@@ -13,7 +13,14 @@ SHOTS_KEY = "data.shots"  # the decision figure's columns
 LADDER = ("scratch", "probe", "partial", "finetune")  # the order of the paper's ladder
 # Every strategy tlsweep ships (conf/strategy/<name>.yaml each), the ladder first: the order of tables
 # and the index of each strategy's colour, so a new one goes at the end.
-STRATEGIES = LADDER + ("lpft", "llrd", "gradual", "l2sp", "bitfit", "norm", "auto_rgn", "lora", "dora")
+STRATEGIES = LADDER + ("lpft", "llrd", "gradual", "l2sp", "bitfit", "norm", "auto_rgn", "lora", "dora",
+                       "score")
+SCORE_STRATEGY = "score"  # the rung below probe: the frozen features' transferability scores, no training
+# The transferability scores every frozen pass at the head logs (tlsweep/feature_scores.py): `score/<name>` is the
+# value (higher is better for each), `score_seconds/<name>` what computing it took, once per feature-cache entry
+SCORES = ("logme", "knn_acc", "ncc_acc")
+SCORE_PREFIX = "score/"
+SCORE_SECONDS_PREFIX = "score_seconds/"
 
 
 class Tag:
@@ -45,6 +52,7 @@ class Tag:
     BAD_IMAGES = "tlsweep.data.bad_images"
     DECODE = "tlsweep.fast.decode_once"
     FEATURES = "tlsweep.fast.features"
+    SCORES = "tlsweep.scores"  # where the transferability scores came from, and on which features
     BF16 = "tlsweep.fast.bf16"
     CHANNELS_LAST = "tlsweep.fast.channels_last"
     GROUP_PREFIX = "tlsweep.group."  # + the param group's name: its size, LR and weight-decay exemptions

@@ -6,7 +6,7 @@ refuses at composition a value of the wrong type (`optim.lr=fast`) or a key that
 finetune has no `probe_epochs`, so a sweep cannot quietly give it one.
 
 `check_ranges(cfg)` then tests what a type cannot say (ranges and relations), before a job reads data or
-builds a model; the strategy's own values are checked by `strategies.Recipe`, the device's presence by
+builds a model; the strategy's own values are checked by `recipes.Recipe`, the device's presence by
 `runtime.resolve_device`. Torch-free: the CLI composes and refuses a config without importing torch.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .advise_schema import AdviseConf
 from .errors import ConfigError
 from .keys import STRATEGIES
 
@@ -155,7 +156,7 @@ class AdapterStrategy(AdapterKeys, StrategyConf):
 @dataclass
 class AnyStrategy(AdapterKeys, RgnKeys, L2spKeys, GradualKeys, DecayKeys, ProbePhaseKeys, ParamsKeys,
                   StrategyConf):
-    """Every strategy key with its default: what `strategies.Recipe` holds."""
+    """Every strategy key with its default: what `recipes.Recipe` holds."""
 
 
 # strategy name -> its schema (conf/strategy/<name>.yaml extends strategy_<name>_schema)
@@ -163,7 +164,7 @@ STRATEGY_SCHEMAS: dict[str, type] = {
     "scratch": StrategyConf, "probe": StrategyConf, "partial": StrategyConf, "finetune": StrategyConf,
     "lpft": LpftStrategy, "llrd": LlrdStrategy, "gradual": GradualStrategy, "l2sp": L2spStrategy,
     "bitfit": FilterStrategy, "norm": FilterStrategy, "auto_rgn": RgnStrategy, "lora": AdapterStrategy,
-    "dora": AdapterStrategy,
+    "dora": AdapterStrategy, "score": StrategyConf,
 }
 assert set(STRATEGY_SCHEMAS) == set(STRATEGIES)
 
@@ -258,6 +259,7 @@ class Config:
     optim: Any = MISSING  # OptimConf
     data: Any = MISSING  # DataConf
     tracking: TrackingConf = field(default_factory=TrackingConf)
+    advise: Optional[AdviseConf] = None  # experiment=advise sets it: the advisor's study
     seed: int = 0
     epochs: int = 10
     batch_size: int = 32
@@ -344,7 +346,7 @@ def known_keys() -> set[str]:
     out = {f.name for f in fields(Config)} | {f"tracking.{f.name}" for f in fields(TrackingConf)}
     for group, schemas in (("model", [ModelConf]), ("strategy", [AnyStrategy]), ("optim", [SgdConf]),
                            ("data", [DownloadDataConf, FolderDataConf, TorchvisionDataConf, FileListDataConf,
-                                     HfDataConf])):
+                                     HfDataConf]), ("advise", [AdviseConf])):
         out |= {f"{group}.{f.name}" for s in schemas for f in fields(s)}
     return out
 

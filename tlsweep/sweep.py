@@ -184,6 +184,10 @@ class SweepCallback(Callback):
         params = OmegaConf.to_container(sweeper_params) if sweeper_params else None
         self.swept = swept_keys(overrides, params)
         self.planned = planned_jobs(overrides, params)
+        if config.hydra.sweeper.get("adaptive"):  # experiment=advise: the jobs are decided as results come in
+            from .advisor.space import swept as advised
+
+            self.swept, self.planned = advised(str(config.model.name)), None
         self._claim(uri, asked)  # before the parent is looked up: the loser of a race must not see it free
         previous = find_sweep(client, exp_id, asked) if asked else None
         launcher = {**owner.identity(), Tag.LAUNCHED: owner.launched()}  # who runs the sweep now

@@ -39,7 +39,8 @@ SWEEP_NAME_ENV = "TLSWEEP_SWEEP_NAME"
 EXPERIMENT_ENV = "TLSWEEP_EXPERIMENT_ID"
 # Keys that say where a run logs, caches or reads with how many workers, not what it computes: two runs
 # that differ only here are the same experiment (resume skips the second).
-NOT_THE_EXPERIMENT = ("tracking.", "cache_dir", "data.num_workers")
+# `advise` (the advisor's study, null outside experiment=advise) says which jobs to run, not what one computes
+NOT_THE_EXPERIMENT = ("tracking.", "cache_dir", "data.num_workers", "advise")
 # What MLflow 3's UI writes on an experiment made in its "Model training" mode. UIs before workflow-based
 # navigation pick the layout from it; 3.17 ignores it and follows ?workflowType= (default: GenAI, an
 # empty traces dashboard), hence the URL that `announce` prints (useExperimentKind, ExperimentKindUtils.ts).

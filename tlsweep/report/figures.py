@@ -29,8 +29,9 @@ from tlsweep.report.stats import t_interval
 logging.getLogger("fontTools.subset").setLevel(logging.WARNING)
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]  # Okabe & Ito 2008
-# thirteen strategies need thirteen colours: Okabe-Ito's eight, then five of Paul Tol's muted scheme
-PALETTE = OKABE_ITO + ["#882255", "#44AA99", "#999933", "#AA4499", "#332288"]
+# fourteen strategies need fourteen colours: Okabe-Ito's eight, then six of Paul Tol's muted scheme (score, the
+# fourteenth, trains nothing and so has no accuracy to draw; it keeps a colour so that the index never runs out)
+PALETTE = OKABE_ITO + ["#882255", "#44AA99", "#999933", "#AA4499", "#332288", "#117733"]
 MARKERS = ["o", "s", "^", "D", "v", "P"]
 NAMES = ("ladder", "curves", "lr", "shots", "decision")
 SIZE = (3.3, 2.4)  # inches: one column of a two-column paper

@@ -31,6 +31,7 @@ LABELS = {
     "optim.lr": "learning rate", "optim.weight_decay": "weight decay", "optim.scheduler": "LR schedule",
     "data.shots": "shots per class", "data.image_size": "image size", "strategy.unfreeze": "unfrozen stages",
     "strategy.backbone_lr_scale": "backbone LR scale", "batch_size": "batch size",
+    "score/logme": "LogME", "score/knn_acc": "k-NN accuracy", "score/ncc_acc": "nearest-class-mean accuracy",
 }
 
 

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tlsweep.report import stats, store, tables
+from tlsweep.report import backbones as backbone_table, stats, store, tables
 from tlsweep.errors import ReportError, why
 from tlsweep.imports import heavy
 from tlsweep.report.keys import UNSET, design_keys, label, lower_is_better, resolve_keys, seed_keys
-from tlsweep.keys import DATASET_KEY, SHOTS_KEY, Tag
+from tlsweep.keys import DATASET_KEY, SCORE_STRATEGY, SHOTS_KEY, STRATEGY_KEY, Tag
 from tlsweep.tracking import EXPERIMENT, current, default_tracking_uri
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class Report:
     selected: pd.DataFrame | None = None  # with `select`: per group, the chosen values (selected.csv)
     decision: pd.DataFrame | None = None  # when data.shots varies: best strategy per cell (decision.csv)
     across: Across | None = None  # with `across`: the cross-task analysis (across_*.csv)
+    backbones: backbone_table.Backbones | None = None  # the backbone table (backbones*.csv), when made
     diverged: list[dict] = field(default_factory=list)  # runs whose loss became NaN/inf: run_id, run_name, how
 
 
@@ -78,7 +79,8 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
                 by: list[str] | None = None, out: str | os.PathLike | None = None, ci: str = "t",
                 reference: str | None = None, experiment: str = EXPERIMENT, select: list[str] | None = None,
                 select_on: str = "select", across: str | list[str] | None = None,
-                across_groups: dict[str, str] | None = None, child_runs: list | None = None) -> Report:
+                across_groups: dict[str, str] | None = None, child_runs: list | None = None,
+                backbones: bool | None = None) -> Report:
     """Summarise one sweep of `experiment`, or several as one, and write tables and figures to `out`.
 
     `sweep` is a parent run id or name (None: the latest sweep with a finished run), or a list of
@@ -92,6 +94,10 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     of those keys: the methods are the groups of the other `by` keys, the runs of a task its seeds
     (`across.analyse`); `across_groups` maps a task to its group (None: VTAB-1k's when it names every task).
     `child_runs`: the one sweep's child runs, when the caller has listed them (the sweep's end): not read again.
+    `backbones` adds the backbone table (`backbones.analyse`: scores, probe and best accuracy per backbone, rank
+    correlations); None: when some run logged scores and the runs span several backbones. Score runs
+    (strategy=score) train nothing: they are in no accuracy group, and a sweep of only score runs reports the
+    backbone table alone.
     """
     if ci not in ("t", "bootstrap"):
         raise ReportError(f"ci={ci!r} is not known: use ci=t or ci=bootstrap")
@@ -117,6 +123,9 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     kept = current(found)
     repeated = _repeated_configs(found) if len(parents) > 1 else 0
     runs, params = store.run_tables(kept)
+    every_run, every_param = runs, params  # score runs too: the backbone table reads their scores
+    scoring = params[STRATEGY_KEY] == SCORE_STRATEGY if STRATEGY_KEY in params else np.zeros(len(params), bool)
+    runs, params = runs[~scoring], params.loc[~scoring]  # no accuracy: in no group, never averaged
     # a run still RUNNING is not waited for: it may be an orphan (its process killed), which only a resume closes
     alive = store.liveness(client, [r for r in kept if r.info.status == "RUNNING"], time.time())
 
@@ -131,10 +140,16 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     # (and, with `select`, in each group's selected values).
     pair_keys = [k for k in dict.fromkeys(seed_keys(params) + default_by) if k not in by + select]
 
-    if runs.empty:
-        raise ReportError(f"sweep {sweep_name!r} ({parent_ids}) has no child runs; nothing to report")
     if metric is None:
         metric = TEST_METRIC if TEST_METRIC in runs.columns and runs[TEST_METRIC].notna().any() else DEFAULT_METRIC
+    if scoring.any() and not (runs["status"] == "FINISHED").any() and backbones is not False:
+        # only score runs finished: no accuracy to tabulate, and the backbone table is the whole report
+        out_dir = Path(out) if out is not None else default_out(sweep_name, metric, [], [])
+        return _scores_only(every_run, every_param, metric, sweep_name, parent_ids, out_dir)
+    if runs.empty:
+        raise ReportError(f"sweep {sweep_name!r} ({parent_ids}) has no child runs"
+                          + (" but score runs (pass backbones=true or leave it unset)" if scoring.any() else "")
+                          + "; nothing to report")
     finished = runs["status"] == "FINISHED"
     if not finished.any():
         errors = [e for e in runs["error"] if e]
@@ -188,13 +203,13 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
         summary, gaps = (_with_selected(frame, selected, by, select) for frame in (summary, gaps))
 
     with heavy("tlsweep.report.figures"):  # matplotlib: not needed until the data has checked out
-        from tlsweep.report import figures
+        from tlsweep.report import backbone_figures, figures
 
     unselected = [k for k in default_by if k not in select]
     out_dir = Path(out) if out is not None else default_out(sweep_name, metric, by, unselected, select, select_on)
     _writable(out_dir)
     for stale in out_dir.glob("*.p[dn][fg]"):  # a figure this sweep no longer supports must not linger
-        if stale.stem in figures.NAMES:
+        if stale.stem in figures.NAMES + backbone_figures.NAMES:
             stale.unlink()
     summary.to_csv(out_dir / "summary.csv", index=False)  # CSVs keep the raw keys
     gaps.to_csv(out_dir / "gaps.csv", index=False)
@@ -232,12 +247,22 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
         notes.insert(1, _selection_note(select, by, selection, select_on, metric))
     if cross is not None:
         files += across_stats.write(cross, out_dir)
+    with_backbones = _wants_backbones(backbones, every_run, every_param)
+    if scoring.any():
+        notes.append(f"{int(scoring.sum())} score run(s) (strategy=score) train nothing: in no group of this table; "
+                     + ("their scores are in the Backbones table." if with_backbones else
+                        "backbones=true tabulates their scores."))
     title = f"**{sweep_name}** ({parent_ids}): {label(metric)}, {len(data)} of {len(runs)} runs"
     markdown = tables.markdown(title, summary, gaps, shown, metric, ref, ci, notes, failed, diverged)
     if choice is not None:
         markdown += "\n" + tables.decision_markdown(choice, row_key, metric, rows_label)
     if cross is not None:
         markdown += "\n" + across_stats.markdown(cross, metric)
+    bb = None
+    if with_backbones:
+        bb = backbone_table.analyse(every_run, every_param, metric, by + select, not lower_is_better(metric))
+        files += backbone_table.write(bb, out_dir)
+        markdown += "\n" + backbone_table.markdown(bb)
     (out_dir / "summary.md").write_text(markdown)
     (out_dir / "summary.tex").write_text(tables.latex(summary, gaps, shown, metric, ref, notes, sweep_name))
 
@@ -247,9 +272,44 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
         from tlsweep.report import across_figures
 
         files += across_figures.make_all(out_dir, cross, metric)
+    if bb is not None:
+        files += backbone_figures.make_all(out_dir, bb)
     return Report(summary=summary, gaps=gaps, out_dir=out_dir, failed=failed,
                   parent_run_id=parent_ids, sweep_name=sweep_name, metric=metric, by=by,
-                  markdown=markdown, files=files, selected=selected, decision=choice, across=cross, diverged=diverged)
+                  markdown=markdown, files=files, selected=selected, decision=choice, across=cross, diverged=diverged,
+                  backbones=bb)
+
+
+def _wants_backbones(asked: bool | None, runs: pd.DataFrame, params: pd.DataFrame) -> bool:
+    """`backbones=` as asked; unset: when some finished run logged scores and the runs span several backbones."""
+    if asked is not None:
+        return bool(asked)
+    done = runs["status"] == "FINISHED"
+    keys = backbone_table.backbone_keys(params.loc[done])
+    return backbone_table.has_scores(runs[done]) and len(params.loc[done].reindex(columns=keys).drop_duplicates()) > 1
+
+
+def _scores_only(runs: pd.DataFrame, params: pd.DataFrame, metric: str, sweep_name: str, parent_ids: str,
+                 out_dir: Path) -> Report:
+    """The report of runs that trained nothing (strategy=score): the backbone table, its CSVs and figure."""
+    with heavy("tlsweep.report.figures"):
+        from tlsweep.report import backbone_figures
+
+    bb = backbone_table.analyse(runs, params, metric, [])
+    _writable(out_dir)
+    done = runs["status"] == "FINISHED"
+    failed = [{"run_id": rid, "run_name": r.run_name, "status": r.status, "reason": r.error}
+              for rid, r in runs[~done].iterrows()]
+    markdown = (f"**{sweep_name}** ({parent_ids}): transferability scores, {int(done.sum())} of {len(runs)} runs "
+                "(strategy=score: no training, no accuracy)\n\n" + backbone_table.markdown(bb))
+    if failed:
+        markdown += "\nLeft out:\n" + "".join(f"- {f['run_name']} ({f['run_id']}) {f['status']}: "
+                                                f"{f['reason'] or 'no error logged'}\n" for f in failed)
+    (out_dir / "summary.md").write_text(markdown)
+    files = backbone_table.write(bb, out_dir) + [out_dir / "summary.md"] + backbone_figures.make_all(out_dir, bb)
+    return Report(summary=pd.DataFrame(columns=stats.STAT_COLUMNS), gaps=pd.DataFrame(columns=stats.GAP_COLUMNS),
+                  out_dir=out_dir, failed=failed, parent_run_id=parent_ids, sweep_name=sweep_name, metric=metric,
+                  by=[], markdown=markdown, files=files, backbones=bb)
 
 
 def _count_diverged(summary: pd.DataFrame, lost: pd.DataFrame, by: list[str]) -> pd.DataFrame:

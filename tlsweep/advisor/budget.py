@@ -1,0 +1,115 @@
+"""The study's costs: budget strings, each job's estimated job-seconds, what was spent, what fits.
+
+Job-seconds are what a cluster charges: the sum of the jobs' durations, however many ran at once.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from tlsweep.advisor.study import Job, StudyConfig
+from tlsweep.errors import ConfigError
+
+_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_DURATION = re.compile("".join(rf"(?:{_NUMBER}\s*{u}\s*)?" for u in _UNITS))
+
+
+def parse_duration(value: object, key: str = "advise.budget") -> float:
+    """Seconds in "30m", "2h", "90s", "1h30m", "1.5h", "2d": numbers with units d, h, m, s, largest first,
+    each at most once. A bare number is refused: a Slurm user reads 30 as minutes, a Python user as
+    seconds, and a budget read the wrong way is off by 60x."""
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text is None or not text:
+        hint = f" (write {value}m for minutes, {value}s for seconds)" if isinstance(value, (int, float)) \
+            and not isinstance(value, bool) else ""
+        raise ConfigError(f"{key}={value!r}: a duration with a unit, e.g. 30m, 2h, 90s, 1h30m{hint}")
+    match = _DURATION.fullmatch(text)
+    if match is None or not any(match.groups()):
+        bare = re.fullmatch(_NUMBER, text)
+        hint = f" ({text} has no unit: write {text}m for minutes, {text}s for seconds)" if bare else ""
+        raise ConfigError(f"{key}={value!r}: a duration is numbers with units d, h, m, s, largest first, "
+                          f"e.g. 30m, 2h, 90s, 1h30m{hint}")
+    seconds = sum(float(n) * u for n, u in zip(match.groups(), _UNITS.values()) if n is not None)
+    if seconds <= 0:
+        raise ConfigError(f"{key}={value!r}: a budget must be more than zero")
+    return seconds
+
+
+class CostModel:
+    """Estimated job-seconds of a job: epochs x seconds per epoch + the job's fixed overhead.
+
+    Seconds per epoch: the largest measured for the same backbone and strategy (the largest, so that noise
+    does not tip a job over the budget); else the larger of the prior and the largest measured for the
+    backbone under any strategy (a probe on cached features is no guide to fine-tuning the same backbone,
+    so a backbone's time alone would underestimate); else the prior. The overhead (job minus epochs,
+    from finished runs) follows the same order. With priors that do not underestimate, a measured
+    estimate never does either, and the budget holds on real seconds as well as on estimates.
+    """
+
+    def __init__(self, runs: pd.DataFrame, study: StudyConfig):
+        self.study = study
+        timed = runs[runs["status"].isin(("finished", "diverged")) & np.isfinite(runs["epoch_seconds"])]
+        self._pair_epoch = timed.groupby(["backbone", "strategy"])["epoch_seconds"].max().to_dict()
+        self._backbone_epoch = timed.groupby("backbone")["epoch_seconds"].max().to_dict()
+        done = timed[(timed["status"] == "finished") & np.isfinite(timed["job_seconds"])]
+        overhead = (done["job_seconds"] - done["epochs"] * done["epoch_seconds"]).clip(lower=0.0)
+        self._pair_over = overhead.groupby([done["backbone"], done["strategy"]]).max().to_dict()
+        self._backbone_over = overhead.groupby(done["backbone"]).max().to_dict()
+
+    def estimate(self, backbone: str, strategy: str, epochs: int) -> tuple[float, str]:
+        """(job-seconds, source of the epoch time: "measured", "backbone" or "prior")."""
+        prior_over = max(self.study.prior_overhead_seconds, self._backbone_over.get(backbone, 0.0))
+        over = self._pair_over.get((backbone, strategy), prior_over)
+        if (backbone, strategy) in self._pair_epoch:
+            return epochs * self._pair_epoch[backbone, strategy] + over, "measured"
+        measured = self._backbone_epoch.get(backbone, -math.inf)
+        per = max(self.study.prior_epoch_seconds, measured)
+        return epochs * per + over, "backbone" if measured > self.study.prior_epoch_seconds else "prior"
+
+
+def spent(runs: pd.DataFrame, study: StudyConfig, costs: CostModel) -> float:
+    """Job-seconds of the study's rows, whoever ran them; a row without a measured duration (a job killed
+    before it could log one) counts as its estimate."""
+    rows = runs[study.in_space(runs)]
+    total = 0.0
+    for b, s, e, sec in zip(rows["backbone"], rows["strategy"], rows["epochs"], rows["job_seconds"]):
+        total += sec if math.isfinite(sec) else costs.estimate(b, s, e)[0]
+    return total
+
+
+def full_grid(study: StudyConfig, costs: CostModel) -> float:
+    """Estimated job-seconds of the grid a user would run by hand: every backbone x strategy x LR at full
+    length x `min_seeds` seeds (the fewest that give the finalists' first paired CI, so the grid is not
+    inflated)."""
+    return sum(len(study.grid[s]) * study.min_seeds * costs.estimate(b, s, study.epochs)[0]
+               for b in study.backbones for s in study.strategies)
+
+
+def makespan(costs: Sequence[float], parallel: int) -> float:
+    """Wall-clock seconds of jobs on `parallel` slots, longest first to the least loaded slot (LPT)."""
+    slots = [0.0] * min(parallel, max(1, len(costs)))
+    for c in sorted(costs, reverse=True):
+        heapq.heapreplace(slots, slots[0] + c)
+    return max(slots)
+
+
+def fit(units: Sequence[Sequence[Job]], remaining: float, wall_left: float, parallel: int) -> tuple[list[Job], int]:
+    """The jobs of `units` (each all or nothing: a seed for both finalists) that fit, in order, within
+    `remaining` job-seconds and `wall_left` wall-clock seconds; and how many jobs were left out."""
+    chosen: list[Job] = []
+    left = 0
+    used = 0.0
+    for unit in units:
+        cost = sum(j.cost for j in unit)
+        if used + cost <= remaining and makespan([j.cost for j in chosen + list(unit)], parallel) <= wall_left:
+            chosen += unit
+            used += cost
+        else:
+            left += len(unit)
+    return chosen, left
