@@ -19,6 +19,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from tests.test_sweep import _callback
 from tests import services
 from tests.conftest import CONF
 from tests.test_store_faults import FAST, NULL, _disk_full, _fails, _final, _held, _status
@@ -99,13 +100,7 @@ def test_a_lock_taken_during_the_run_is_said_after_mlflows_wait(make_cfg, tmp_pa
 
 # ---- a sweep whose store fails for one job: the summary, and a resume that reruns it ---------------------
 
-def _start(uri: str, name: str) -> sweep.SweepCallback:
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("config", overrides=[f"tracking.uri={uri}", f"tracking.sweep_name={name}"],
-                      return_hydra_config=True)
-    cb = sweep.SweepCallback(report=False)
-    cb.on_multirun_start(cfg)
-    return cb
+_start = _callback  # a sweep's callback started on the real config
 
 
 def test_a_sweep_names_the_jobs_the_store_failed_and_resumes_them(make_cfg, tmp_path, monkeypatch, capsys):

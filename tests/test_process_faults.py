@@ -21,6 +21,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from tests.test_sweep import _callback
 from tests.conftest import CONF
 from tlsweep import owner, sweep, tracking
 from tlsweep.errors import Diverged
@@ -199,13 +200,7 @@ def test_a_nan_loss_stops_the_epoch_at_its_step_and_names_the_epoch_and_lrs():
     assert divergence(many, 0.1).endswith("stage7 0.1, ... 2 more), val loss inf")
 
 
-def _sweep(uri: str, name: str, report: bool = False) -> sweep.SweepCallback:
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("config", overrides=[f"tracking.uri={uri}", f"tracking.sweep_name={name}"],
-                      return_hydra_config=True)
-    cb = sweep.SweepCallback(report=report)
-    cb.on_multirun_start(cfg)
-    return cb
+_sweep = _callback  # a sweep's callback started on the real config
 
 
 @pytest.fixture

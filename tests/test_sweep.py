@@ -60,11 +60,12 @@ def test_the_config_key_ignores_where_a_run_logs_and_caches(make_cfg):
     assert a != tracking.config_key(make_cfg("seed=1", "optim.lr=0.1"))
 
 
-def _callback(uri: str, name: str):
+def _callback(uri: str, name: str, report: bool = False):
+    """A sweep's callback started on the real config, as a multirun's launching process starts it."""
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose("config", overrides=[f"tracking.uri={uri}", f"tracking.sweep_name={name}"],
                       return_hydra_config=True)
-    cb = sweep.SweepCallback(report=False)
+    cb = sweep.SweepCallback(report=report)
     cb.on_multirun_start(cfg)
     return cb
 
