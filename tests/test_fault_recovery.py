@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from tests.test_sweep import _callback
 from tests import services

@@ -17,7 +17,6 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from torch import nn
 
