@@ -20,7 +20,6 @@ import torch
 
 from tests.test_sweep import _callback
 from tests import services
-from tests.conftest import CONF
 from tests.test_store_faults import FAST, NULL, _disk_full, _fails, _final, _held, _status
 from tests.test_store_faults import _clean  # noqa: F401 -- the autouse fixture, active in this module too
 from tlsweep import diskcache, owner, stores, sweep, tracking

@@ -21,7 +21,6 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from tests.test_sweep import _callback
-from tests.conftest import CONF
 from tlsweep import owner, sweep, tracking
 from tlsweep.errors import Diverged
 from tlsweep.keys import Tag, diverged
