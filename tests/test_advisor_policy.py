@@ -179,6 +179,19 @@ def test_costs_come_from_the_same_backbone_and_strategy_else_the_backbone_else_t
     assert budget.spent(table.visible(rows), s, costs) == 480 + 118
 
 
+def test_an_unmeasured_strategy_is_costed_from_its_backbones_feature_pass():
+    s = study()
+    probe = dict(backbone="b", strategy="probe", lr=1e-2, epochs=9, seed=0, status="finished", select_acc=0.7,
+                 job_seconds=9 * 0.1 + 14, epoch_seconds=0.1)
+    passed = pd.DataFrame([probe | {"feature_seconds": 12.0}, probe | {"seed": 1, "feature_seconds": float("nan")}])
+    costs = CostModel(table.visible(passed), s)
+    # 2 passes an epoch, below the prior of 40; the probe's overhead (its pass included) bounds the job's
+    assert costs.estimate("b", "finetune", 3) == (3 * budget.PASS_FACTOR * 12.0 + 14, "feature pass")
+    assert costs.estimate("a", "finetune", 3) == (3 * 40 + 20, "prior")  # another backbone's pass is no guide
+    read = CostModel(table.visible(passed.assign(feature_seconds=float("nan"))), s)
+    assert read.estimate("b", "finetune", 3)[1] == "prior"  # features read from the cache time no pass
+
+
 def test_spent_and_the_full_grid_are_reported():
     s = study()
     sim = simulate(truth(s, {("b", "finetune", 1e-4): 0.9}), s)

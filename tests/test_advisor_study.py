@@ -45,6 +45,14 @@ def test_a_finished_run_becomes_a_row_with_its_key_status_accuracies_and_times()
     assert table.visible(t).columns.tolist()[:len(table.DECISION_COLUMNS)] == list(table.DECISION_COLUMNS)
 
 
+def test_a_computed_feature_pass_is_timed_and_a_cache_read_is_not():
+    t = results([run(seed="0", metrics={"select_acc": 0.8, "seconds/features": 18.5},
+                     tags={Tag.FEATURES: "on: frozen prefix below head run once (computed, 4 BatchNorms folded)"}),
+                 run(seed="1", metrics={"select_acc": 0.8, "seconds/features": 0.03},
+                     tags={Tag.FEATURES: "on: frozen prefix below head run once (memory)"})], SPACE)
+    assert dict(zip(t["seed"], t[table.FEATURE_SECONDS].fillna(-1))) == {0: 18.5, 1: -1}
+
+
 def test_statuses_diverged_failed_and_unended_runs():
     t = results([run(seed="0", status="FAILED", tags={Tag.DIVERGED: "epoch 1, lr 1, train loss nan"}),
                  run(seed="1", status="FAILED"), run(seed="2", status="KILLED"), run(seed="3", status="RUNNING")],

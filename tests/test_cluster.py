@@ -242,3 +242,36 @@ def test_a_killed_slurm_sweep_resumes_where_it_stopped(slurm, tiny_root, tmp_pat
     assert all(r.info.status == "FINISHED" and r.data.tags["tlsweep.slurm_job_id"] for r in new)
     summary = pd.read_csv(store.download_artifacts(parent.info.run_id, "report/summary.csv", str(tmp_path / "dl")))
     assert summary["n"].tolist() == [4]
+
+
+ADVISE = ["experiment=advise", "advise.budget=2h", "advise.backbones=[efficientnet_lite0]",
+          "advise.strategies=[probe,finetune]", "advise.lrs=[0.001,0.01]", "advise.max_seeds=3", "epochs=3"]
+
+
+def _advised(store: MlflowClient, stdout: str) -> list:
+    """The study ended with a recommendation, and every job it ran is a FINISHED child of its one parent."""
+    assert "== tlsweep advise: recommendation ==" in stdout, stdout[-3000:]
+    [parent] = store.search_runs(["1"], "tags.`tlsweep.role` = 'sweep'")
+    assert parent.data.tags["tlsweep.advise.recommendation"].startswith("efficientnet_lite0/")
+    runs = _children(store, parent)
+    assert len(runs) >= 6 and all(r.info.status == "FINISHED" for r in runs)
+    return runs
+
+
+def test_the_advisor_runs_each_batch_as_one_slurm_array(slurm, tiny_root, tmp_path):
+    """experiment=advise on the SLURM launcher: the sweeper's batches are submitit arrays, one per batch."""
+    p = _tlsweep("-m", "hydra/launcher=slurm", *CPU_NODE, *ADVISE, *TINY, f"data.root={tiny_root}",
+                 "tracking.sweep_name=advise-on-slurm", cwd=tmp_path, env=slurm.env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    runs = _advised(MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db"), p.stdout)
+    jobs = slurm.scontrol_jobs()
+    arrays = {jobs[r.data.tags["tlsweep.slurm_job_id"]]["ArrayJobId"] for r in runs}
+    assert 2 <= len(arrays) < len(runs), arrays  # an array per batch, not one per job
+
+
+def test_the_advisor_runs_its_batches_through_joblib(tiny_root, tmp_path):
+    p = _tlsweep("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *ADVISE, *TINY, f"data.root={tiny_root}",
+                 "tracking.sweep_name=advise-on-joblib", cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    runs = _advised(MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db"), p.stdout)
+    assert len({r.data.tags["tlsweep.pid"] for r in runs}) >= 2  # jobs ran in joblib's worker processes

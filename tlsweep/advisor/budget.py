@@ -13,10 +13,15 @@ import numpy as np
 import pandas as pd
 
 from tlsweep.advisor.study import Job, StudyConfig
+from tlsweep.advisor.table import FEATURE_SECONDS
 from tlsweep.errors import ConfigError
 
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+# An unmeasured strategy's epoch, in frozen feature passes of its backbone. Measured with EfficientNet-Lite0 on
+# this project's 2-core CPU: a fine-tune epoch took 0.65 of the pass on hymenoptera (224 px), 0.71 on digits
+# (32 px); 2 leaves room for heavier augmentation and slower strategies, and is corrected by the first measurement.
+PASS_FACTOR = 2.0
 _DURATION = re.compile("".join(rf"(?:{_NUMBER}\s*{u}\s*)?" for u in _UNITS))
 
 
@@ -45,11 +50,13 @@ class CostModel:
     """Estimated job-seconds of a job: epochs x seconds per epoch + the job's fixed overhead.
 
     Seconds per epoch: the largest measured for the same backbone and strategy (the largest, so that noise
-    does not tip a job over the budget); else the larger of the prior and the largest measured for the
-    backbone under any strategy (a probe on cached features is no guide to fine-tuning the same backbone,
-    so a backbone's time alone would underestimate); else the prior. The overhead (job minus epochs,
-    from finished runs) follows the same order. With priors that do not underestimate, a measured
-    estimate never does either, and the budget holds on real seconds as well as on estimates.
+    does not tip a job over the budget). A strategy not yet measured on a backbone: PASS_FACTOR x the
+    backbone's frozen feature pass, where a probe computed one (`feature_seconds`); the pass runs the
+    backbone forward over train, selection and scored split once, and an epoch runs forward and backward
+    over train and forward over the other two. Else the prior. Either way no less than the largest epoch
+    measured for the backbone under any strategy. The overhead (job minus epochs, from finished runs):
+    the pair's, else the backbone's largest (a probe's includes its feature pass: an upper bound), else
+    the prior. With estimates that do not underestimate, the budget holds on real seconds as well.
     """
 
     def __init__(self, runs: pd.DataFrame, study: StudyConfig):
@@ -61,16 +68,22 @@ class CostModel:
         overhead = (done["job_seconds"] - done["epochs"] * done["epoch_seconds"]).clip(lower=0.0)
         self._pair_over = overhead.groupby([done["backbone"], done["strategy"]]).max().to_dict()
         self._backbone_over = overhead.groupby(done["backbone"]).max().to_dict()
+        passes = runs[FEATURE_SECONDS] if FEATURE_SECONDS in runs.columns else pd.Series(dtype=float)
+        passes = pd.to_numeric(passes, errors="coerce")
+        self._backbone_pass = passes[np.isfinite(passes)].groupby(runs["backbone"]).max().to_dict()
 
     def estimate(self, backbone: str, strategy: str, epochs: int) -> tuple[float, str]:
-        """(job-seconds, source of the epoch time: "measured", "backbone" or "prior")."""
-        prior_over = max(self.study.prior_overhead_seconds, self._backbone_over.get(backbone, 0.0))
-        over = self._pair_over.get((backbone, strategy), prior_over)
+        """(job-seconds, source of the epoch time: "measured", "feature pass", "backbone" or "prior")."""
+        over = self._pair_over.get((backbone, strategy),
+                                   self._backbone_over.get(backbone, self.study.prior_overhead_seconds))
         if (backbone, strategy) in self._pair_epoch:
             return epochs * self._pair_epoch[backbone, strategy] + over, "measured"
         measured = self._backbone_epoch.get(backbone, -math.inf)
-        per = max(self.study.prior_epoch_seconds, measured)
-        return epochs * per + over, "backbone" if measured > self.study.prior_epoch_seconds else "prior"
+        if backbone in self._backbone_pass:
+            guess, source = PASS_FACTOR * self._backbone_pass[backbone], "feature pass"
+        else:
+            guess, source = self.study.prior_epoch_seconds, "prior"
+        return epochs * max(guess, measured) + over, "backbone" if measured > guess else source
 
 
 def spent(runs: pd.DataFrame, study: StudyConfig, costs: CostModel) -> float:

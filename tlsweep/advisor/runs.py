@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from tlsweep.advisor.table import COLUMNS, SCORE_PREFIX, SCORED, lr_key
-from tlsweep.keys import SCORE_PREFIX as LOGGED_SCORE, STRATEGY_KEY, diverged
+from tlsweep.advisor.table import COLUMNS, FEATURE_SECONDS, SCORE_PREFIX, SCORED, lr_key
+from tlsweep.keys import SCORE_PREFIX as LOGGED_SCORE, STRATEGY_KEY, Tag, diverged
 
 STATUS = {"FINISHED": "finished", "FAILED": "failed"}  # RUNNING, KILLED: no row, a resume runs the config again
 RANK = {"finished": 0, "diverged": 1, "failed": 2}  # a config's row, of several attempts: the best-ended
@@ -71,16 +71,19 @@ def row(run, space: Space) -> dict | None:
     scores = {SCORE_PREFIX + k[len(LOGGED_SCORE):].replace("/", "_"): v for k, v in metrics.items()
               if k.startswith(LOGGED_SCORE)}
     ok = status == "finished"
+    # the frozen pass's time, where this run computed it (a cache hit reads it back in a fraction of that)
+    computed = "(computed" in str(run.data.tags.get(Tag.FEATURES, ""))  # else "(memory)", "(disk)", "off: ..."
+    passed = metrics.get("seconds/features", math.nan) if computed else math.nan
     return {**key, "status": status, "select_acc": metrics.get("select_acc", math.nan) if ok else math.nan,
             SCORED: scored if ok else math.nan, "job_seconds": seconds,
-            "epoch_seconds": metrics.get("epoch_seconds", math.nan), "ended": (info.end_time or 0) / 1000, **scores}
+            "epoch_seconds": metrics.get("epoch_seconds", math.nan), "ended": (info.end_time or 0) / 1000,
+            FEATURE_SECONDS: passed, **scores}
 
 
 def search(uri: str, exp_id: str, data_name: str) -> list:
     """The experiment's job runs on the data of this name (the rest of the match is `results`')."""
     from mlflow.tracking import MlflowClient
 
-    from tlsweep.keys import Tag
     from tlsweep.mlstore import search as pages
 
     where = f"tags.`{Tag.ROLE}` = 'job' and params.`data.name` = '{data_name}'"

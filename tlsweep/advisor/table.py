@@ -13,6 +13,8 @@ One row per job that ran (whoever ran it: this study, an earlier one, a grid run
                           decided on: `visible` drops it before any decision
     job_seconds    float  the job's measured duration, start to end: what a cluster charges
     epoch_seconds  float  measured seconds per training epoch
+    feature_seconds float optional: seconds of the frozen feature pass a probe computed (not read from the
+                          cache); what an unmeasured strategy's epoch is estimated from (tlsweep.advisor.budget)
     score_*        float  optional transferability scores of the backbone's frozen features (LogME, k-NN, ...),
                           computed without the scored split; recorded in the screen's evidence
 
@@ -26,6 +28,7 @@ KEY = ("backbone", "strategy", "lr", "epochs", "seed")
 STATUSES = ("finished", "diverged", "failed")
 SCORED = "scored_acc"
 SCORE_PREFIX = "score_"
+FEATURE_SECONDS = "feature_seconds"
 COLUMNS = KEY + ("status", "select_acc", SCORED, "job_seconds", "epoch_seconds")
 _DTYPES = (str, str, float, int, int, str, float, float, float, float)
 # What a decision may read: everything but the scored split.
@@ -50,7 +53,8 @@ def visible(results: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in DECISION_COLUMNS if c not in results.columns]
     if missing:
         raise ValueError(f"results table lacks {missing}; its columns: tlsweep.advisor.table")
-    keep = list(DECISION_COLUMNS) + sorted(c for c in results.columns if str(c).startswith(SCORE_PREFIX))
+    keep = list(DECISION_COLUMNS) + [FEATURE_SECONDS] * (FEATURE_SECONDS in results.columns) + sorted(
+        c for c in results.columns if str(c).startswith(SCORE_PREFIX))
     runs = results.loc[:, keep].copy()
     bad = sorted(set(runs["status"]) - set(STATUSES))
     if bad:
@@ -60,7 +64,7 @@ def visible(results: pd.DataFrame) -> pd.DataFrame:
     runs["lr"] = [lr_key(x) for x in runs["lr"]]
     for c in ("epochs", "seed"):
         runs[c] = runs[c].astype(int)
-    for c in ("select_acc", "job_seconds", "epoch_seconds"):
+    for c in [c for c in ("select_acc", "job_seconds", "epoch_seconds", FEATURE_SECONDS) if c in runs]:
         runs[c] = pd.to_numeric(runs[c], errors="coerce").astype(float)
     return runs.reset_index(drop=True)
 
