@@ -175,6 +175,8 @@ def test_costs_come_from_the_same_backbone_and_strategy_else_the_backbone_else_t
     # b's probe is faster than the prior: the prior (an upper guess) stands; b's overhead is measured
     assert costs.estimate("b", "finetune", 3) == (3 * 40 + 100, "prior")
     assert costs.estimate("c", "finetune", 3) == (3 * 40 + 20, "prior")
+    # a first probe trains a head on cached features: its pass is in the overhead, its epochs cost next to nothing
+    assert costs.estimate("c", "probe", 9) == (9 * budget.PROBE_PRIOR_EPOCH_SECONDS + 20, "prior")
     # spent counts the study's rows only: zz is nobody's job here
     assert budget.spent(table.visible(rows), s, costs) == 480 + 118
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from tlsweep.advisor.study import Job, StudyConfig
+from tlsweep.advisor.study import PROBE, Job, StudyConfig
 from tlsweep.advisor.table import FEATURE_SECONDS
 from tlsweep.errors import ConfigError
 
@@ -22,6 +22,9 @@ _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 # this project's 2-core CPU: a fine-tune epoch took 0.65 of the pass on hymenoptera (224 px), 0.71 on digits
 # (32 px); 2 leaves room for heavier augmentation and slower strategies, and is corrected by the first measurement.
 PASS_FACTOR = 2.0
+# A probe's epoch trains a linear head on cached features: about 0.01 s on either task above. With nothing
+# measured, the first probe is the study's measurement of the backbone; the overhead's prior covers its pass.
+PROBE_PRIOR_EPOCH_SECONDS = 1.0
 _DURATION = re.compile("".join(rf"(?:{_NUMBER}\s*{u}\s*)?" for u in _UNITS))
 
 
@@ -81,6 +84,8 @@ class CostModel:
         measured = self._backbone_epoch.get(backbone, -math.inf)
         if backbone in self._backbone_pass:
             guess, source = PASS_FACTOR * self._backbone_pass[backbone], "feature pass"
+        elif strategy == PROBE:  # a head on cached features: its cost is the pass, which the overhead bounds
+            guess, source = PROBE_PRIOR_EPOCH_SECONDS, "prior"
         else:
             guess, source = self.study.prior_epoch_seconds, "prior"
         return epochs * max(guess, measured) + over, "backbone" if measured > guess else source
