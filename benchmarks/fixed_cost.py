@@ -4,7 +4,7 @@ Measures, each in a fresh temporary directory with nothing else running:
 - `python -m tlsweep --help` (wall seconds);
 - `python -c "import tlsweep.run"` (wall seconds), and which of matplotlib, scipy, pandas and torch._dynamo
   that import loads;
-- the 4-run probe sweep of issue 19 (lite0, 2 LRs x 2 seeds x 3 epochs on hymenoptera) on a fresh store and a
+- a 4-run probe sweep (lite0, 2 LRs x 2 seeds x 3 epochs on hymenoptera) on a fresh store and a
   cold cache: wall seconds, the seconds inside its jobs (the sum of its child runs' open time in MLflow) and the
   rest, the fixed cost;
 - `python -m tlsweep.report` on that sweep's store (wall seconds);
@@ -24,7 +24,7 @@ Measures, each in a fresh temporary directory with nothing else running:
     python benchmarks/fixed_cost.py --out fixed.json
 
 `--repo` puts that checkout first on PYTHONPATH, so the same installed packages run another version of
-tlsweep: before/after numbers on one machine in one session.
+tlsweep: before/after numbers on one machine, interleaved (a VM's speed drifts within the hour).
 """
 from __future__ import annotations
 

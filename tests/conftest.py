@@ -109,7 +109,9 @@ def make_cfg(tiny_root, store_uri):
     """compose(overrides) -> the real config, shrunk to the tiny data and the session's store."""
 
     def make(*overrides: str):
-        base = ["data.image_size=32", "data.num_workers=0", "epochs=1", "batch_size=4", "device=cpu",
+        # device and precision pinned, so that a test computes the same on any machine (bf16=auto is on only
+        # where the CPU has bf16 units; tests/test_bf16.py covers it)
+        base = ["data.image_size=32", "data.num_workers=0", "epochs=1", "batch_size=4", "device=cpu", "bf16=false",
                 f"tracking.uri={store_uri}", f"cache_dir={store_uri.removeprefix('sqlite:///')}.cache"]
         if not any(o.startswith("data=") for o in overrides):
             base = ["data=imagefolder", f"data.root={tiny_root}", *base]

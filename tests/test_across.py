@@ -14,7 +14,7 @@ from mlflow.entities import Metric, Param
 from scipy import stats as sps
 
 from tlsweep.errors import ReportError
-from tlsweep.report import across, across_figures
+from tlsweep.report import across, across_figures, across_tables
 
 # Six tasks, four methods, no ties; the ranks (1 = best) chosen by hand, row by row:
 RANKS = {"t1": [1, 2, 3, 4], "t2": [1, 3, 2, 4], "t3": [2, 1, 3, 4],
@@ -167,7 +167,7 @@ def test_fewer_than_five_tasks_say_so_and_draw_no_cd(tmp_path):
     result = across.analyse(_runs(means), ["data.name"], ["strategy.name"], reps=100)
     assert "4 tasks" in result.no_cd and "at least 5" in result.no_cd
     assert math.isnan(result.cd) and math.isnan(result.friedman_p) and result.improvement["wilcoxon_p"].isna().all()
-    assert "No critical-difference diagram: 4 tasks" in across.markdown(result, "final_val_acc")
+    assert "No critical-difference diagram: 4 tasks" in across_tables.markdown(result, "final_val_acc")
     (tmp_path / "across_cd.pdf").write_text("from an earlier report with more tasks")
     files = across_figures.make_all(tmp_path, result, "final_val_acc")
     assert not (tmp_path / "across_cd.pdf").exists() and not any("across_cd" in f.name for f in files)
@@ -245,7 +245,7 @@ def test_make_report_across_writes_and_returns_every_file(store_uri, tmp_path):
     assert cross.keys == ["data.name"] and cross.method_keys == ["strategy.name"]  # the task key is not a method
     assert cross.methods == ["scratch", "probe", "finetune"] and len(cross.tasks) == 5
     names = {f.name for f in report.files}
-    expected = {f"{n}.{e}" for n in across_figures.NAMES for e in ("pdf", "png")} | set(across.FILES)
+    expected = {f"{n}.{e}" for n in across_figures.NAMES for e in ("pdf", "png")} | set(across_tables.FILES)
     assert expected <= names and all(f.exists() and f.stat().st_size > 0 for f in report.files)
     assert all(f.parent == tmp_path for f in report.files)
     assert (tmp_path / "across_cd.pdf").read_bytes().startswith(b"%PDF")

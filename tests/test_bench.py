@@ -66,3 +66,28 @@ def test_bench_smoke_runs_the_vit_probe(tiny_root, tmp_path):
     assert m, p.stdout[-2000:]
     assert b["seconds"] > 0 and float(m.group(1)) == round(b["seconds"], 1)  # the line says what the JSON holds
     assert float(m.group(2)) == round(row["cached_wall_s"] / b["seconds"], 1) > 1
+
+
+def test_bench_smoke_gives_the_finetune_bound_in_the_precision_asked(tiny_root, tmp_path):
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--smoke", "--workload", "finetune",
+                        "--bf16", "false", "--data", str(tiny_root), "--out", str(out)], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert "bf16=false" in row["tlsweep_command"] and row["tlsweep_bf16"] == ["off (bf16=false)"]
+    # one epoch: train steps on the 12 train images, forwards on the 8 val images, in the sweep's precision
+    b = row["bound"]
+    assert (b["kind"], b["epochs"], b["train_images"], b["eval_images"]) == ("finetune", 1, 12, 8)
+    assert b["bf16"] == "off (bf16=false)" and b["optimizer"] == "AdamW" and b["channels_last"]
+    assert 0 < b["train_s"] and 0 < b["eval_s"] and b["seconds"] == b["train_s"] + b["eval_s"]
+    epoch = row["tlsweep_epoch_s"]
+    assert row["epoch_over_bound"] == epoch / b["per_epoch_s"] and row["sweep_over_bound"] > row["epoch_over_bound"]
+    assert row["tlsweep_over_naive_per_epoch"] == epoch / row["naive_epoch_s"]
+    m = re.search(r"tlsweep/bound = (\d+\.\d\d)x per epoch \(\d+\.\d / \d+\.\d s\), (\d+\.\d\d)x end to end", p.stdout)
+    assert m, p.stdout[-2000:]
+    assert float(m.group(1)) == round(row["epoch_over_bound"], 2)  # the line says what the JSON holds
+    (bar,) = result["bars"]
+    assert (bar["over_bound"], bar["bound_measure"]) == (row["epoch_over_bound"], "per epoch")
+    assert f"| {bar['over_bound']:.2f}x per epoch |" in p.stdout

@@ -88,24 +88,24 @@ def test_time_limit_skips_what_does_not_fit_and_still_summarizes(tmp_path):
 
 
 def test_naive_side_stops_between_runs_and_estimates_the_rest(monkeypatch):
-    bench = _module(REPO / "benchmarks" / "bench.py")
+    naive = _module(REPO / "benchmarks" / "naive.py")
     now = [1000.0]  # a fake clock that only the fake runs move: finetune takes 3 s, the others 1 s
-    monkeypatch.setattr(bench, "time", SimpleNamespace(time=lambda: now[0], perf_counter=lambda: now[0]))
+    monkeypatch.setattr(naive, "time", SimpleNamespace(time=lambda: now[0], perf_counter=lambda: now[0]))
 
-    def fake_run(root, strategy, lr, seed, epochs, device, image_size=None):
+    def fake_run(root, strategy, lr, seed, epochs, device, image_size=None, model=None):
         now[0] += 3.0 if strategy == "finetune" else 1.0
         return {"final_val_acc": 0.5, "epoch_seconds": [1.0]}
 
-    monkeypatch.setattr(bench, "naive_run", fake_run)
+    monkeypatch.setattr(naive, "naive_run", fake_run)
     grid = [(s, 1e-3, seed) for s in ("scratch", "finetune") for seed in range(3)]
-    out = bench.naive_sweep(None, grid, 1, "cpu", stop_at=1000.0 + 9.5)
+    out = naive.naive_sweep(None, grid, 1, "cpu", stop_at=1000.0 + 9.5)
     # seeds outer: seed 0 (1 + 3 s), seed 1 (8 s); then finetune's 3 s would end after the stop
     assert [(r["strategy"], r["seed"]) for r in out["runs"]] == [
         ("scratch", 0), ("finetune", 0), ("scratch", 1), ("finetune", 1), ("scratch", 2)]
     assert not out["complete"] and out["planned"] == 6
     assert out["wall_s_estimate"] == pytest.approx(3 * 1.0 + 3 * 3.0)
-    assert bench.naive_sweep(None, grid, 1, "cpu", stop_at=now[0] - 1)["runs"] == []
-    assert bench.naive_sweep(None, grid, 1, "cpu")["complete"]
+    assert naive.naive_sweep(None, grid, 1, "cpu", stop_at=now[0] - 1)["runs"] == []
+    assert naive.naive_sweep(None, grid, 1, "cpu")["complete"]
 
 
 def _wheel(folder: Path, name: str, version: str, requires=(), tag="py3-none-any") -> None:

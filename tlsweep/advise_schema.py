@@ -10,17 +10,23 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from .rules import key
+
 
 @dataclass
 class AdviseConf:
-    budget: str = MISSING  # job-seconds, the sum of the jobs' durations (what a cluster charges): 30m, 2h, 1h30m
-    wall: Optional[str] = None  # wall-clock limit from this launch's start (same units); null: none
-    keep: int = 2  # backbones kept by the probe screen
-    margin: float = 0.01  # finalists whose paired gap lies inside +-margin are equivalent: one point of accuracy
-    eta: int = 3  # successive halving keeps the top 1/eta of the LRs at full length
-    max_seeds: int = 10  # paired seeds per finalist before the study gives up deciding
-    # null: the packaged, offline backbones (efficientnet_lite0; lite1, lite2 where the `zoo` extra is installed).
+    budget: str = key(MISSING, "job-seconds the study may spend, the sum of its jobs' durations (what a cluster "
+                               "charges): 30m, 2h, 1h30m; a bare number is refused")
+    wall: Optional[str] = key(None, "a wall-clock limit from the launch (same units); null: none")
+    keep: int = key(2, "backbones the probe screen keeps")
+    margin: float = key(0.01, "finalists whose paired gap lies within +-margin are equivalent (the cheaper one is "
+                              "recommended): one point of accuracy")
+    eta: int = key(3, "successive halving keeps the top 1/eta of the LRs at each rung")
+    max_seeds: int = key(10, "paired seeds per finalist before the study stops deciding")
     # Names of model= options, or of timm archs (model.arch=) when the base model is model=timm
-    backbones: Optional[list[str]] = None
-    strategies: Optional[list[str]] = None  # null: probe, partial, finetune, lpft; lora, dora where peft is installed
-    lrs: Any = None  # null: optim.lr x {1/3, 1, 3}; a list for every strategy, or {strategy: list}
+    backbones: Optional[list[str]] = key(None, "the candidate backbones; null: the offline ones installed "
+                                               "(efficientnet_lite0; lite1, lite2 with the zoo extra)")
+    strategies: Optional[list[str]] = key(None, "the candidate strategies; null: probe, partial, finetune, lpft "
+                                                "(and lora, dora with the peft extra)")
+    lrs: Any = key(None, "the candidate LRs: a list for every strategy, or {strategy: list}; null: optim.lr x "
+                         "{1/3, 1, 3}")

@@ -14,7 +14,8 @@ head init and batch order still differ). Every run says so in its `tlsweep.fast.
 
 The pass itself runs a copy of the prefix with each BatchNorm folded into the conv before it
 (`fold_batchnorm`): the same function to float rounding, one memory pass fewer per layer. It is
-checked the way the pass runs (fp32, or bf16 autocast on CUDA) before use: see `fold_agrees`.
+checked the way the pass runs (fp32, or bf16 autocast) before use: see `fold_agrees`. Features are stored in
+fp32 whatever the pass ran in, and the key holds the precision, so fp32 and bf16 features never mix.
 """
 from __future__ import annotations
 
@@ -269,7 +270,8 @@ def _run_prefix(prefix: nn.Module, loader: TensorLoader, n: int, batch_size: int
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
         with autocast():
-            out.append(prefix(loader.batch(idx)))
+            # autocast leaves them in bf16; stored in fp32, as the budget counts them and the scores read them
+            out.append(prefix(loader.batch(idx)).float())
     return torch.cat(out)
 
 
@@ -326,8 +328,8 @@ def _check(saved: dict, key: str, views: int, n_train: int, n_val: int) -> str |
         return "lacks the train or val features"
     if tr.shape[:2] != (views, n_train) or va.shape[:1] != (n_val,) or tr.shape[2:] != va.shape[1:]:
         return f"holds features of shape {tuple(tr.shape)} / {tuple(va.shape)}, not [{views}, {n_train}, ...] / [{n_val}, ...]"
-    if not (tr.is_floating_point() and va.is_floating_point()):
-        return f"holds {tr.dtype} / {va.dtype} features, not floats"
+    if not (tr.dtype == va.dtype == torch.float32):  # a bf16 pass's features were once stored as bf16
+        return f"holds {tr.dtype} / {va.dtype} features, not float32"
     return None
 
 

@@ -26,11 +26,11 @@ from typing import Callable
 
 from torch import nn
 
-from .adapters import KINDS
 from .errors import ConfigError
 from .keys import SCORE_STRATEGY, STRATEGIES
 from .models import ModelSpec
-from .schema import AnyStrategy, FreezeBN, strategy_keys
+from .rules import rule_of
+from .schema import PARAMS, AnyStrategy, FreezeBN, strategy_keys
 
 # The ladder's four rungs, then the strategies beyond it (conf/strategy/<name>.yaml each).
 NAMES = STRATEGIES
@@ -50,11 +50,7 @@ FILTERS: dict[str, Callable[[str, nn.Module], bool]] = {
     # auto-RGN: Lee et al.'s get_lr_weights leaves out parameters named "bn" (their ResNets' BatchNorms)
     "no_batchnorm": lambda leaf, module: not isinstance(module, nn.modules.batchnorm._BatchNorm),
 }
-REWEIGHTS = (None, "rgn")
-ADAPTERS = (None, *KINDS)
-# What one LR step of layer-wise decay spans: a stage (timm's coarse groups) or a layer (coarse=False,
-# as timm's param_groups_layer_decay: a ViT's block, an EfficientNet's or ResNet's block within a stage)
-GRANULARITIES = ("stage", "layer")
+assert tuple(FILTERS) == PARAMS  # the schema's rule for strategy.params names them
 
 
 @dataclass
@@ -97,37 +93,12 @@ class Recipe(AnyStrategy):
 
         if self.name is not None and self.name not in NAMES:  # None: a recipe built in code, unnamed
             bad("name", self.name, ", ".join(NAMES))
-        if self.params not in FILTERS:
-            bad("params", self.params, ", ".join(FILTERS))
-        if self.reweight not in REWEIGHTS:
-            bad("reweight", self.reweight, "null, rgn")
-        if self.probe_epochs < 0:
-            bad("probe_epochs", self.probe_epochs, "an integer >= 0")
-        if self.unfreeze_every is not None and self.unfreeze_every < 1:
-            bad("unfreeze_every", self.unfreeze_every, "null or an integer >= 1")
-        if not self.layer_decay > 0:
-            bad("layer_decay", self.layer_decay, "a number > 0 (1: no decay)")
-        if not self.backbone_lr_scale >= 0:
-            bad("backbone_lr_scale", self.backbone_lr_scale, "a number >= 0 (0: the backbone does not train)")
-        for key in ("l2sp_alpha", "l2sp_beta"):
-            if not getattr(self, key) >= 0:
-                bad(key, getattr(self, key), "a number >= 0")
+        for f in fields(AnyStrategy):  # each key's range, as the schema declares it (tlsweep/rules.py)
+            rule = rule_of(f)
+            if rule is not None and not rule.ok(getattr(self, f.name)):  # a 0 where null means "unset" too
+                bad(f.name, getattr(self, f.name), rule.text)
         if self.l2sp_alpha and not self.pretrained:
             bad("l2sp_alpha", self.l2sp_alpha, "0 when pretrained=false: there is no start point to pull toward")
-        if self.feature_views is not None and self.feature_views < 1:  # 0 is not "unset": null is
-            bad("feature_views", self.feature_views, "null (one view per epoch) or an integer >= 1")
-        if self.rgn_batches < 1:
-            bad("rgn_batches", self.rgn_batches, "an integer >= 1")
-        if self.granularity not in GRANULARITIES:
-            bad("granularity", self.granularity, ", ".join(GRANULARITIES))
-        if self.adapter not in ADAPTERS:
-            bad("adapter", self.adapter, ", ".join(["null", *KINDS]))
-        if self.adapter and self.rank < 1:
-            bad("rank", self.rank, "an integer >= 1")
-        if self.adapter and not self.alpha > 0:
-            bad("alpha", self.alpha, "a number > 0")
-        if self.adapter and not 0 <= self.adapter_dropout < 1:
-            bad("adapter_dropout", self.adapter_dropout, "a number in [0, 1)")
         if not self.trains and not self.cache_features:
             bad("cache_features", self.cache_features, "true: the score rung scores the feature cache's features")
 

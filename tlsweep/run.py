@@ -22,7 +22,7 @@ with heavy():  # torch, torchvision, MLflow: seconds of imports (see imports.py)
     from .keys import Tag
     from .optim import check_optim, make_optimizer
     from .progress import Progress
-    from .runtime import Runtime, Stopwatch, resolve_device, seed_everything
+    from .runtime import Runtime, Stopwatch, resolve_bf16, resolve_device, seed_everything
     from .train import divergence, fit, merge, tune_allocator
 
 
@@ -43,6 +43,7 @@ def run(cfg: DictConfig) -> dict:
         schema.check_ranges(cfg)  # ranges and relations, before any data is read or model built
         check_optim(cfg.optim)
         device = resolve_device(cfg.device)
+        precision = resolve_bf16(cfg.bf16, device)  # bf16=true on a device without bf16 units fails here
         seed_everything(cfg.seed)
         progress = Progress(name, cfg.epochs)
         progress.start()
@@ -69,7 +70,7 @@ def run(cfg: DictConfig) -> dict:
             clock.device = device
         images = []  # the image loaders, built once, when the first segment needs them
 
-        rt = Runtime.of(device, cfg.bf16, cfg.channels_last)
+        rt = Runtime.of(device, precision.bf16, cfg.channels_last)
         cache = []  # the feature cache's settings, made when a segment first asks
         head_inputs = []  # a segment's cached features, when its frozen prefix ends right below the head
 
@@ -108,7 +109,7 @@ def run(cfg: DictConfig) -> dict:
             log_batch({
                 Tag.DECODE: decode_how,
                 Tag.FEATURES: str(features_how),
-                Tag.BF16: str(cfg.bf16 and device.type == "cuda"),
+                Tag.BF16: str(precision),  # on (cpu amx_bf16), off (bf16=false), ...
                 Tag.CHANNELS_LAST: str(cfg.channels_last),
                 Tag.DEVICE: str(device),
                 Tag.DATA_VAL: data.val_from,
@@ -121,7 +122,7 @@ def run(cfg: DictConfig) -> dict:
             }, scored.metrics() if scored else {})
         prep_seconds = time.perf_counter() - start  # data, model and feature cache, before the first epoch
         if trains:
-            progress.ready(prep_seconds, "feature cache " + ("on" if features_how.on else "off"))
+            progress.ready(prep_seconds, f"feature cache {'on' if features_how.on else 'off'}, bf16 {precision}")
         logged_before = clock.seconds["mlflow"]
 
         def on_epoch(epoch: int, metrics: dict) -> None:
@@ -165,7 +166,7 @@ def run(cfg: DictConfig) -> dict:
     if not trains:
         print(f"[tlsweep] {cfg.strategy.name:8s} seed={cfg.seed} "
               + " ".join(f"{k}={v:.4f}" for k, v in scored.values.items())
-              + f" ({scored.source}) seconds={result['prep_seconds']:.1f} prep", flush=True)
+              + f" ({scored.source}, bf16 {precision}) seconds={result['prep_seconds']:.1f} prep", flush=True)
         return result
     print(f"[tlsweep] {cfg.strategy.name:8s} seed={cfg.seed} final_{s}_acc={result[f'final_{s}_acc']:.4f} "
           f"best_{s}_acc={result[f'best_{s}_acc']:.4f} trainable={plan.trainable_params:,} "

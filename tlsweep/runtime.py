@@ -1,12 +1,13 @@
-"""Where and how a job's tensors run: its device (resolved and checked), seeds, bfloat16 autocast and
-memory format, as one value that the loaders, the feature pass and the training loop share; the loaders
-of a run's splits; and the stopwatch of where a job's time goes."""
+"""Where and how a job's tensors run: its device (resolved and checked), seeds, bfloat16 autocast (where the
+device has native bf16 units) and memory format, as one value that the loaders, the feature pass and the
+training loop share; the loaders of a run's splits; and the stopwatch of where a job's time goes."""
 from __future__ import annotations
 
 import contextlib
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import numpy as np
@@ -16,21 +17,96 @@ from .errors import ConfigError
 
 
 def autocast(device: torch.device, bf16: bool):
-    # bf16 needs no loss scaling, unlike fp16; on the CPU autocast would be slower, not faster
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bfloat16 autocast on `device` when `bf16` (a choice `resolve_bf16` made), else nothing.
+
+    Autocast runs the matmul-like ops (convolutions, linear layers, attention) in bf16; parameters, their
+    gradients and the optimizer's state stay fp32, as do BatchNorm's running statistics (fp32 buffers), and
+    LayerNorm and the loss run in fp32 (checked on the CPU: BatchNorm itself normalizes the bf16 activations it
+    gets). tlsweep adds two casts of its own: the loss is taken on fp32 logits, and cached features are stored in
+    fp32 (features.py). bf16 keeps fp32's exponent range, so unlike fp16 it needs no loss scaling.
+    """
+    if bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# oneDNN's native bf16 kernels on x86 (its avx512_core_amx and avx512_core_bf16 ISAs), by the names
+# torch.cpu.get_capabilities() and /proc/cpuinfo give them. A CPU without them still runs bf16, emulated in fp32
+# with conversions around it (torch's mkldnn "bf16 support" counts AVX-512BW as enough): slower than fp32.
+CPU_BF16_UNITS = ("amx_bf16", "avx512_bf16")
+CPUINFO = Path("/proc/cpuinfo")  # where neither torch API is there (Linux)
+
+
+def cpu_bf16_units() -> tuple[str, ...]:
+    """Which of CPU_BF16_UNITS this CPU has, as torch's cpuinfo sees them; /proc/cpuinfo where torch cannot say."""
+    caps = getattr(torch.cpu, "get_capabilities", None)  # newer torch: cpuinfo's flags by name
+    if caps is not None:
+        found = caps()
+        return tuple(u for u in CPU_BF16_UNITS if found.get(u))
+    probes = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}  # torch >= 2.2
+    if all(hasattr(torch.cpu, p) for p in probes.values()):
+        # AMX tiles never ship without AMX-BF16: every Intel CPU with AMX (Sapphire Rapids on) has both
+        return tuple(u for u, p in probes.items() if getattr(torch.cpu, p)())
+    try:
+        flags = {f for line in CPUINFO.read_text().splitlines() if line.startswith("flags")
+                 for f in line.split(":", 1)[1].split()}
+    except OSError:
+        return ()
+    return tuple(u for u in CPU_BF16_UNITS if u in flags)
+
+
+def cuda_bf16(device: torch.device) -> bool:
+    """Native bf16 on this CUDA device (compute capability 8.0 on, or ROCm's), not the emulation of older GPUs."""
+    with torch.cuda.device(device):
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # a torch without the argument did not count emulation
+            return torch.cuda.is_bf16_supported()
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Whether a job autocasts to bfloat16, and why: `str()` is its `tlsweep.fast.bf16` tag and what it prints."""
+
+    bf16: bool
+    why: str
+
+    def __str__(self) -> str:
+        return f"{'on' if self.bf16 else 'off'} ({self.why})"
+
+
+def resolve_bf16(setting: bool | str, device: torch.device) -> Precision:
+    """The config's `bf16` (true, false or auto) on `device`. auto: on where the device has native bf16 units
+    (CUDA with native bf16; a CPU with AMX-BF16 or AVX512-BF16), off elsewhere; true where it has none: a
+    ConfigError. MPS is off: tlsweep has not measured autocast there. `str()` of the result says which and why."""
+    if setting is False:
+        return Precision(False, "bf16=false")
+    if device.type == "cuda":
+        units, none = ("cuda native bf16", None) if cuda_bf16(device) else (None, "cuda: no native bf16, needs "
+                                                                                 "compute capability 8.0 or later")
+    elif device.type == "cpu":
+        found = cpu_bf16_units()
+        units, none = (f"cpu {'+'.join(found)}", None) if found else (None, "cpu: no bf16 units")
+    else:
+        units, none = None, f"{device.type}: not measured with tlsweep"
+    if setting == "auto":
+        return Precision(units is not None, units or none)
+    if units is None:
+        raise ConfigError(f"bf16=true: device {device} cannot run it ({none}); tlsweep runs bf16 on CUDA with "
+                          f"compute capability 8.0 or later and on CPUs with {' or '.join(CPU_BF16_UNITS)}; use "
+                          "bf16=auto or bf16=false")
+    return Precision(True, f"bf16=true, {units}")
 
 
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
-    bf16: bool = False  # bfloat16 autocast; `of` keeps it only on CUDA
+    bf16: bool = False  # bfloat16 autocast: what `resolve_bf16` decided for this device
     channels_last: bool = False  # NHWC tensors and model
 
     @classmethod
     def of(cls, device: torch.device, bf16: bool, channels_last: bool) -> "Runtime":
-        return cls(device, bool(bf16) and device.type == "cuda", bool(channels_last))
+        return cls(device, bool(bf16), bool(channels_last))
 
     def autocast(self):
         return autocast(self.device, self.bf16)

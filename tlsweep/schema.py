@@ -5,14 +5,16 @@ refuses at composition a value of the wrong type (`optim.lr=fast`) or a key that
 (`strategy.probe_epoch=3`), naming the key. A strategy's schema holds only the keys that strategy reads:
 finetune has no `probe_epochs`, so a sweep cannot quietly give it one.
 
-`check_ranges(cfg)` then tests what a type cannot say (ranges and relations), before a job reads data or
-builds a model; the strategy's own values are checked by `recipes.Recipe`, the device's presence by
-`runtime.resolve_device`. Torch-free: the CLI composes and refuses a config without importing torch.
+Each key carries a one-line help and its range as field metadata (tlsweep/rules.py). `check_ranges(cfg)` then
+tests what a type cannot say (those ranges, and relations), before a job reads data or builds a model; the
+strategy's own values are checked by `recipes.Recipe` against the same rules, the device's presence by
+`runtime.resolve_device`. docs/configuration.md is generated from these classes (`python -m tlsweep.manual`).
+The data group's schemas live in data_schema.py. Torch-free: the CLI composes and refuses a config without
+importing torch.
 """
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -23,8 +25,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .advise_schema import AdviseConf
+from .data_schema import (DATA_SCHEMAS, BadImages, DataConf, DownloadDataConf, FileListDataConf,  # noqa: F401
+                          FolderDataConf, HfDataConf, TorchvisionDataConf)
 from .errors import ConfigError
 from .keys import STRATEGIES
+from .rules import Rule, at_least, key, number, one_of, rule_of, unit_interval
 
 
 class FreezeBN(str, Enum):
@@ -44,78 +49,85 @@ class FreezeBN(str, Enum):
         return cls(str(value))
 
 
-class BadImages(str, Enum):
-    """What decoding does with an image file it cannot read."""
-    skip = "skip"  # leave it out, warn with the list, count it in a run tag
-    error = "error"  # refuse the data, listing the files
-
-    def __str__(self) -> str:
-        return self.value
-
-
 # ---- model --------------------------------------------------------------------------------------------
 
 @dataclass
 class ModelConf:
-    name: str = MISSING  # what runs and errors call it
-    source: str = "timm"  # timm | torchvision
-    arch: Optional[str] = None  # timm model name with its tag, or torchvision's model name
-    weights: Optional[str] = "DEFAULT"  # DEFAULT, null (random init) or a .pth/.safetensors file
+    name: str = key(MISSING, "what runs and errors call the model (each preset sets it)")
+    source: str = key("timm", "where the architecture and its weights come from", one_of("timm", "torchvision"))
+    arch: Optional[str] = key(None, "timm's model name with its pretrained tag (vit_small_patch14_dinov2.lvd142m), "
+                                    "or torchvision's for model.source=torchvision")
+    weights: Optional[str] = key("DEFAULT", "DEFAULT (the pretrained weights), null (random init), or a checkpoint "
+                                            "file: .safetensors, or .pth/.pt/.bin read with weights_only=True")
 
 
 # ---- strategy: a base and the keys that only some strategies read ---------------------------------------
 
 @dataclass
 class StrategyConf:
-    name: str = MISSING
-    pretrained: bool = True
-    unfreeze: Any = "all"  # all, a list of stage names or indices, [] (head only), or null (the last stage)
-    backbone_lr_scale: float = 1.0
-    freeze_bn: FreezeBN = FreezeBN.frozen
-    cache_features: bool = True
-    feature_views: Optional[int] = None
+    name: str = key(MISSING, "the strategy (each conf/strategy option sets it)")
+    pretrained: bool = key(True, "start from the model's weights; false: random init, every LR scale 1")
+    unfreeze: Any = key("all", "the stages that train: all, a list of stage names or indices (0 = the stem, -1 = "
+                               "the last), [] (the head only), or null (the model's last stage)")
+    backbone_lr_scale: float = key(1.0, "multiplier of optim.lr for the pretrained parameters (the head: 1)",
+                                   number(0, strict=False, note=" (0: the backbone does not train)"))
+    freeze_bn: FreezeBN = key(FreezeBN.frozen, "which BatchNorm layers stay in eval mode: frozen (those whose "
+                                               "parameters are all frozen), none, all")
+    cache_features: bool = key(True, "run a frozen, deterministic prefix once per sweep and train on its features")
+    feature_views: Optional[int] = key(None, "augmented train views the feature cache holds per image",
+                                       at_least(1, null="one view per epoch"))
+
+
+# strategy.params: bitfit's bias, the norm layers' affine parameters, auto-RGN's all but BatchNorm (recipes.FILTERS)
+PARAMS = ("all", "bias", "norm", "no_batchnorm")
 
 
 @dataclass
 class ParamsKeys:
-    params: str = "all"  # which parameters of an unfrozen stage train: all, bias, norm, no_batchnorm
+    params: str = key("all", "which parameters of an unfrozen stage train", one_of(*PARAMS))
 
 
 @dataclass
 class ProbePhaseKeys:
-    probe_epochs: int = 0
+    probe_epochs: int = key(0, "epochs in which the head alone trains, first", at_least(0))
 
 
 @dataclass
 class DecayKeys:
-    layer_decay: float = 1.0
-    granularity: str = "stage"  # stage | layer (timm's fine-grained groups)
+    layer_decay: float = key(1.0, "LR ratio of each stage (or layer) to the one above it",
+                             number(0, strict=True, note=" (1: no decay)"))
+    granularity: str = key("stage", "what one step of layer_decay spans: a stage (timm's coarse groups) or a layer "
+                                    "(timm's coarse=False groups)", one_of("stage", "layer"))
 
 
 @dataclass
 class GradualKeys:
-    unfreeze_every: Optional[int] = None
+    unfreeze_every: Optional[int] = key(None, "after the probe epochs, one more stage from the top every N epochs",
+                                        at_least(1, null="every stage at once"))
 
 
 @dataclass
 class L2spKeys:
-    l2sp_alpha: float = 0.0
-    l2sp_beta: float = 0.0
+    l2sp_alpha: float = key(0.0, "L2-SP's alpha: alpha/2 ‖w - w0‖² pulls the pretrained weights to their start",
+                            number(0, strict=False))
+    l2sp_beta: float = key(0.0, "L2-SP's beta: beta/2 ‖w‖² on the head", number(0, strict=False))
 
 
 @dataclass
 class RgnKeys:
-    reweight: Optional[str] = None
-    rgn_batches: int = 5
+    reweight: Optional[str] = key(None, "per-epoch LR reweighting: rgn (auto-RGN, by relative gradient norms)",
+                                  one_of(None, "rgn"))
+    rgn_batches: int = key(5, "batches the relative gradient norms are averaged over, each epoch", at_least(1))
 
 
 @dataclass
 class AdapterKeys:
-    adapter: Optional[str] = None  # lora | dora
-    rank: int = 8
-    alpha: float = 8.0
-    target_modules: Any = None
-    adapter_dropout: float = 0.0
+    adapter: Optional[str] = key(None, "low-rank adapters through peft (the peft extra)", one_of(None, "lora", "dora"))
+    rank: int = key(8, "the adapters' rank", at_least(1))
+    alpha: float = key(8.0, "the adapters' scale numerator: the update is scaled by alpha / rank", number(0, strict=True))
+    target_modules: Any = key(None, "the modules that get adapters, names or a regex; null: every Linear and 1x1 "
+                                    "conv of the backbone")
+    adapter_dropout: float = key(0.0, "dropout on the adapters' input", unit_interval("a number in [0, 1)"))
 
 
 @dataclass
@@ -173,80 +185,31 @@ assert set(STRATEGY_SCHEMAS) == set(STRATEGIES)
 
 @dataclass
 class OptimConf:
-    name: str = MISSING  # adamw | sgd
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    scheduler: Optional[str] = "cosine"  # cosine | none
+    name: str = key(MISSING, "the optimizer (each optim option sets it; optim.make_optimizer checks it)")
+    lr: float = key(1e-3, "the head's learning rate; pretrained parameters train at it times their strategy's "
+                          "scale", number(0, strict=True, finite=True))
+    weight_decay: float = key(1e-4, "weight decay, never on 1-D tensors nor on what the model's no_weight_decay() "
+                                    "names", number(0, strict=False, finite=True))
+    scheduler: Optional[str] = key("cosine", "the LR schedule: cosine (over epochs) or none (null too)")
 
 
 @dataclass
 class SgdConf(OptimConf):
-    momentum: float = 0.9
-
-
-# ---- data -------------------------------------------------------------------------------------------
-
-@dataclass
-class DataConf:
-    name: str = MISSING
-    root: Optional[str] = None
-    select_fraction: Optional[float] = None
-    shots: Optional[int] = None
-    shots_seed: int = 0
-    image_size: Optional[int] = None
-    num_workers: int = 2
-    cache: bool = True
-    cache_budget_mb: float = 4096
-    cache_to_disk: bool = False
-    bad_images: BadImages = BadImages.skip
-
-
-@dataclass
-class DownloadDataConf(DataConf):
-    download: bool = True
-
-
-@dataclass
-class FolderDataConf(DataConf):
-    root: str = MISSING  # required: data.root=/path/to/folder
-    val_fraction: Optional[float] = None
-
-
-@dataclass
-class TorchvisionDataConf(DownloadDataConf):
-    root: str = "data"  # the download folder: torchvision keeps each dataset in its own folder under it
-    dataset: str = MISSING  # a torchvision class name: CIFAR10, Flowers102, ... (tlsweep.sources.TORCHVISION)
-    val_fraction: Optional[float] = None  # where torchvision defines no split: the part held out (null: 0.2)
-
-
-@dataclass
-class FileListDataConf(DataConf):
-    root: str = MISSING  # one task's folder of <relative path> <label> lists (VTAB-1k), or a suite's folder
-    task: Optional[str] = None  # a task folder under root (a sweep over a suite's tasks); null: root is the task
-    train_list: Optional[str] = None  # null: train800.txt, or train800val200.txt when select_list is null
-    select_list: Optional[str] = "val200.txt"
-    test_list: str = "test.txt"
-
-
-@dataclass
-class HfDataConf(DataConf):
-    path: str = MISSING  # a hub name (uoft-cs/cifar10) or a folder written by save_to_disk
-    subset: Optional[str] = None  # the hub's configuration name, where it has several
-    revision: Optional[str] = None  # a hub commit or tag, to pin the data
-    image_column: str = "image"
-    label_column: str = "label"
-    train_split: str = "train"
-    select_split: Optional[str] = None
-    scored_split: str = "test"
+    momentum: float = key(0.9, "SGD's momentum", unit_interval())
 
 
 # ---- the top ----------------------------------------------------------------------------------------
 
 @dataclass
 class TrackingConf:
-    uri: Optional[str] = None
-    experiment: str = "tlsweep"
-    sweep_name: Optional[str] = None
+    uri: Optional[str] = key(None, "the MLflow store; null: $MLFLOW_TRACKING_URI, else "
+                                   "sqlite:///<launch dir>/mlruns/mlflow.db")
+    experiment: str = key("tlsweep", "the MLflow experiment")
+    sweep_name: Optional[str] = key(None, "the sweep's parent run, by name: the same name resumes it; null: "
+                                          "sweep-<date>_<time>")
+
+
+DEVICE = Rule("auto, cpu, cuda, cuda:<index> or mps", lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)))
 
 
 @dataclass
@@ -260,13 +223,17 @@ class Config:
     data: Any = MISSING  # DataConf
     tracking: TrackingConf = field(default_factory=TrackingConf)
     advise: Optional[AdviseConf] = None  # experiment=advise sets it: the advisor's study
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 32
-    device: str = "auto"
-    bf16: bool = True
-    channels_last: bool = True
-    cache_dir: Optional[str] = ".cache/tlsweep"
+    seed: int = key(0, "the run's seed: the head's init, data order, augmentation",
+                    at_least(0, note=" (numpy seeds are unsigned)"))
+    epochs: int = key(10, "training epochs", at_least(1))
+    batch_size: int = key(32, "images per training batch", at_least(1))
+    device: str = key("auto", "auto (cuda, then mps, then cpu), or a torch device", DEVICE)
+    bf16: bool | str = key("auto", "bfloat16 autocast; auto: on where the device has native bf16 (CUDA with "
+                           "compute capability 8.0 on, a CPU with AMX-BF16 or AVX512-BF16); true: there only",
+                           Rule("true, false or auto", lambda v: v is True or v is False or v == "auto"))
+    channels_last: bool = key(True, "NHWC tensors and model: faster convolutions, on the CPU too")
+    cache_dir: Optional[str] = key(".cache/tlsweep", "decoded images and cached features, shared by a sweep's "
+                                                     "processes; null: memory only")
 
 
 def register() -> None:
@@ -274,8 +241,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     # In no group: a group's schemas would show in `--help` as if they were its options.
     nodes = {"config": Config, "model_model": ModelConf, "optim_adamw": OptimConf, "optim_sgd": SgdConf,
-             "data_data": DataConf, "data_download": DownloadDataConf, "data_folder": FolderDataConf,
-             "data_torchvision": TorchvisionDataConf, "data_filelist": FileListDataConf, "data_hf": HfDataConf,
+             **{f"data_{name}": schema for name, schema in DATA_SCHEMAS.items()},
              **{f"strategy_{name}": schema for name, schema in STRATEGY_SCHEMAS.items()}}
     for name, node in nodes.items():
         cs.store(name=f"{name}_schema", node=node)
@@ -290,21 +256,20 @@ def _bad(key: str, value, allowed: str) -> ConfigError:
     return ConfigError(f"{key}={value}: {allowed}")
 
 
+def ranges() -> dict[str, Rule]:
+    """Every dotted key of the top level, model, optim and data that has a rule (a strategy's keys are checked by
+    its recipe)."""
+    out: dict[str, Rule] = {}
+    for prefix, schemas in (("", [Config]), ("model.", [ModelConf]), ("optim.", [SgdConf]),
+                            ("data.", list(DATA_SCHEMAS.values()))):
+        out.update({prefix + f.name: rule for schema in schemas for f in fields(schema)
+                    if (rule := rule_of(f)) is not None and prefix + f.name not in out})
+    return out
+
+
 def check_ranges(cfg: DictConfig) -> None:
-    """Ranges and relations of the top level, optim and data, each refused in one line naming the key and
+    """Ranges and relations of the top level, model, optim and data, each refused in one line naming the key and
     what it may be. A `0` where null means "all" is refused, not read as null."""
-    def at_least(key: str, low: int, null_ok: bool = False, note: str = "") -> None:
-        value = OmegaConf.select(cfg, key)
-        if value is None and null_ok:
-            return
-        if value is None or value < low:
-            raise _bad(key, value, f"must be an integer >= {low}" + (" or null" if null_ok else "") + note)
-
-    def fraction(key: str) -> None:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and not 0 < value < 1:
-            raise _bad(key, value, "must be a fraction in (0, 1), or null for none held out")
-
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     if missing:
         what = {"data.root": "the folder that holds train/ and val/" if cfg.data.name != "filelist" else
@@ -313,26 +278,11 @@ def check_ranges(cfg: DictConfig) -> None:
                 "data.path": "a Hugging Face hub name, or a folder written by save_to_disk"}.get(missing[0])
         raise ConfigError(f"{missing[0]} is required and not set: give {missing[0]}=..."
                           + (f" ({what})" if what else ""))
-    at_least("epochs", 1)
-    at_least("batch_size", 1)
-    at_least("seed", 0, note=" (numpy seeds are unsigned)")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
-        raise _bad("device", cfg.device, "must be auto, cpu, cuda, cuda:<index> or mps")
-    lr, wd = cfg.optim.lr, cfg.optim.weight_decay
-    if not (math.isfinite(lr) and lr > 0):
-        raise _bad("optim.lr", lr, "must be a finite number > 0")
-    if not (math.isfinite(wd) and wd >= 0):
-        raise _bad("optim.weight_decay", wd, "must be a finite number >= 0")
-    momentum = OmegaConf.select(cfg, "optim.momentum", default=None)
-    if momentum is not None and not 0 <= momentum < 1:
-        raise _bad("optim.momentum", momentum, "must be in [0, 1)")
-    at_least("data.shots", 1, null_ok=True, note=" (null: every training image)")
-    at_least("data.shots_seed", 0)
-    at_least("data.image_size", 16, null_ok=True, note=" (null: the crop the weights expect)")
-    at_least("data.num_workers", 0)
-    at_least("data.cache_budget_mb", 0)
-    fraction("data.select_fraction")
-    fraction("data.val_fraction")
+    absent = object()
+    for name, rule in ranges().items():  # in the schema's order: the top level, model, optim, data
+        value = OmegaConf.select(cfg, name, default=absent)
+        if value is not absent and not rule.ok(value):  # absent: a key of other options (sgd's momentum)
+            raise _bad(name, value, f"must be {rule.text}")
     weights = cfg.model.weights
     if weights not in (None, "DEFAULT") and not Path(weights).is_file():
         raise _bad("model.weights", weights, "no such file; give DEFAULT (the pretrained tag), null (random "
@@ -372,7 +322,7 @@ def hints(overrides: list[str]) -> list[str]:
         owners = [n for n in STRATEGY_SCHEMAS if key.startswith("strategy.") and last in strategy_keys(n)]
         if owners and any(c not in owners for c in chosen):
             out.append(f"tlsweep: strategy.{last} is a key of {', '.join(owners)} only; sweep it in a sweep "
-                       "of those (README: keys only some strategies have)")
+                       "of those (docs/strategies.md: keys only some strategies have)")
         elif key not in known and (near := near_keys(key)):
             out.append(f"tlsweep: no key {key}; did you mean {' or '.join(near)}?")
     return out

@@ -28,7 +28,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import STARTED, owner, stores
+from . import STARTED, owner, stores, views
 from .errors import StoreError, end_command
 from .imports import heavy
 from .keys import Tag, diverged, short_labels
@@ -38,9 +38,10 @@ with heavy():  # MLflow: about 1 s of imports
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
     from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+    from mlflow.version import VERSION as MLFLOW_VERSION
 
     from .tracking import (EXPERIMENT, EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, announce, current,
-                           planned_jobs, setup_store, swept_keys)
+                           planned_jobs, setup_store, swept_keys, ui_base)
 
 log = logging.getLogger(__name__)
 _ended_early: str | None = None  # how the launching process ended, when the sweep did not run to its end
@@ -211,11 +212,13 @@ class SweepCallback(Callback):
             how = "new"
         self.uri, self.exp_id, self.parent, self.name = uri, exp_id, parent, name
         self.experiment = config.tracking.experiment
+        self.by = views.group_keys(self.swept, config)
+        self.view = self._save_view(client, parent, views.SCORED_METRIC)
         # for the jobs: by id, since a job on another node or in another directory resolves a relative
         # store differently, and a name can race (set_experiment's losers log into Default)
         os.environ.update({PARENT_ENV: parent, SWEEP_NAME_ENV: name, SWEPT_ENV: json.dumps(self.swept),
                            EXPERIMENT_ENV: exp_id, "MLFLOW_TRACKING_URI": uri})
-        announce(uri, exp_id)
+        announce(uri, exp_id, self._links())
         print(f"[tlsweep] sweep {name} ({how}): parent run {parent}", flush=True)
         atexit.register(self._finish_at_exit)  # Hydra skips on_multirun_end when a job raised
 
@@ -233,6 +236,16 @@ class SweepCallback(Callback):
         if busy:
             raise SweepBusy(busy)
         self.claim = claim
+
+    def _save_view(self, client: MlflowClient, parent: str, metric: str) -> str | None:
+        """Write the sweep's saved view in the MLflow UI (tlsweep.views) on `metric`; its id, or None."""
+        self.metric = metric
+        with _or_warn(f"save the MLflow view of sweep {self.name}"):  # it costs the links only
+            return views.save(client, self.exp_id, parent, self.name, self.by, metric, MLFLOW_VERSION)
+        return None
+
+    def _links(self) -> dict[str, str] | None:
+        return views.links(ui_base(self.uri), self.exp_id, self.view) if self.view else None
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         self.finish()
@@ -294,6 +307,8 @@ class SweepCallback(Callback):
             if self.report and any(c.info.status == "FINISHED" for c in jobs):
                 with _or_warn(f"report sweep {self.name}"), self._report_interruptible():
                     self._report(client, parent, runs)
+            if self.view:  # the start's lines have scrolled away by now
+                print("\n".join(f"[tlsweep] {what}: {url}" for what, url in self._links().items()), flush=True)
             with _or_warn(f"log the fixed cost of sweep {self.name}"):
                 cost = fixed_cost(jobs, STARTED, time.time())
                 print(cost.line, flush=True)
@@ -324,6 +339,8 @@ class SweepCallback(Callback):
             print(f"[tlsweep] no report for sweep {self.name}: {err}", flush=True)
             return
         print(rep.markdown, flush=True)
+        if self.view and rep.metric != self.metric:  # the runs were scored on a test split: final_test_acc
+            self.view = self._save_view(client, parent, rep.metric) or self.view
         with _or_warn(f"show the report of sweep {self.name} on its parent run"):
             note = rep.markdown + "\nTables and figures: this run's artifacts, `report/`.\n"
             if len(note) > MAX_TAG_VAL_LENGTH:  # MLflow cuts longer tags; say where the rest is

@@ -148,17 +148,22 @@ def _experiment_id(client: MlflowClient, name: str, artifacts: str | None) -> st
     return exp.experiment_id
 
 
+def ui_base(uri: str) -> str:
+    """Where the MLflow UI of store `uri` is served: the server itself, or where `mlflow ui` serves."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI
+
+
 def ui_url(uri: str, experiment_id: str) -> str:
     """The experiment's runs table in the MLflow UI, in its "Model training" layout."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def announce(uri: str, experiment_id: str) -> None:
+def announce(uri: str, experiment_id: str, links: dict[str, str] | None = None) -> None:
+    """Where the runs are, and what to open: `links` (a sweep's saved view, tlsweep.views), else the runs table."""
     lines = [f"[tlsweep] MLflow store: {uri}"]
     if not uri.startswith(("http://", "https://")):  # a server is already serving its UI
         lines.append(f"[tlsweep] browse it with: mlflow ui --backend-store-uri {uri}")
-    lines.append(f"[tlsweep] runs table: {ui_url(uri, experiment_id)}")
+    lines += [f"[tlsweep] {what}: {url}" for what, url in (links or {"runs table": ui_url(uri, experiment_id)}).items()]
     print("\n".join(lines), flush=True)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import pandas as pd
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--grid", required=True, help="the grid's tracking URI")
     ap.add_argument("--advise", required=True, help="each task's advisor store, {task} filled in")
     ap.add_argument("--tasks", nargs="+", required=True)
-    ap.add_argument("--out", help="write the table as CSV here")
+    ap.add_argument("--out", help="write the table here as CSV, and as markdown beside it (.md)")
     args = ap.parse_args(argv)
     rows = []
     for task in args.tasks:
@@ -94,7 +95,24 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           f"compute share mean {table['compute_share'].mean():.1%}, max {table['compute_share'].max():.1%}")
     if args.out:
         table.to_csv(args.out, index=False, float_format="%.6g")
+        Path(args.out).with_suffix(".md").write_text(markdown(table))
     return table
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The page's table: per task, the grid's best and the advisor's pick (scored accuracy, mean over the grid's
+    3 seeds), the regret in points, and the compute each spent."""
+    lines = ["| task | grid's best | advisor's pick | regret (pts) | choosing on selection, full grid (pts) | "
+             "grid job-min | advisor job-min | share | advisor stopped |", "|" + "---|" * 9]
+    for r in table.itertuples():
+        lines.append(f"| {r.task} | {r.grid_best} ({100 * r.grid_best_scored:.1f}%) | {r.recommended} "
+                     f"({100 * r.recommended_scored:.1f}%) | {r.regret_pts:.2f} | {r.select_regret_pts:.2f} | "
+                     f"{r.grid_job_s / 60:.1f} | {r.advisor_job_s / 60:.1f} | {r.compute_share:.0%} | {r.stopped} |")
+    mean = table[["regret_pts", "select_regret_pts", "grid_job_s", "advisor_job_s"]].mean()
+    lines.append(f"| **mean** | | | **{mean.regret_pts:.2f}** | {mean.select_regret_pts:.2f} | "
+                 f"{mean.grid_job_s / 60:.1f} | {mean.advisor_job_s / 60:.1f} | "
+                 f"{table.advisor_job_s.sum() / table.grid_job_s.sum():.0%} | |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build .device/ on the CPU machine: what a GPU session carries to run benchmarks/device/run.sh.
+# Build .device/ on the CPU machine: what the GPU machine needs to run benchmarks/device/run.sh.
 #   .device/wheels/             cp312 manylinux x86-64 wheels of what the device image lacks (wheels.txt)
 #   .device/hymenoptera_data/   hymenoptera, each image's short side resized to 256 px (JPEG)
 # The device tool carries at most 64 MiB in all; this fails above 60 MiB.

@@ -192,7 +192,8 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     shown = by + select  # the tables also show each group's selected values
     cross = None
     if across:  # methods: the groups of the other `by` keys; a task's runs: its seeds (and any key left out)
-        from tlsweep.report import across as across_stats  # scipy.stats (0.4 s): only a cross-task report needs it
+        # scipy.stats (0.4 s): only a cross-task report needs it
+        from tlsweep.report import across as across_stats, across_tables
 
         methods = [k for k in by if k not in across]
         tasks = data[methods + ["value"]].join(params.loc[data.index, across].fillna(UNSET))
@@ -246,7 +247,7 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
         files.append(out_dir / "selected.csv")
         notes.insert(1, _selection_note(select, by, selection, select_on, metric))
     if cross is not None:
-        files += across_stats.write(cross, out_dir)
+        files += across_tables.write(cross, out_dir)
     with_backbones = _wants_backbones(backbones, every_run, every_param)
     if scoring.any():
         notes.append(f"{int(scoring.sum())} score run(s) (strategy=score) train nothing: in no group of this table; "
@@ -257,7 +258,7 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     if choice is not None:
         markdown += "\n" + tables.decision_markdown(choice, row_key, metric, rows_label)
     if cross is not None:
-        markdown += "\n" + across_stats.markdown(cross, metric)
+        markdown += "\n" + across_tables.markdown(cross, metric)
     bb = None
     if with_backbones:
         bb = backbone_table.analyse(every_run, every_param, metric, by + select, not lower_is_better(metric))
