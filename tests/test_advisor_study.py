@@ -3,6 +3,7 @@ table (plain objects, no store), the final report's parts, and in the slow tier 
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -160,6 +161,11 @@ def test_a_study_runs_to_a_recommendation_under_one_parent_and_resumes_by_name(t
     trace = pd.read_csv(client.download_artifacts(parent.info.run_id, "advise/trace.csv", str(tmp_path / "dl")))
     assert "recommend" in set(trace["action"]) and {"screen", "verdict"} <= set(trace["stage"])
     assert any(r.info.run_name.startswith("probe arch=resnet10t lr=0.001 epochs=3") for r in jobs)
+    # the UI's saved view groups the study's runs by what it varies, less the seed (tlsweep.views)
+    view = json.loads(client.get_experiment(exp_id).tags[f"mlflow.sharedViewState.{parent.info.run_id}"])
+    assert [k["groupByData"] for k in json.loads(view["state"])["groupBy"]["groupByKeys"]] == \
+        ["model.arch", "strategy.name", "optim.lr", "epochs"]
+    assert f"viewStateShareKey={parent.info.run_id}&workflowType=machine_learning" in first.stdout
 
     second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]

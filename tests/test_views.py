@@ -160,7 +160,7 @@ def _mlflow_server(root: Path):
         yield uri
     finally:
         services.stop([proc])
-        with contextlib.suppress(ProcessLookupError):  # a worker the server left behind, in its session
+        with contextlib.suppress(ProcessLookupError):  # a worker the server left behind, in its process group
             os.killpg(proc.pid, 9)
 
 

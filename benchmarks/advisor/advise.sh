@@ -9,7 +9,7 @@ for task in "$@"; do
     extra=(); [ "$ds" = hymenoptera ] && extra=(data.root="$hym" data.download=false)
     dir="$out/$task"; mkdir -p "$dir"; cd "$dir"
     start=$(date +%s)
-    python -m tlsweep -m experiment=advise data="$ds" "${extra[@]}" data.shots="$shots" epochs=10 \
+    python -m tlsweep -m experiment=advise data="$ds" "${extra[@]}" data.shots="$shots" epochs=10 bf16=false \
         advise.budget="$budget" "advise.backbones=$backbones" "advise.strategies=[probe,partial,finetune,lpft]" \
         tracking.uri="sqlite:///$dir/mlflow.db" tracking.sweep_name="advise-$task" cache_dir="$dir/cache" \
         > advise.log 2>&1
