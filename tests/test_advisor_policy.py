@@ -152,6 +152,19 @@ def test_no_batch_is_estimated_over_the_remaining_budget():
     assert step.verdict.stopped == "budget" and "job-seconds" in step.verdict.why
 
 
+def test_a_rung_the_budget_cannot_afford_drops_that_candidate_not_the_study():
+    s = study(backbones=("a",), strategies=("probe", "finetune", "lora"), budget=327.0)
+    row = dict(backbone="a", seed=0, status="finished")
+    rows = [row | dict(strategy="probe", lr=lr, epochs=9, select_acc=0.6, job_seconds=24.0, epoch_seconds=1.0)
+            for lr in LRS["probe"]]
+    rows += [row | dict(strategy="lora", lr=lr, epochs=s.short, select_acc=acc, job_seconds=45.0, epoch_seconds=10.0)
+             for lr, acc in zip(LRS["lora"], (0.7, 0.75, 0.65))]
+    step = next_step(pd.DataFrame(rows), s)  # 120 s left: lora's full run (105 s) fits, finetune's short (135 s) not
+    assert step.verdict is None and [(j.strategy, j.lr, j.epochs) for j in step.jobs] == [("lora", 1e-3, 9)]
+    dropped = step.trace[(step.trace["action"] == "drop") & (step.trace["candidate"] == "a/finetune")]
+    assert dropped["evidence"].str.contains("cannot be afforded: its cheapest job is est. 135 s").all() and len(dropped)
+
+
 def test_the_wall_clock_limit_ends_the_study():
     s = study(wall=600.0, parallel=4)
     step = next_step(table.empty(), s, wall_elapsed=600.0)

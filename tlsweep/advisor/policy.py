@@ -15,7 +15,8 @@ and never proposes a job that has a row. The procedure, each decision a row of t
 4. seeds (rounds 4+): the two best configs by mean select_acc get seeds, paired by seed, until the 95%
    t-interval of best minus runner-up (tlsweep.report.stats) excludes zero (decided), lies inside
    +-margin (equivalent: the one with fewer measured job-seconds is recommended), or `max_seeds` pairs
-   leave it undecided. The budget can end any stage: the verdict says so and names the best so far.
+   leave it undecided. The budget can end any stage: the verdict says so and names the best so far. A candidate
+   whose cheapest job of a rung costs more than the budget has left is dropped at that rung, and the others go on.
 
 A (backbone, strategy, lr) with a diverged or failed run, at any length or seed, is lost: dropped with
 that evidence and never averaged. Only select_acc is read; `table.visible` removes the scored split first.
@@ -80,13 +81,29 @@ class _Decide:
         if not kept:
             return self.finish(Verdict("nothing", None, math.nan, 0, why="every backbone's probes were lost"))
         candidates = [(b, s) for b in kept for s in self.study.strategies]
-        want = self.first_rung(candidates)
-        if want:
-            return self.propose(want, SHORT)
-        want = self.full_rung(candidates)
-        if want:
-            return self.propose(want, FULL)
+        for stage, round_ in ((self.first_rung, SHORT), (self.full_rung, FULL)):
+            want = stage(candidates)
+            poor = self.unaffordable(want, round_)
+            candidates = [c for c in candidates if c not in poor]
+            want = [u for u in want if (u[0].backbone, u[0].strategy) not in poor]
+            if want:
+                return self.propose(want, round_)
         return self.seeds(candidates)
+
+    def unaffordable(self, units: list[list[Job]], round_: int) -> set[tuple[str, str]]:
+        """The candidates whose cheapest job of this rung costs more than the budget has left: dropped, so that
+        one costly rung (an unmeasured strategy) ends that candidate, not the study."""
+        left = self.study.budget - self.spent
+        cheapest: dict[tuple[str, str], float] = {}
+        for unit in units:
+            key = (unit[0].backbone, unit[0].strategy)
+            cheapest[key] = min(cheapest.get(key, math.inf), sum(j.cost for j in unit))
+        poor = {k for k, cost in cheapest.items() if cost > left}
+        for b, strategy in sorted(poor):
+            self.note(round_, "rung 0" if round_ == SHORT else "rung 1", f"{b}/{strategy}", "drop",
+                      f"cannot be afforded: its cheapest job is est. {cheapest[b, strategy]:.0f} s, "
+                      f"{left:.0f} of the budget's job-seconds are left")
+        return poor
 
     def screen(self) -> tuple[list[str], list[list[Job]]]:
         """Round 1: probe every backbone; the best `keep` by probe select_acc go on."""
