@@ -22,13 +22,17 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from .benchtables import bf16_bounds_table, finetune_table, probe_bf16_table
 from .keys import SCORES
 from .reference import REGENERATE, configuration, model_table, strategy_table
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 # the tables generated from the code, by the name a page's generated part gives
-TABLES: dict[str, Callable[[], str]] = {"strategies": strategy_table, "model-presets": model_table}
+TABLES: dict[str, Callable[[], str]] = {"strategies": strategy_table, "model-presets": model_table,
+                                        # docs/speed.md's, from benchmarks/results/*.json (tlsweep/benchtables.py)
+                                        "bench-finetune": finetune_table, "bench-probe-bf16": probe_bf16_table,
+                                        "bench-bf16-bounds": bf16_bounds_table}
 
 
 # ---- result files --------------------------------------------------------------------------------------------

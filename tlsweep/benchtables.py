@@ -1,0 +1,90 @@
+"""docs/speed.md's measured tables, rendered from the benchmark's committed result files (benchmarks/results/*.json).
+
+It reads the JSON only (benchmarks/summary.py, which wrote the rows, imports torch through benchmarks/bounds.py),
+so tlsweep.manual's check of the page stays torch-free.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+# the probe rows' first cell: what each workload sweeps (the result file holds the commands, not this summary)
+PROBE_LABELS = {"probe": "probe (lite0, 2 LRs x 2 seeds x 3 epochs)", "vit-probe": "vit-probe (vit_tiny, same shape)"}
+
+
+def _files(prefix: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{prefix}-*.json"))]
+
+
+def _precision(result: dict) -> str:
+    return "bf16" if str(result["bf16"]).lower() == "true" else "fp32"
+
+
+def _finetunes() -> list[tuple[dict, dict]]:
+    """(result file, its fine-tune row) per model and precision, fp32 before bf16."""
+    out = [(r, row) for r in _files("finetune") for row in r["rows"] if row["workload"] == "finetune"]
+    return sorted(out, key=lambda x: (x[0]["model"], _precision(x[0]) != "fp32"))
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def finetune_table() -> str:
+    """Fine-tune: tlsweep against its bound and against the naive loop, one row per model and precision."""
+    rows = []
+    for result, row in _finetunes():
+        weights = "random init" if "model.weights=null" in result["sides"]["finetune"]["model"] else "ImageNet weights"
+        b = row["bound"]
+        rows.append([f"{result['model']} ({weights})", _precision(result), str(result["sides"]["finetune"]["epochs"]),
+                     f"{row['naive_epoch_s']:.1f}", f"{row['tlsweep_epoch_s']:.1f}", f"{b['per_epoch_s']:.1f}",
+                     f"**{row['epoch_over_bound']:.2f}x**", f"{row['sweep_over_bound']:.2f}x",
+                     f"**{row['tlsweep_over_naive_per_epoch']:.2f}x**", f"{row['tlsweep_over_naive_end_to_end']:.2f}x",
+                     f"{b['ms_per_train_image']:.1f}", f"{b['ms_per_eval_image']:.1f}"])
+    return _table(["model", "precision", "epochs", "naive s/epoch (fp32)", "tlsweep s/epoch", "bound s/epoch",
+                   "**tlsweep / bound** per epoch", "tlsweep / bound end to end", "**tlsweep / naive** per epoch",
+                   "end to end", "bound train step ms/image", "bound val forward ms/image"], rows)
+
+
+def probe_bf16_table() -> str:
+    """The probe sweeps in bf16: probe against the naive loop, vit-probe against itself uncached, both against
+    their bounds."""
+    rows = []
+    for result in _files("probe"):
+        if _precision(result) != "bf16":
+            continue
+        for row in result["rows"]:
+            name, b = row["workload"], row["bound_s"]
+            if name == "vit-probe":
+                other = f"{row['uncached_wall_s']:.1f} s (`strategy.cache_features=false`)"
+                wall, ratio = row["cached_wall_s"], f"**{row['uncached_over_cached']:.2f}x** uncached/cached"
+                features, fixed = row["cached_job_parts_s"]["features"], row["cached_fixed_cost_s"]
+            else:
+                other = f"{row['naive_wall_s_full']:.1f} s (naive loop, fp32)"
+                wall, ratio = row["tlsweep_wall_s"], f"**{row['speedup_end_to_end']:.2f}x** naive/tlsweep"
+                features, fixed = row["tlsweep_job_parts_s"]["features"], row["tlsweep_fixed_cost_s"]
+            rows.append([PROBE_LABELS.get(name, name), other, f"{wall:.1f} s", ratio, f"{features:.1f} s",
+                         f"{b:.1f} s", f"{features / b:.2f}x", f"{row['sweep_over_bound']:.2f}x", f"{fixed:.1f} s"])
+    return _table(["workload", "naive / uncached", "tlsweep", "ratio", "feature pass", "bound",
+                   "feature pass / bound", "sweep / bound", "fixed cost"], rows)
+
+
+def bf16_bounds_table() -> str:
+    """bf16 against fp32, per model: the fine-tune bound's train step and val forward, per image."""
+    bounds: dict[str, dict[str, dict]] = {}
+    for result, row in _finetunes():
+        bounds.setdefault(result["model"], {})[_precision(result)] = row["bound"]
+    rows = []
+    for model, by in bounds.items():
+        if not {"fp32", "bf16"} <= by.keys():
+            continue
+        f, h = by["fp32"], by["bf16"]
+        train = f["ms_per_train_image"] / h["ms_per_train_image"]
+        val = f["ms_per_eval_image"] / h["ms_per_eval_image"]
+        rows.append([model, f"{f['ms_per_train_image']:.1f} → {h['ms_per_train_image']:.1f} ms (**{train:.2f}x"
+                            + (": slower in bf16**)" if train < 1 else "**)"),
+                     f"{f['ms_per_eval_image']:.1f} → {h['ms_per_eval_image']:.1f} ms ({val:.2f}x"
+                     + (": slower in bf16)" if val < 1 else ")")])
+    return _table(["model", "train step fp32 → bf16", "val forward fp32 → bf16"], rows)
