@@ -104,7 +104,7 @@ class PreLogits(nn.Module):
 def _bound(root: str, seeds: list[int], epochs: int, model: tuple[str, ...], image_size: int | None,
            extra: tuple[str, ...]) -> dict:
     from tlsweep import features
-    from tlsweep.runtime import autocast
+    from tlsweep.runtime import Runtime, autocast, train_depthwise_in_fp32
 
     size = [f"data.image_size={image_size}"] if image_size else []
     cfg, device, precision, spec, split = _setup(root, model, ["strategy=probe", f"epochs={epochs}", *size, *extra])
@@ -172,7 +172,7 @@ def _finetune_bound(root: str, strategy: str, lr: float, seed: int, epochs: int,
                     image_size: int | None, extra: tuple[str, ...]) -> dict:
     from tlsweep.fastdata import trained_count
     from tlsweep.optim import make_optimizer
-    from tlsweep.runtime import autocast
+    from tlsweep.runtime import Runtime, autocast, train_depthwise_in_fp32
 
     size = [f"data.image_size={image_size}"] if image_size else []
     cfg, device, precision, spec, split = _setup(root, model, [f"strategy={strategy}", f"optim.lr={lr}",
@@ -184,6 +184,7 @@ def _finetune_bound(root: str, strategy: str, lr: float, seed: int, epochs: int,
     net.to(device)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
+    train_depthwise_in_fp32(net, Runtime.of(device, precision.bf16, cfg.channels_last))  # as a job does
     optimizer, _ = make_optimizer(cfg.optim, plan.groups, epochs)
     bs = cfg.batch_size
     n_train, n_eval = len(split.train.items), sum(len(s.items) for s in split.eval_splits())

@@ -91,3 +91,30 @@ def test_bench_smoke_gives_the_finetune_bound_in_the_precision_asked(tiny_root, 
     (bar,) = result["bars"]
     assert (bar["over_bound"], bar["bound_measure"]) == (row["epoch_over_bound"], "per epoch")
     assert f"| {bar['over_bound']:.2f}x per epoch |" in p.stdout
+
+
+def test_parity_smoke_pairs_each_seeds_bf16_run_with_its_fp32_run(tiny_root, tmp_path):
+    from tlsweep.runtime import cpu_bf16_units
+
+    if not cpu_bf16_units():
+        pytest.skip("bf16=true needs a CPU with AMX-BF16 or AVX512-BF16")  # the study is where auto turns bf16 on
+    out = tmp_path / "parity.json"
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "parity.py"), "--smoke", str(tiny_root),
+                        "--store", str(tmp_path / "store"), "--out", str(out)], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    result = json.loads(out.read_text())
+    assert result["env"]["cpu_bf16_units"] and result["argv"][:2] == ["python", "benchmarks/parity.py"]
+    rows = {r["strategy"]: r for r in result["rows"]}
+    assert rows.keys() == {"probe", "finetune"}
+    for r in rows.values():
+        # 2 seeds, each a bf16 run paired with its fp32 run: the gap is their difference, the interval around it
+        assert r["seeds"] == [0, 1] and r["data"] == "imagefolder" and r["metric"].startswith("final_")
+        assert r["compare"] == "bf16 - fp32"
+        assert len(r["gaps"]) == 2 and r["low"] <= r["mean"] <= r["high"]
+        assert abs(r["mean"] - sum(r["gaps"]) / 2) < 1e-9
+        assert abs(r["first_acc"] - r["second_acc"] - r["mean"]) < 1e-9
+        assert len(r["val_loss_gaps"]) == 2 and r["second_val_loss"] > 0 and r["train_seconds_ratio"] > 0
+    # the printed table says what the file holds
+    p_ = rows["probe"]
+    assert f"| imagefolder | probe | bf16 - fp32 | 2 | {p_['first_acc']:.2f} / {p_['second_acc']:.2f} |" in p.stdout

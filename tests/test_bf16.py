@@ -120,8 +120,10 @@ def test_a_bf16_run_trains_and_its_tags_say_bf16(make_cfg, store_uri, units, cap
     units("amx_bf16")  # any CPU runs bf16 autocast (emulated where it has no units), so this runs everywhere
     result = run(make_cfg("model=efficientnet_lite0", "strategy=finetune", "bf16=auto", "epochs=4"))
     r = _last_run(store_uri)
-    assert r.data.tags["tlsweep.fast.bf16"] == "on (cpu amx_bf16)"
-    assert "bf16 on (cpu amx_bf16)" in capsys.readouterr().out  # printed, not warned: no warning filter hides it
+    # lite0's 16 depthwise convs train in fp32 (runtime.train_depthwise_in_fp32), and the tag says so
+    tag = "on (cpu amx_bf16), 16 depthwise convs fp32 where they backpropagate"
+    assert r.data.tags["tlsweep.fast.bf16"] == tag
+    assert f"bf16 {tag}" in capsys.readouterr().out  # printed, not warned: no warning filter hides it
     losses = [m.value for m in MlflowClient(store_uri).get_metric_history(r.info.run_id, "train_loss")]
     assert len(losses) == 4 and losses[-1] < losses[0], losses
     assert 0 <= result["final_val_acc"] <= 1
@@ -147,8 +149,9 @@ def test_the_feature_cache_keeps_fp32_and_bf16_entries_apart_and_stores_both_in_
     # fp32 computed, bf16 computed (not fp32's from memory or disk), fp32 again from disk (not bf16's from memory)
     assert [t["tlsweep.fast.features"].split("(")[1].split(",")[0].split(")")[0] for t in tags] == \
         ["computed", "computed", "disk"], [t["tlsweep.fast.features"] for t in tags]
-    assert [t["tlsweep.fast.bf16"] for t in tags] == ["off (bf16=false)", "on (bf16=true, cpu amx_bf16)",
-                                                      "off (bf16=false)"]
+    assert [t["tlsweep.fast.bf16"] for t in tags] == \
+        ["off (bf16=false)", "on (bf16=true, cpu amx_bf16), 16 depthwise convs fp32 where they backpropagate",
+         "off (bf16=false)"]
     entries = sorted(cache.glob("features-*.pt"))
     assert len(entries) == 2
     for entry in entries:
@@ -163,3 +166,45 @@ def test_an_entry_stored_in_bf16_is_refused():
     assert features._check({"key": "k", "train": tr, "val": va}, "k", 1, 4, 3) == \
         "holds torch.bfloat16 / torch.bfloat16 features, not float32"
     assert features._check({"key": "k", "train": tr.float(), "val": va.float()}, "k", 1, 4, 3) is None
+
+
+def test_under_cpu_bf16_a_depthwise_conv_runs_in_fp32_where_it_backpropagates_and_in_bf16_elsewhere():
+    """oneDNN's bf16 depthwise conv trains slower than its fp32 one on the CPU (runtime.train_depthwise_in_fp32);
+    its bf16 forward is faster. So: fp32 where a backward passes through it, bf16 in inference and when frozen
+    below everything that trains, and nothing changes in fp32 or on CUDA."""
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(4, 8, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 5, padding=2, groups=8),
+                             nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1, groups=2))  # the last: grouped, not dw
+    plain, model = net(), net()
+    assert runtime.train_depthwise_in_fp32(model, Runtime(CPU, bf16=False)) == 0
+    assert runtime.train_depthwise_in_fp32(model, Runtime(CUDA, bf16=True)) == 0
+    assert runtime.train_depthwise_in_fp32(model, Runtime(CPU, bf16=True)) == 1
+    assert runtime.train_depthwise_in_fp32(model, Runtime(CPU, bf16=True)) == 0  # once is enough
+    dw = model[2]
+    assert isinstance(dw, nn.Conv2d) and type(dw).__name__ == "Conv2d" and type(dw).plain_class is nn.Conv2d
+    assert type(model[0]) is type(model[4]) is nn.Conv2d
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    out = {}
+    for i in (0, 2, 4):
+        model[i].register_forward_hook(lambda m, a, y, i=i: out.__setitem__(i, y.dtype))
+    x = torch.randn(2, 4, 8, 8)
+    bf16, fp32 = torch.bfloat16, torch.float32
+    with torch.autocast("cpu", dtype=bf16):
+        model(x)  # training: its weight needs a gradient
+    assert out == {0: bf16, 2: fp32, 4: bf16}
+    with torch.no_grad(), torch.autocast("cpu", dtype=bf16):
+        model(x)  # inference
+    assert out == {0: bf16, 2: bf16, 4: bf16}
+    model.requires_grad_(False)
+    model[4].requires_grad_(True)
+    with torch.autocast("cpu", dtype=bf16):
+        model(x)  # frozen below what trains: no backward passes through it
+    assert out == {0: bf16, 2: bf16, 4: bf16}
+    model.requires_grad_(True)
+    model(x)  # no autocast: fp32, and the same function as the plain conv
+    assert out == {0: fp32, 2: fp32, 4: fp32}
+    torch.testing.assert_close(model(x), plain(x))
+    # the feature pass's BatchNorm fold still takes it: both conv -> BN pairs fold
+    _, folded = features.fold_batchnorm(model.eval(), x)
+    assert folded == 2

@@ -88,3 +88,46 @@ def bf16_bounds_table() -> str:
                      f"{f['ms_per_eval_image']:.1f} → {h['ms_per_eval_image']:.1f} ms ({val:.2f}x"
                      + (": slower in bf16)" if val < 1 else ")")])
     return _table(["model", "train step fp32 → bf16", "val forward fp32 → bf16"], rows)
+
+
+def parity_table() -> str:
+    """bf16 against fp32 on the same runs (benchmarks/parity.py): per dataset, strategy and pair of arms (bf16 -
+    fp32; fp32 NCHW - fp32, the noise floor of float rounding), the paired gaps over the seeds."""
+    result = json.loads((RESULTS / "bf16-parity.json").read_text())
+    rows = []
+    for r in result["rows"]:
+        ci = "n/a" if r["low"] is None else f"[{r['low']:+.2f}, {r['high']:+.2f}]"
+        verdict = "n/a" if r["parity"] is None else ("yes" if r["parity"] else "**no**")
+        loss = sum(r["val_loss_gaps"]) / len(r["val_loss_gaps"])
+        spread = max(r["gaps"]) - min(r["gaps"])
+        rows.append([r["data"], r["strategy"], r["compare"], str(len(r["seeds"])),
+                     f"{r['first_acc']:.2f} / {r['second_acc']:.2f}", f"**{r['mean']:+.2f}**", ci, verdict,
+                     f"{min(r['gaps']):+.2f} … {max(r['gaps']):+.2f} ({spread:.2f})",
+                     f"{r['second_val_loss']:.4f} / {loss:+.4f}", f"{r['train_seconds_ratio']:.2f}x"])
+    return _table(["data", "strategy", "arms (first - second)", "seeds", "acc % (first / second)",
+                   "mean gap (points)", "95% t-interval", f"parity (CI holds 0, \\|mean\\| ≤ {result['parity_points']:g})",
+                   "gaps per seed: min … max (range)", "val loss (second) / mean gap", "train seconds first / second"],
+                  rows)
+
+
+def depthwise_convs_table() -> str:
+    """EfficientNet-Lite0's depthwise convs alone, forward + backward, fp32 against bf16 (benchmarks/depthwise.py)."""
+    result = json.loads((RESULTS / "depthwise.json").read_text())
+    rows = [[f"{c['channels']}", f"{c['kernel']}x{c['kernel']}", f"{c['stride']}", f"{c['side']}", f"{c['count']}",
+             f"{c['fp32_ms']:.1f}", f"{c['bf16_ms']:.1f}", f"**{c['bf16_speedup']:.2f}x**"] for c in result["convs"]]
+    return _table(["channels", "kernel", "stride", "input side (px)", "convs of this shape", "fp32 ms", "bf16 ms",
+                   "bf16 speed-up"], rows)
+
+
+def depthwise_models_table() -> str:
+    """Train step and eval forward per image: fp32, bf16, bf16 with the depthwise convs training in fp32."""
+    result = json.loads((RESULTS / "depthwise.json").read_text())
+    rows = []
+    for arch, modes in result["models"].items():
+        base = modes["fp32"]
+        for mode, m in modes.items():
+            train, infer = m["train_ms_per_image"], m["eval_ms_per_image"]
+            rows.append([arch, mode, f"{train:.1f} ({base['train_ms_per_image'] / train:.2f}x)",
+                         f"{infer:.1f} ({base['eval_ms_per_image'] / infer:.2f}x)"])
+    return _table(["model", "precision", "train step ms/image (speed-up on fp32)",
+                   "eval forward ms/image (speed-up on fp32)"], rows)

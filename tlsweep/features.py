@@ -193,7 +193,8 @@ def _bn_replacement(bn: nn.BatchNorm2d) -> nn.Module | None:
 def _foldable_conv(conv: nn.Module) -> bool:
     # A conv whose forward uses its weight as stored (timm's Conv2dSame only pads first);
     # e.g. weight-standardized convs transform the weight on every call and cannot take a fold.
-    return type(conv) is nn.Conv2d or type(conv) in _timm_types("Conv2dSame")
+    kind = getattr(type(conv), "plain_class", type(conv))  # a depthwise conv that trains in fp32 (runtime.py)
+    return kind is nn.Conv2d or kind in _timm_types("Conv2dSame")
 
 
 def _timm_types(*names: str) -> tuple[type, ...]:

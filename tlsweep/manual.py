@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .benchtables import bf16_bounds_table, finetune_table, probe_bf16_table
+from .benchtables import (bf16_bounds_table, depthwise_convs_table, depthwise_models_table, finetune_table,
+                          parity_table, probe_bf16_table)
 from .keys import SCORES
 from .reference import REGENERATE, configuration, model_table, strategy_table
 
@@ -32,7 +33,9 @@ DOCS = REPO / "docs"
 TABLES: dict[str, Callable[[], str]] = {"strategies": strategy_table, "model-presets": model_table,
                                         # docs/speed.md's, from benchmarks/results/*.json (tlsweep/benchtables.py)
                                         "bench-finetune": finetune_table, "bench-probe-bf16": probe_bf16_table,
-                                        "bench-bf16-bounds": bf16_bounds_table}
+                                        "bench-bf16-bounds": bf16_bounds_table, "bench-bf16-parity": parity_table,
+                                        "bench-depthwise-convs": depthwise_convs_table,
+                                        "bench-depthwise-models": depthwise_models_table}
 
 
 # ---- result files --------------------------------------------------------------------------------------------

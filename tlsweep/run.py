@@ -22,7 +22,7 @@ with heavy():  # torch, torchvision, MLflow: seconds of imports (see imports.py)
     from .keys import Tag
     from .optim import check_optim, make_optimizer
     from .progress import Progress
-    from .runtime import Runtime, Stopwatch, resolve_bf16, resolve_device, seed_everything
+    from .runtime import Runtime, Stopwatch, resolve_bf16, resolve_device, seed_everything, train_depthwise_in_fp32
     from .train import divergence, fit, merge, tune_allocator
 
 
@@ -71,6 +71,9 @@ def run(cfg: DictConfig) -> dict:
         images = []  # the image loaders, built once, when the first segment needs them
 
         rt = Runtime.of(device, precision.bf16, cfg.channels_last)
+        fp32_depthwise = train_depthwise_in_fp32(model, rt)  # CPU bf16: oneDNN's are slower there in training
+        bf16_how = str(precision) + (f", {fp32_depthwise} depthwise convs fp32 where they backpropagate"
+                                     if fp32_depthwise else "")
         cache = []  # the feature cache's settings, made when a segment first asks
         head_inputs = []  # a segment's cached features, when its frozen prefix ends right below the head
 
@@ -109,7 +112,7 @@ def run(cfg: DictConfig) -> dict:
             log_batch({
                 Tag.DECODE: decode_how,
                 Tag.FEATURES: str(features_how),
-                Tag.BF16: str(precision),  # on (cpu amx_bf16), off (bf16=false), ...
+                Tag.BF16: bf16_how,  # on (cpu amx_bf16), off (bf16=false), ...
                 Tag.CHANNELS_LAST: str(cfg.channels_last),
                 Tag.DEVICE: str(device),
                 Tag.DATA_VAL: data.val_from,
@@ -122,7 +125,7 @@ def run(cfg: DictConfig) -> dict:
             }, scored.metrics() if scored else {})
         prep_seconds = time.perf_counter() - start  # data, model and feature cache, before the first epoch
         if trains:
-            progress.ready(prep_seconds, f"feature cache {'on' if features_how.on else 'off'}, bf16 {precision}")
+            progress.ready(prep_seconds, f"feature cache {'on' if features_how.on else 'off'}, bf16 {bf16_how}")
         logged_before = clock.seconds["mlflow"]
 
         def on_epoch(epoch: int, metrics: dict) -> None:

@@ -12,6 +12,7 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from .errors import ConfigError
 
@@ -23,7 +24,8 @@ def autocast(device: torch.device, bf16: bool):
     gradients and the optimizer's state stay fp32, as do BatchNorm's running statistics (fp32 buffers), and
     LayerNorm and the loss run in fp32 (checked on the CPU: BatchNorm itself normalizes the bf16 activations it
     gets). tlsweep adds two casts of its own: the loss is taken on fp32 logits, and cached features are stored in
-    fp32 (features.py). bf16 keeps fp32's exponent range, so unlike fp16 it needs no loss scaling.
+    fp32 (features.py), and on the CPU a depthwise conv that backpropagates runs in fp32
+    (`train_depthwise_in_fp32`). bf16 keeps fp32's exponent range, so unlike fp16 it needs no loss scaling.
     """
     if bf16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -96,6 +98,49 @@ def resolve_bf16(setting: bool | str, device: torch.device) -> Precision:
                           f"compute capability 8.0 or later and on CPUs with {' or '.join(CPU_BF16_UNITS)}; use "
                           "bf16=auto or bf16=false")
     return Precision(True, f"bf16=true, {units}")
+
+
+class _Fp32TrainedDepthwise:
+    """Mixed into a depthwise conv's class by `train_depthwise_in_fp32`: under CPU autocast, when a backward will
+    pass through it (grad mode on, and its input or its weight needs a gradient), it runs in fp32; otherwise
+    (inference, the feature pass, a frozen conv below everything that trains) as autocast says. Its class keeps
+    the conv's own as `plain_class`, for code that asks what a conv is (features.py's BatchNorm fold)."""
+
+    plain_class: type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+                and torch.is_autocast_enabled("cpu")):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
+_FP32_TRAINED: dict[type, type] = {}
+
+
+def train_depthwise_in_fp32(model: nn.Module, rt: "Runtime") -> int:
+    """Under bf16 on the CPU, let the model's depthwise convolutions train in fp32; returns how many.
+
+    oneDNN's bf16 depthwise convolution trains slower than its fp32 one (forward + backward), above all with 5x5
+    kernels and stride 2: on the AMX-BF16 dev CPU (torch 2.14) most of EfficientNet-Lite0's run at 0.1-0.3x their
+    fp32 speed. Its train step took 37.0 ms/image in fp32, 50.0 in bf16 and 32.0 in bf16 with its depthwise convs
+    in fp32; its bf16 forward is faster than fp32's with them in bf16 (5.9 against 7.4 ms/image), so inference
+    keeps them there. `benchmarks/depthwise.py` measures both. CUDA is unchanged.
+    """
+    if not (rt.bf16 and rt.device.type == "cpu"):
+        return 0
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels and \
+                not isinstance(m, _Fp32TrainedDepthwise):
+            cls = type(m)
+            if cls not in _FP32_TRAINED:
+                _FP32_TRAINED[cls] = type(cls.__name__, (_Fp32TrainedDepthwise, cls),
+                                          {"__module__": cls.__module__, "plain_class": cls})
+            m.__class__ = _FP32_TRAINED[cls]
+            n += 1
+    return n
 
 
 @dataclass(frozen=True)

@@ -229,7 +229,8 @@ class Config:
     batch_size: int = key(32, "images per training batch", at_least(1))
     device: str = key("auto", "auto (cuda, then mps, then cpu), or a torch device", DEVICE)
     bf16: bool | str = key("auto", "bfloat16 autocast; auto: on where the device has native bf16 (CUDA with "
-                           "compute capability 8.0 on, a CPU with AMX-BF16 or AVX512-BF16); true: there only",
+                           "compute capability 8.0 on, a CPU with AMX-BF16 or AVX512-BF16); true: there only. "
+                           "On the CPU, depthwise convs train in fp32 (faster there)",
                            Rule("true, false or auto", lambda v: v is True or v is False or v == "auto"))
     channels_last: bool = key(True, "NHWC tensors and model: faster convolutions, on the CPU too")
     cache_dir: Optional[str] = key(".cache/tlsweep", "decoded images and cached features, shared by a sweep's "
