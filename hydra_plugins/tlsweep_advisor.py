@@ -29,6 +29,7 @@ from hydra_plugins.tlsweep_sweeper import TlsweepSweeper
 log = logging.getLogger(__name__)
 RECOMMENDATION_TAG = "tlsweep.advise.recommendation"  # on the parent run: the config the study recommends
 STOPPED_TAG = "tlsweep.advise.stopped"
+CAUTION_TAG = "tlsweep.advise.caution"  # on the parent run, where the selection split is coarser than the margin
 
 
 class AdviseError(CompactHydraException):
@@ -49,7 +50,7 @@ class AdviseSweeper(TlsweepSweeper):
     def sweep(self, arguments: list[str]) -> list:
         import pandas as pd
 
-        from tlsweep.advisor import next_step, space
+        from tlsweep.advisor import next_step, report, space
         from tlsweep.errors import ConfigError
         from tlsweep.keys import Tag
         from tlsweep.tracking import EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV
@@ -78,11 +79,15 @@ class AdviseSweeper(TlsweepSweeper):
             print(f"[tlsweep] advise: decisions read a selection split of data.select_fraction="
                   f"{cfg.data.select_fraction} of train, held out stratified by class; the scored split is read "
                   "only for the final report", flush=True)
-        returns, job_idx, shown, log_rows, batch_no = [], 0, set(), [], 0
+        returns, job_idx, shown, log_rows, batch_no, cautioned = [], 0, set(), [], 0, False
         while True:
             found = store.search(uri, exp_id, str(cfg.data.name))
             table = store.results(found, where)
             self._check_selection(table, study)
+            caution = report.resolution(table, study.margin)
+            if caution and not cautioned:  # once, as soon as a run has logged the split's size
+                print(f"[tlsweep] advise: caution: {caution}", flush=True)
+                cautioned = True
             step = next_step(table, study, wall_elapsed=time.time() - started)
             for row in step.trace.itertuples(index=False, name=None):
                 if row not in shown:  # each decision once, with the evidence as it stood then
@@ -191,5 +196,8 @@ class AdviseSweeper(TlsweepSweeper):
         v = step.verdict
         client.set_tag(parent, RECOMMENDATION_TAG, str(v.recommendation) if v.recommendation else "none")
         client.set_tag(parent, STOPPED_TAG, f"{v.stopped}: {v.why}"[:5000])
+        caution = report.resolution(results, study.margin)
+        if caution:
+            client.set_tag(parent, CAUTION_TAG, caution)
         for f in files:
             client.log_artifact(parent, str(f), "advise")

@@ -38,11 +38,12 @@ SPACE = Space("model.name", {(b, s): FIXED for b in ("a", "b") for s in ("probe"
 
 def test_a_finished_run_becomes_a_row_with_its_key_status_accuracies_and_times():
     t = results([run(metrics={"select_acc": 0.8, "final_test_acc": 0.75, "epoch_seconds": 3.0,
-                              "score/logme": 1.5})], SPACE)
+                              "score/logme": 1.5, "select_images": 49.0})], SPACE)
     r = t.iloc[0]
     assert (r.backbone, r.strategy, r.lr, r.epochs, r.seed) == ("a", "probe", 1e-3, 3, 0)
     assert r.status == "finished" and r.select_acc == 0.8 and r[table.SCORED] == 0.75
     assert r.job_seconds == 12.0 and r.epoch_seconds == 3.0 and r.score_logme == 1.5
+    assert r[table.SELECT_IMAGES] == 49 and table.visible(t)[table.SELECT_IMAGES].tolist() == [49.0]
     assert table.visible(t).columns.tolist()[:len(table.DECISION_COLUMNS)] == list(table.DECISION_COLUMNS)
 
 
@@ -129,6 +130,29 @@ def test_the_report_shows_the_recommendation_the_trace_and_the_race(tmp_path):
     assert report.race(t, step, tmp_path / "race.png").stat().st_size > 0
 
 
+def test_a_selection_split_coarser_than_the_margin_is_a_caution_in_the_report():
+    """One image of a 49-image split is 0.0204 of select_acc: coarser than a 1-point margin, so the report says so;
+    a 200-image split (0.005 per image) and a table without the size say nothing."""
+    s = space.study({"budget": "2h", "backbones": ["a"], "strategies": ["probe", "finetune"], "lrs": [1e-3],
+                     "max_seeds": 3}, epochs=3, base_lr=1e-3, parallel=1, importable=bool)
+    def table_of(n):
+        rows = [run(strategy=st, seed=str(k), end=1_000_000 + 10_000 * i,
+                    metrics={"select_acc": acc + k / 100, "final_val_acc": acc, "epoch_seconds": 1.0,
+                             **({"select_images": n} if n else {})})
+                for i, (st, acc, k) in enumerate([(st, a, k) for st, a in (("probe", 0.6), ("finetune", 0.8))
+                                                  for k in range(3)])]
+        return results(rows, SPACE)
+    coarse = report.resolution(table_of(49), s.margin)
+    assert coarse.startswith("the selection split has 49 images: one image moves a selection accuracy by 0.0204")
+    assert "advise.margin=0.01" in coarse
+    assert report.resolution(table_of(200), s.margin) == report.resolution(table_of(None), s.margin) == ""
+    assert report.resolution(table_of(49), 0.05) == ""  # a margin of 5 points: one image of 49 is finer
+    t = table_of(49)
+    assert f"  caution    {coarse}" in report.recommendation(next_step(t, s), t, s).splitlines()
+    t = table_of(200)
+    assert "caution" not in report.recommendation(next_step(t, s), t, s)
+
+
 @pytest.mark.slow
 def test_a_study_runs_to_a_recommendation_under_one_parent_and_resumes_by_name(tmp_path):
     from mlflow.tracking import MlflowClient
@@ -156,6 +180,9 @@ def test_a_study_runs_to_a_recommendation_under_one_parent_and_resumes_by_name(t
     jobs = children(client, exp_id, parent.info.run_id)
     assert len(jobs) >= 8 and all(r.info.status == "FINISHED" for r in jobs)
     assert parent.data.tags["tlsweep.advise.recommendation"] != "none"
+    # 6 selection images (0.2 of 30): one is 0.1667 of select_acc, coarser than the 1-point margin
+    assert first.stdout.count("[tlsweep] advise: caution: the selection split has 6 images") == 1, out[-4000:]
+    assert parent.data.tags["tlsweep.advise.caution"].startswith("the selection split has 6 images")
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "advise")} >= {
         "advise/recommendation.txt", "advise/trace.csv", "advise/trace.md", "advise/race.png"}
     trace = pd.read_csv(client.download_artifacts(parent.info.run_id, "advise/trace.csv", str(tmp_path / "dl")))

@@ -58,7 +58,8 @@ def test_select_metrics_are_logged_each_epoch_and_at_the_end(make_cfg, store_uri
     for key in ("select_acc", "select_loss"):
         assert [s for s, _ in history[key]] == [1, 2], key
     assert all(math.isfinite(v) for _, v in history["select_loss"])
-    # 6 selection images: an accuracy is a multiple of 1/6
+    # 6 selection images: an accuracy is a multiple of 1/6, and the run says how many (the advisor's caution)
+    assert r.data.metrics["select_images"] == 6
     assert all(abs(v * 6 - round(v * 6)) < 1e-9 for _, v in history["select_acc"])
     assert result["select_acc"] == r.data.metrics["select_acc"] == dict(history["select_acc"])[2]
 
@@ -70,6 +71,7 @@ def test_no_selection_split_logs_no_select_metrics(make_cfg, store_uri):
     exp = client.get_experiment_by_name("tlsweep")
     r = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert "select_acc" not in r.data.metrics and "null" in r.data.tags["tlsweep.data.select"]
+    assert "select_images" not in r.data.metrics
 
 
 # --- the report ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ SCORE_STRATEGY = "score"  # the rung below probe: the frozen features' transfera
 SCORES = ("logme", "knn_acc", "ncc_acc")
 SCORE_PREFIX = "score/"
 SCORE_SECONDS_PREFIX = "score_seconds/"
+SELECT_IMAGES = "select_images"  # metric: the selection split's size, where the data has one
 
 
 class Tag:

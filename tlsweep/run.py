@@ -19,7 +19,7 @@ with heavy():  # torch, torchvision, MLflow: seconds of imports (see imports.py)
     from . import data as datasets
     from . import feature_scores, features, models, recipes, schema, strategies, tracking
     from .errors import ConfigError, Diverged
-    from .keys import Tag
+    from .keys import SELECT_IMAGES, Tag
     from .optim import check_optim, make_optimizer
     from .progress import Progress
     from .runtime import Runtime, Stopwatch, resolve_bf16, resolve_device, seed_everything, train_depthwise_in_fp32
@@ -122,7 +122,9 @@ def run(cfg: DictConfig) -> dict:
                 Tag.PREPROCESS: str(pp),
                 **({Tag.TRAINABLE_STAGES: ",".join(plan.trainable), **plan.tags()} if trains else {}),
                 **({Tag.SCORES: str(scored)} if scored else {}),
-            }, scored.metrics() if scored else {})
+            }, {**(scored.metrics() if scored else {}),
+                # how finely select_acc can move (one image is 1/n of it): the advisor's report says so
+                **({SELECT_IMAGES: len(data.select.items)} if data.select is not None else {})})
         prep_seconds = time.perf_counter() - start  # data, model and feature cache, before the first epoch
         if trains:
             progress.ready(prep_seconds, f"feature cache {'on' if features_how.on else 'off'}, bf16 {bf16_how}")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tlsweep.advisor.study import Config, Step, StudyConfig
-from tlsweep.advisor.table import SCORED, lr_key
+from tlsweep.advisor.table import SCORED, SELECT_IMAGES, lr_key
 from tlsweep.report import stats
 
 
@@ -32,6 +32,23 @@ def interval(values: pd.Series) -> str:
     _, _, low, high = stats.t_interval(x)
     ci = f", 95% CI [{low:.4f}, {high:.4f}]" if math.isfinite(low) else ""
     return f"{x.mean():.4f}{ci} over {len(x)} seed{'s' if len(x) != 1 else ''}"
+
+
+def resolution(results: pd.DataFrame, margin: float) -> str:
+    """A caution when the selection split is too small for the study's margin, else "".
+
+    select_acc moves in steps of one image, 1/n of a split of n images. Where that step is coarser than
+    `advise.margin`, two candidates whose true accuracies differ by less than one image are told apart (or
+    tied) by which images the split happens to hold, and no seed count changes what the split can see."""
+    if SELECT_IMAGES not in results.columns:
+        return ""
+    sizes = pd.to_numeric(results[SELECT_IMAGES], errors="coerce").dropna()
+    if not len(sizes) or 1 / sizes.min() <= margin:
+        return ""
+    n = int(sizes.min())
+    return (f"the selection split has {n} images: one image moves a selection accuracy by {1 / n:.4f}, "
+            f"coarser than advise.margin={margin:g}; candidates closer than one image are ranked by which images "
+            f"the split holds. A larger split (data.select_fraction, or more data) resolves finer")
 
 
 def recommendation(step: Step, results: pd.DataFrame, study: StudyConfig, select_from: str = "") -> str:
@@ -56,6 +73,9 @@ def recommendation(step: Step, results: pd.DataFrame, study: StudyConfig, select
     lines.append(f"  compute    {step.progress}; budget {study.budget:,.0f} job-seconds")
     if select_from:
         lines.append(f"  selection split: {select_from}")
+    caution = resolution(results, study.margin)
+    if caution:
+        lines.append(f"  caution    {caution}")
     return "\n".join(lines)
 
 

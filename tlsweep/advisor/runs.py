@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tlsweep.advisor.table import COLUMNS, FEATURE_SECONDS, SCORE_PREFIX, SCORED, lr_key
-from tlsweep.keys import SCORE_PREFIX as LOGGED_SCORE, STRATEGY_KEY, Tag, diverged
+from tlsweep.keys import SCORE_PREFIX as LOGGED_SCORE, SELECT_IMAGES, STRATEGY_KEY, Tag, diverged
 
 STATUS = {"FINISHED": "finished", "FAILED": "failed"}  # RUNNING, KILLED: no row, a resume runs the config again
 RANK = {"finished": 0, "diverged": 1, "failed": 2}  # a config's row, of several attempts: the best-ended
@@ -77,7 +77,7 @@ def row(run, space: Space) -> dict | None:
     return {**key, "status": status, "select_acc": metrics.get("select_acc", math.nan) if ok else math.nan,
             SCORED: scored if ok else math.nan, "job_seconds": seconds,
             "epoch_seconds": metrics.get("epoch_seconds", math.nan), "ended": (info.end_time or 0) / 1000,
-            FEATURE_SECONDS: passed, **scores}
+            FEATURE_SECONDS: passed, SELECT_IMAGES: metrics.get(SELECT_IMAGES, math.nan), **scores}
 
 
 def search(uri: str, exp_id: str, data_name: str) -> list:

@@ -15,6 +15,8 @@ One row per job that ran (whoever ran it: this study, an earlier one, a grid run
     epoch_seconds  float  measured seconds per training epoch
     feature_seconds float optional: seconds of the frozen feature pass a probe computed (not read from the
                           cache); what an unmeasured strategy's epoch is estimated from (tlsweep.advisor.budget)
+    select_images  float  optional: the selection split's size; one image moves select_acc by 1/select_images
+                          (what the report's caution reads: tlsweep.advisor.report.resolution)
     score_*        float  optional transferability scores of the backbone's frozen features (LogME, k-NN, ...),
                           computed without the scored split; recorded in the screen's evidence
 
@@ -29,6 +31,7 @@ STATUSES = ("finished", "diverged", "failed")
 SCORED = "scored_acc"
 SCORE_PREFIX = "score_"
 FEATURE_SECONDS = "feature_seconds"
+SELECT_IMAGES = "select_images"
 COLUMNS = KEY + ("status", "select_acc", SCORED, "job_seconds", "epoch_seconds")
 _DTYPES = (str, str, float, int, int, str, float, float, float, float)
 # What a decision may read: everything but the scored split.
@@ -53,7 +56,7 @@ def visible(results: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in DECISION_COLUMNS if c not in results.columns]
     if missing:
         raise ValueError(f"results table lacks {missing}; its columns: tlsweep.advisor.table")
-    keep = list(DECISION_COLUMNS) + [FEATURE_SECONDS] * (FEATURE_SECONDS in results.columns) + sorted(
+    keep = list(DECISION_COLUMNS) + [c for c in (FEATURE_SECONDS, SELECT_IMAGES) if c in results.columns] + sorted(
         c for c in results.columns if str(c).startswith(SCORE_PREFIX))
     runs = results.loc[:, keep].copy()
     bad = sorted(set(runs["status"]) - set(STATUSES))
@@ -64,7 +67,7 @@ def visible(results: pd.DataFrame) -> pd.DataFrame:
     runs["lr"] = [lr_key(x) for x in runs["lr"]]
     for c in ("epochs", "seed"):
         runs[c] = runs[c].astype(int)
-    for c in [c for c in ("select_acc", "job_seconds", "epoch_seconds", FEATURE_SECONDS) if c in runs]:
+    for c in [c for c in ("select_acc", "job_seconds", "epoch_seconds", FEATURE_SECONDS, SELECT_IMAGES) if c in runs]:
         runs[c] = pd.to_numeric(runs[c], errors="coerce").astype(float)
     return runs.reset_index(drop=True)
 
