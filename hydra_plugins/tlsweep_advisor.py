@@ -84,8 +84,8 @@ class AdviseSweeper(TlsweepSweeper):
             found = store.search(uri, exp_id, str(cfg.data.name))
             table = store.results(found, where)
             self._check_selection(table, study)
-            caution = report.resolution(table, study.margin)
-            if caution and not cautioned:  # once, as soon as a run has logged the split's size
+            caution = "" if cautioned else report.resolution(table, study.margin)
+            if caution:  # once, as soon as a run has logged the split's size
                 print(f"[tlsweep] advise: caution: {caution}", flush=True)
                 cautioned = True
             step = next_step(table, study, wall_elapsed=time.time() - started)

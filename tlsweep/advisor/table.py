@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import pandas as pd
 
+from tlsweep.keys import SELECT_IMAGES  # the column holds the run's metric of that name
+
 KEY = ("backbone", "strategy", "lr", "epochs", "seed")
 STATUSES = ("finished", "diverged", "failed")
 SCORED = "scored_acc"
 SCORE_PREFIX = "score_"
 FEATURE_SECONDS = "feature_seconds"
-SELECT_IMAGES = "select_images"
 COLUMNS = KEY + ("status", "select_acc", SCORED, "job_seconds", "epoch_seconds")
 _DTYPES = (str, str, float, int, int, str, float, float, float, float)
 # What a decision may read: everything but the scored split.
@@ -56,8 +57,8 @@ def visible(results: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in DECISION_COLUMNS if c not in results.columns]
     if missing:
         raise ValueError(f"results table lacks {missing}; its columns: tlsweep.advisor.table")
-    keep = list(DECISION_COLUMNS) + [c for c in (FEATURE_SECONDS, SELECT_IMAGES) if c in results.columns] + sorted(
-        c for c in results.columns if str(c).startswith(SCORE_PREFIX))
+    optional = [c for c in (FEATURE_SECONDS, SELECT_IMAGES) if c in results.columns]
+    keep = list(DECISION_COLUMNS) + optional + sorted(c for c in results.columns if str(c).startswith(SCORE_PREFIX))
     runs = results.loc[:, keep].copy()
     bad = sorted(set(runs["status"]) - set(STATUSES))
     if bad:
@@ -67,7 +68,7 @@ def visible(results: pd.DataFrame) -> pd.DataFrame:
     runs["lr"] = [lr_key(x) for x in runs["lr"]]
     for c in ("epochs", "seed"):
         runs[c] = runs[c].astype(int)
-    for c in [c for c in ("select_acc", "job_seconds", "epoch_seconds", FEATURE_SECONDS, SELECT_IMAGES) if c in runs]:
+    for c in [c for c in ("select_acc", "job_seconds", "epoch_seconds", *optional) if c in runs]:
         runs[c] = pd.to_numeric(runs[c], errors="coerce").astype(float)
     return runs.reset_index(drop=True)
 
