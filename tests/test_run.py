@@ -12,6 +12,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+import tlsweep
 from tlsweep import run as run_mod
 from tlsweep.errors import Diverged
 from tlsweep.run import run
@@ -97,6 +98,7 @@ def test_a_run_records_what_a_reader_needs(make_cfg, store_uri):
     assert t["tlsweep.weights"] == PACKAGED["tf_efficientnet_lite0"][0]
     assert t["tlsweep.weights.sha256"] == file_sha256(PACKAGED["tf_efficientnet_lite0"][2]())
     assert "tlsweep.overrides" in t
+    assert t["tlsweep.version"] == tlsweep.__version__  # which tlsweep ran it
     text = mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/config.yaml")
     assert "name: efficientnet_lite0" in text
 
@@ -281,6 +283,8 @@ def test_multirun_makes_one_parent_with_every_child(tmp_path, tiny_root):
         assert not math.isnan(r.data.metrics["final_val_acc"])
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["config.yaml"]
         assert "strategy=" in r.data.tags["tlsweep.overrides"]
+        assert r.data.tags["tlsweep.version"] == tlsweep.__version__
+    assert parent.data.tags["tlsweep.version"] == tlsweep.__version__
     # children are named by what the sweep varies (not optim.lr: one value)
     assert {r.info.run_name for r in children} == {f"{s} seed={k}" for s in ("probe", "finetune") for k in (0, 1)}
     # the parent shows the result: the report's table as its description, each strategy's mean as a

@@ -8,10 +8,11 @@ import hydra
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
-from . import schema  # registers the config schema before Hydra composes
+from . import __version__, schema  # schema registers the config schema before Hydra composes
 from .errors import Diverged, UserError
 from .imports import heavy
 from .progress import PipeSafe
+from .searchpath import CONF, presets_in_play
 
 
 def torch_pair_message(err: Exception) -> str | None:
@@ -60,7 +61,7 @@ class JobError(CompactHydraException):
 _jobs = {"started": 0, "exit_code": 1}  # what the in-process jobs did, for the exit code
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+@hydra.main(version_base=None, config_path=str(CONF), config_name="config")
 def main(cfg: DictConfig) -> float:
     _jobs["started"] += 1
     run = _job_code()
@@ -91,7 +92,8 @@ def _exit_code(code) -> int:
     if code != 1:
         return code
     if not _jobs["started"] and "tlsweep.sweep" not in sys.modules:
-        for hint in schema.hints([a for a in sys.argv[1:] if not a.startswith("-")]):
+        overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+        for hint in schema.hints(overrides) + presets_in_play(overrides):
             print(hint, file=sys.stderr)
         return 2
     return _jobs["exit_code"]
@@ -109,6 +111,9 @@ def _sigterm(signum, frame):
 
 
 def cli() -> None:
+    if sys.argv[1:] == ["--version"]:  # before Hydra, which answers --version with its own
+        print(f"tlsweep {__version__}")
+        return
     signal.signal(signal.SIGTERM, _sigterm)
     sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)  # before Hydra's log handlers take them
     # What the jobs import and build (torch, timm, MLflow, SQLAlchemy, ...) leaves millions of objects

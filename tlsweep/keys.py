@@ -43,6 +43,7 @@ class Tag:
     LAUNCHED = "tlsweep.launched"  # on the parent: when its current launching process took the sweep (ISO time)
     SLURM_JOB_ID = "tlsweep.slurm_job_id"
     GIT_DIRTY = "tlsweep.git_dirty"
+    VERSION = "tlsweep.version"  # tlsweep.__version__ of the code that ran the job (or launched the sweep)
     WEIGHTS = "tlsweep.weights"
     WEIGHTS_SHA256 = "tlsweep.weights.sha256"
     DEVICE = "tlsweep.device"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 from dataclasses import MISSING as NO_DEFAULT, fields
 from enum import Enum
-from pathlib import Path
 from typing import Callable
 
 import yaml
@@ -19,8 +18,8 @@ from .data_schema import DATA_SCHEMAS
 from .keys import STRATEGIES
 from .rules import help_of, rule_of
 from .schema import STRATEGY_SCHEMAS, AnyStrategy, Config, ModelConf, SgdConf, TrackingConf
+from .searchpath import CONF, ENV
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 REGENERATE = "python -m tlsweep.manual"
 GROUP_FIELDS = {"model", "strategy", "optim", "data", "tracking", "advise"}  # Config's fields that are groups
 
@@ -183,7 +182,20 @@ def configuration() -> str:
     for group, note in groups:
         lines.append(f"| `{group}` | {', '.join(f'`{o}`' for o in options(group))} | "
                      f"{_value(picks.get(group)) if picks.get(group) else 'none'} | {note} |")
-    lines += ["", "## Top level", ""]
+    lines += ["", "## Your own presets", "",
+              f"A folder of your own config groups is searched before tlsweep's: `./conf` of the directory you run "
+              f"from, or the folder `{ENV}` names. A file `conf/<group>/<name>.yaml` there adds the option `<name>` "
+              "to that group, or replaces tlsweep's option of that name; `tlsweep --help` prints both folders. It is "
+              "composed against the same schema as tlsweep's own presets: a wrong type or an unknown key is refused, "
+              "naming the key, and tlsweep names the file. A dataset of yours, in the repository of your project:",
+              "", "```yaml", "# conf/data/xray.yaml", "defaults: [imagefolder]   # tlsweep's folder preset, then:",
+              "root: /data/xray", "select_fraction: 0.2", "```", "",
+              "```bash", "tlsweep -m data=xray model=efficientnet_lite0 strategy=probe,finetune seed=0,1,2", "```", "",
+              "An experiment preset of yours starts with `# @package _global_`, like tlsweep's (`conf/experiment/`). "
+              "The folder may not hold a `config.yaml` or `report.yaml`, tlsweep's own primary configs: tlsweep "
+              f"refuses such a folder rather than compose another app's config; name another folder with `{ENV}`. "
+              "A folder passed with Hydra's `--config-dir` is searched before both.",
+              "", "## Top level", ""]
     lines += _rows("", [Config], skip=GROUP_FIELDS)
     lines += ["", "## tracking", ""] + _rows("tracking.", [TrackingConf])
     lines += ["", "## model", "", "Each preset sets `name`, `source` and `arch` ([Models](models.md) lists them).",

@@ -24,6 +24,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from . import searchpath
 from .advise_schema import AdviseConf
 from .data_schema import (DATA_SCHEMAS, BadImages, DataConf, DownloadDataConf, FileListDataConf,  # noqa: F401
                           FolderDataConf, HfDataConf, TorchvisionDataConf)
@@ -246,6 +247,9 @@ def register() -> None:
              **{f"strategy_{name}": schema for name, schema in STRATEGY_SCHEMAS.items()}}
     for name, node in nodes.items():
         cs.store(name=f"{name}_schema", node=node)
+    # `--help` prints where the configs are searched (conf/hydra/help/tlsweep.yaml)
+    if not OmegaConf.has_resolver("tlsweep.searchpath"):
+        OmegaConf.register_new_resolver("tlsweep.searchpath", searchpath.describe, use_cache=False)
 
 
 register()  # on import: whatever composes tlsweep's config (the CLI, tests, benchmarks) imports this module

@@ -28,7 +28,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import STARTED, owner, stores, views
+from . import STARTED, __version__, owner, stores, views
 from .errors import StoreError, end_command
 from .imports import heavy
 from .keys import Tag, diverged, short_labels
@@ -191,7 +191,8 @@ class SweepCallback(Callback):
             self.swept, self.planned = advised(str(config.model.name)), None
         self._claim(uri, asked)  # before the parent is looked up: the loser of a race must not see it free
         previous = find_sweep(client, exp_id, asked) if asked else None
-        launcher = {**owner.identity(), Tag.LAUNCHED: owner.launched()}  # who runs the sweep now
+        # who runs the sweep now, and which tlsweep
+        launcher = {**owner.identity(), Tag.LAUNCHED: owner.launched(), Tag.VERSION: __version__}
         if previous is not None:  # the same name again: continue that sweep, under the same parent
             parent = previous.info.run_id
             if self.claim is None:  # a server store: no lock all launchers reach, so the parent's owner tags.

@@ -20,7 +20,7 @@ from pathlib import Path
 from filelock import FileLock
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from . import owner, stores
+from . import __version__, owner, stores
 from .errors import StoreError, why
 from .imports import heavy
 from .keys import Tag, diverged, is_seed, short_labels
@@ -183,15 +183,20 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
 
 
 def git_commit() -> tuple[str, bool] | None:
-    """The commit of the code that runs, and whether the tree had uncommitted changes."""
+    """The commit of the code that runs, and whether the tree had uncommitted changes; None for an installed wheel.
+
+    Only a clone of tlsweep counts: a wheel inside a virtual environment inside the user's own repository would
+    otherwise record that repository's commit as tlsweep's."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
+        top, sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel", "HEAD"],
+                                  capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
+        if Path(top).resolve() != here.parent:
+            return None
         dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10).stdout.strip() != ""
         return sha, dirty
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError, ValueError):
         return None
 
 
@@ -303,7 +308,7 @@ def job_run(cfg: DictConfig, run_name: str):
     if not parent:
         announce(uri, exp_id)
     tags = {Tag.ROLE: "job", Tag.OVERRIDES: " ".join(hydra_overrides()), Tag.CONFIG_KEY: config_key(cfg),
-            **owner.identity()}  # host, pid, its start: the report tells an orphan (a SIGKILLed job) from a live run
+            Tag.VERSION: __version__, **owner.identity()}  # host, pid, its start: the report tells an orphan (a SIGKILLed job) from a live run
     if os.environ.get(SWEEP_NAME_ENV):
         tags[Tag.SWEEP_NAME] = os.environ[SWEEP_NAME_ENV]
     if os.environ.get("SLURM_JOB_ID"):

@@ -8,12 +8,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlsweep.errors import ReportError
 from tlsweep.imports import heavy
+from tlsweep.searchpath import CONF
 
 with heavy():
     from tlsweep.report.make import make_report
 
 
-@hydra.main(version_base=None, config_path="../../conf", config_name="report")
+@hydra.main(version_base=None, config_path=str(CONF), config_name="report")
 def main(cfg: DictConfig) -> None:
     """Print the table and where the files went; exit 2 on a ReportError."""
     args = OmegaConf.to_container(cfg, resolve=True)
