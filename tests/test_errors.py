@@ -85,7 +85,9 @@ ROWS = [
     (["strategy=partial", "strategy.unfreeze=[layer5]", NULL], "layer5"),
     # the score rung reads the feature cache: refused without it, by its key or at the run's first segment
     (["strategy=score", "strategy.cache_features=false", NULL], "strategy.cache_features=False"),
-    (["strategy=score", "data.cache=false", NULL], "strategy=score scores the cached frozen features"),
+    # (data.cache=false no longer: the feature pass streams the files) features over the budget with no disk for them
+    (["strategy=score", "data.cache_budget_mb=0.001", "cache_dir=null", NULL],
+     "strategy=score scores the cached frozen features"),
     (["device=gpu", NULL], "device=gpu"),
     (["model.weights=/no/such/model.pth"], "/no/such/model.pth"),
     (["data.root=/no/such/folder", NULL], "/no/such/folder"),

@@ -231,8 +231,8 @@ def test_cache_round_trips_and_key_follows_content(tmp_path, monkeypatch):
     calls, loaded = [], []
     real_load = fastdata.diskcache.load
 
-    def spying_load(path, check):  # what came back from the disk copy, if anything
-        saved = real_load(path, check)
+    def spying_load(path, check, mmap=False):  # what came back from the disk copy, if anything
+        saved = real_load(path, check, mmap)
         loaded.append(saved is not None)
         return saved
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tlsweep import features
+from tlsweep import features, fold
 from tlsweep.data import load_rgb
 from tlsweep.fastdata import decode_images
 from tlsweep.models import Preprocess
@@ -59,13 +59,13 @@ def test_fold_is_accepted_under_bf16_and_a_wrong_fold_is_refused(monkeypatch):
         kwargs = {"autocast": autocast} if autocast else {}
         folded, n = features.fold_batchnorm(chain, x, **kwargs)
         assert n == 3 and folded is not chain
-    real = features.fuse_conv_bn_weights
+    real = fold.fuse_conv_bn_weights
 
     def off_by_a_percent(*args):  # within bf16's own rounding, but far outside fp32's: refused in fp32
         w, b = real(*args)
         return nn.Parameter(w * 1.01), b
 
-    monkeypatch.setattr(features, "fuse_conv_bn_weights", off_by_a_percent)
+    monkeypatch.setattr(fold, "fuse_conv_bn_weights", off_by_a_percent)
     same, n = features.fold_batchnorm(chain, x)
     assert same is chain and n == 0
 
@@ -73,7 +73,7 @@ def test_fold_is_accepted_under_bf16_and_a_wrong_fold_is_refused(monkeypatch):
         w, b = real(*args)
         return nn.Parameter(w * 1.5), b
 
-    monkeypatch.setattr(features, "fuse_conv_bn_weights", off_by_half)
+    monkeypatch.setattr(fold, "fuse_conv_bn_weights", off_by_half)
     same, n = features.fold_batchnorm(chain, x, autocast=_bf16_cpu)
     assert same is chain and n == 0
 

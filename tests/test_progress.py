@@ -36,3 +36,26 @@ def test_a_terminal_gets_a_bar_that_stays():
     final = text.split("\r")[-1]
     assert "finetune seed=1" in final and "3/3" in final and "val_acc=0.875" in final
     assert text.endswith("\n")  # leave=True: the finished bar stays on screen
+
+
+def test_a_long_pass_says_its_count_and_what_is_left_and_a_short_one_says_nothing():
+    import io
+
+    from tlsweep.progress import PassProgress
+
+    now = [0.0]
+    out = io.StringIO()
+    long = PassProgress("feature pass", 1000, period=15, stream=out, clock=lambda: now[0])
+    for _ in range(10):
+        now[0] += 10
+        long.step(100)
+    long.done()
+    lines = out.getvalue().splitlines()
+    # a line per 15 s at most: after 20 s (200 done, 80 s left), 40 s, 60 s, 80 s, 100 s; then the end
+    assert lines[0] == "[tlsweep] feature pass: 200/1,000 after 20 s, about 80 s left"
+    assert len(lines) == 6 and lines[-1] == "[tlsweep] feature pass: done in 100 s"
+    quiet = io.StringIO()
+    short = PassProgress("decoding", 10, period=15, stream=quiet, clock=lambda: 1.0)
+    short.step(10)
+    short.done()
+    assert quiet.getvalue() == ""

@@ -320,6 +320,17 @@ def decode(data: ImageData, pp: Preprocess, cfg, cache_dir: str | None):
     return Decoded(*stores), f"on ({need:.0f} MB of uint8 images)"
 
 
+def streamed(data: ImageData, pp: Preprocess) -> Decoded:
+    """The splits as sources that decode a batch at a time from the files, as `decode` would store them: what the
+    feature pass reads when the images are not decoded once (over the budget, or data.cache=false)."""
+    from .fastdata import StreamedImages
+
+    def source(split):
+        return StreamedImages(split.items, split.targets, pp.resize, pp.interpolation, load_rgb)
+
+    return Decoded(source(data.train), source(data.val), source(data.select) if data.select is not None else None)
+
+
 def loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_workers: int, rt: Runtime,
             decoded: Decoded | None = None) -> Loaders:
     """The image loaders of train, val and select (None without a selection split): over the decoded

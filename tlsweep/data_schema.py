@@ -39,9 +39,13 @@ class DataConf:
     num_workers: int = key(2, "worker processes of the streaming loader (the decode-once path needs none)",
                            at_least(0))
     cache: bool = key(True, "decode every image once, then augment tensors per sample; false: stream from disk")
-    cache_budget_mb: float = key(4096, "above this many MB of decoded images, stream from disk instead",
+    cache_budget_mb: float = key(4096, "MB a process may hold of decoded images (above it they stream from disk; "
+                                       "a decode peaks at their size plus the images in flight), and, apart, of "
+                                       "cached features (above it they go to cache_dir, memory-mapped). Each joblib "
+                                       "worker holds its own, unless cache_to_disk maps one copy per node",
                                  number(0, strict=False))
-    cache_to_disk: bool = key(False, "also keep the decoded images under cache_dir, for a sweep's other processes")
+    cache_to_disk: bool = key(False, "also keep the decoded images under cache_dir, where a sweep's other "
+                                     "processes on the node read one copy of them through a memory map")
     bad_images: BadImages = key(BadImages.skip, "an image file that cannot be decoded: skip it (printed, warned, "
                                                 "tagged) or refuse the data with the list")
 

@@ -61,15 +61,16 @@ def locked(path: Path | None, what: str) -> Iterator[None]:
             lock.release()
 
 
-def load(path: Path | None, check: Callable[[dict], str | None]) -> dict | None:
+def load(path: Path | None, check: Callable[[dict], str | None], mmap: bool = False) -> dict | None:
     """The saved dict, or None when there is none (or no `path`) or it is unusable (then with a warning).
 
-    `check` returns what is wrong with a loaded dict, or None when it is fit to use.
+    `check` returns what is wrong with a loaded dict, or None when it is fit to use. `mmap`: its tensors read the
+    file through a memory map, so that the processes of a node share one copy in the page cache.
     """
     if path is None or not path.exists():
         return None
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         problem = check(saved) if isinstance(saved, dict) else f"holds a {type(saved).__name__}, not a dict"
     except Exception as err:  # noqa: BLE001 - truncated zip, garbage pickle, ...: all mean "recompute"
         problem = f"cannot be read ({type(err).__name__}: {str(err)[:200]})"

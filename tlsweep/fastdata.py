@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -32,21 +31,20 @@ from typing import TYPE_CHECKING
 
 import torch
 import torchvision
-from torchvision.ops import roi_align
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from . import diskcache
+from .augment import (RATIO, SCALE, augmented, center_crops, centered, draw_augmentation,  # noqa: F401
+                      pad_batch, resized_crops, sample_crop_boxes)
 from .images import displayed_size
+from .progress import PassProgress
 from .runtime import Runtime
 
 if TYPE_CHECKING:  # duck-typed: anything with crop, mean, std, interpolation (no import of the model zoo)
     from .models import Preprocess
 
 Item = str | os.PathLike | torch.Tensor  # a file path, or a uint8 [3, H, W] RGB tensor
-
-SCALE = (0.6, 1.0)  # RandomResizedCrop area range of tlsweep's train augmentation
-RATIO = (3 / 4, 4 / 3)
 
 
 def _resized_hw(h: int, w: int, resize: int) -> tuple[int, int]:
@@ -56,17 +54,29 @@ def _resized_hw(h: int, w: int, resize: int) -> tuple[int, int]:
     return resize, int(resize * w / h)
 
 
-def _item_hw(item: Item) -> tuple[int, int]:
-    if isinstance(item, torch.Tensor):
-        return tuple(item.shape[-2:])
-    w, h = displayed_size(item)  # the header only, and the EXIF orientation load_rgb applies
+@functools.lru_cache(maxsize=None)
+def _header_hw(path: str, size: int, mtime_ns: int) -> tuple[int, int]:
+    # size and mtime key it, as _file_digest: the budget check and the decode read each header once
+    w, h = displayed_size(path)  # the header only, and the EXIF orientation load_rgb applies
     return h, w
 
 
+def _item_hw(item: Item) -> tuple[int, int]:
+    if isinstance(item, torch.Tensor):
+        return tuple(item.shape[-2:])
+    st = os.stat(item)
+    return _header_hw(os.fspath(item), st.st_size, st.st_mtime_ns)
+
+
+def stored_sizes(items: Sequence[Item], resize: int) -> torch.Tensor:
+    """int64 [N, 2]: each item's (h, w) once `decode_images` has resized it, from the headers alone (exact, EXIF
+    rotations included: a turn swaps width and height)."""
+    return torch.tensor([_resized_hw(*_item_hw(it), resize) for it in items], dtype=torch.int64).reshape(-1, 2)
+
+
 def decoded_size_bytes(items: Sequence[Item], resize: int) -> int:
-    """Bytes of the uint8 image store `decode_images` would allocate (with `images.load_rgb`), from headers
-    only: exact, EXIF rotations included (a turn swaps width and height, which keeps the resized area)."""
-    return sum(3 * h * w for h, w in (_resized_hw(*_item_hw(it), resize) for it in items))
+    """Bytes of the uint8 image store `decode_images` allocates (with `images.load_rgb`), from headers only."""
+    return int(3 * stored_sizes(items, resize).prod(1).sum())
 
 
 @dataclass
@@ -95,6 +105,10 @@ class DecodedImages:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def images(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Images `idx`, as views (the `ImageSource` protocol that the feature pass reads)."""
+        return [self.image(i) for i in idx.tolist()]
 
     def image(self, i: int) -> torch.Tensor:
         """Image i, uint8 [3, h, w]: a view, on the pixels' device."""
@@ -140,20 +154,6 @@ def trained_count(n: int, batch_size: int) -> int:
     return n - 1 if batch_size > 1 and n > 1 and n % batch_size == 1 else n
 
 
-def pad_batch(images: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Images of different sizes as one uint8 [B, 3, Hmax, Wmax] batch. Past each image's true
-    size the padding repeats its last row and column, so bilinear samples that reach half a
-    pixel over the border read the edge (as a clamped resize does) rather than black."""
-    hmax, wmax = max(img.shape[-2] for img in images), max(img.shape[-1] for img in images)
-    out = torch.empty(len(images), 3, hmax, wmax, dtype=torch.uint8, device=images[0].device)
-    for i, img in enumerate(images):
-        h, w = img.shape[-2:]
-        out[i, :, :h, :w] = img
-        out[i, :, :h, w:] = img[:, :, w - 1 : w]
-        out[i, :, h:, :] = out[i, :, h - 1 : h, :]
-    return out
-
-
 _STORES: OrderedDict[str, DecodedImages] = OrderedDict()
 # Every split of one dataset: train, val and, with data.select_fraction, select. With room for fewer,
 # the splits a job reads in turn would evict each other and every job would decode all of them again.
@@ -186,21 +186,86 @@ def decode_images(
     path = Path(cache_dir) / f"decoded-{key}.pt" if cache_dir is not None else None
     # parallel sweep jobs decode the same images: one does it, the others wait and load its copy
     with diskcache.locked(path, "decoding the images"):
-        saved = diskcache.load(path, lambda saved: _check(saved, key, len(items)))
+        # memory-mapped: every process of the node (joblib workers, a SLURM array) reads one copy of the pixels
+        saved = diskcache.load(path, lambda saved: _check(saved, key, len(items)), mmap=True)
         if saved is not None:
             store = DecodedImages(saved["pixels"], saved["offsets"], saved["sizes"], targets)
         else:
-            # PIL and torch release the GIL while decoding and resizing, so threads use every core
-            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-                resized = list(pool.map(lambda it: F.resize(loader(it), [resize], interpolation, antialias=True),
-                                        items))
-            store = DecodedImages.pack(resized, targets)
-            del resized
+            store = _decode_into_one_buffer(items, targets, resize, interpolation, loader)
             diskcache.save({"key": key, "pixels": store.pixels, "offsets": store.offsets, "sizes": store.sizes}, path)
     _STORES[key] = store
     while len(_STORES) > MEMO_STORES:
         _STORES.popitem(last=False)
     return store
+
+
+def _decode_into_one_buffer(items, targets, resize, interpolation, loader) -> DecodedImages:
+    """Every item decoded and resized straight into its slot of one buffer sized from the headers: the process
+    holds the store once, plus an image in flight per thread (a list of images, then their concatenation, held it
+    twice at its peak, and the allocator kept much of the first copy)."""
+    sizes = stored_sizes(items, resize)
+    lengths = 3 * sizes.prod(1)
+    offsets = torch.cumsum(lengths, 0) - lengths
+    pixels = torch.empty(int(lengths.sum()), dtype=torch.uint8)
+    progress = PassProgress(f"decoding {len(items):,} images", len(items))
+
+    def one(i: int) -> None:
+        img = F.resize(loader(items[i]), [resize], interpolation, antialias=True)
+        h, w = sizes[i].tolist()
+        if tuple(img.shape) != (3, h, w):  # a header that lies about the pixels (a broken writer)
+            raise ValueError(f"{items[i]}: decoded to {tuple(img.shape[-2:])} after the resize, but its header "
+                             f"gives {(h, w)}")
+        pixels[int(offsets[i]):int(offsets[i]) + 3 * h * w].view(3, h, w).copy_(img)
+        progress.step(1)
+
+    # PIL and torch release the GIL while decoding and resizing, so threads use every core
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for _ in pool.map(one, range(len(items))):
+            pass
+    progress.done()
+    return DecodedImages(pixels, offsets, sizes, targets)
+
+
+class StreamedImages:
+    """A split read from its files a batch at a time, each image decoded and resized exactly as `decode_images`
+    stores it, and never held whole: what the feature pass reads when the decoded images exceed their budget.
+    `sizes` come from the headers, so crop boxes can be drawn before any pixel is decoded."""
+
+    def __init__(self, items: Sequence[Item], targets, resize: int, interpolation: InterpolationMode,
+                 loader: Callable[[Item], torch.Tensor]):
+        self.items, self.resize, self.interpolation, self.loader = list(items), resize, interpolation, loader
+        self.targets = torch.as_tensor(targets, dtype=torch.int64)
+        self.sizes = stored_sizes(self.items, resize)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def images(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            return list(pool.map(lambda i: F.resize(self.loader(self.items[i]), [self.resize], self.interpolation,
+                                                    antialias=True), idx.tolist()))
+
+
+class ChainedImages:
+    """Several image sources read as one (val, then the selection split): the feature pass runs them in one
+    sequence of batches, as one store of both would."""
+
+    def __init__(self, parts: Sequence):
+        self.parts = list(parts)
+        self.targets = torch.cat([p.targets for p in self.parts])
+        self.sizes = torch.cat([p.sizes for p in self.parts])
+        self.starts = torch.cumsum(torch.tensor([0] + [len(p) for p in self.parts]), 0)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def images(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        part = torch.searchsorted(self.starts, idx, right=True) - 1
+        out: list[torch.Tensor] = []
+        for k in part.unique_consecutive().tolist():  # idx ascends in the feature pass
+            mine = idx[part == k]
+            out += self.parts[k].images(mine - self.starts[k])
+        return out
 
 
 def _check(saved: dict, key: str, n: int) -> str | None:
@@ -217,94 +282,6 @@ def _check(saved: dict, key: str, n: int) -> str | None:
     if not torch.equal(offsets, torch.cumsum(lengths, 0) - lengths) or int(lengths.sum()) != pixels.numel():
         return "has offsets or sizes that do not match its pixels"
     return None
-
-
-def sample_crop_boxes(
-    sizes: torch.Tensor,
-    generator: torch.Generator,
-    scale: tuple[float, float] = SCALE,
-    ratio: tuple[float, float] = RATIO,
-    tries: int = 10,
-) -> torch.Tensor:
-    """One RandomResizedCrop box per image of true size `sizes` [B, 2]: int64 [B, 4] as
-    (top, left, height, width).
-
-    Same distribution as torchvision's v2 `RandomResizedCrop`: area fraction uniform in `scale`,
-    log-uniform aspect ratio, the first of `tries` draws that fits, else the center-crop
-    fallback. Vectorized, all tries are drawn for every sample, so the random stream differs
-    from torchvision's even though the distribution does not.
-    """
-    sizes = sizes.to("cpu", torch.float64)
-    n = len(sizes)
-    hgt, wid = sizes[:, 0:1], sizes[:, 1:2]
-    area = hgt * wid * torch.empty(n, tries, dtype=torch.float64).uniform_(*scale, generator=generator)
-    log_r = torch.empty(n, tries, dtype=torch.float64)
-    log_r.uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    aspect = torch.exp(log_r)
-    w = torch.round(torch.sqrt(area * aspect))
-    h = torch.round(torch.sqrt(area / aspect))
-    fits = (w > 0) & (w <= wid) & (h > 0) & (h <= hgt)
-    first = fits.to(torch.int8).argmax(1, keepdim=True)  # argmax returns the first of ties
-    h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]
-    hgt, wid = hgt[:, 0], wid[:, 0]
-    u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
-    # Uniform integer offsets in [0, H - h], as randint(0, H - h + 1); clamp guards float rounding.
-    top = torch.minimum(torch.floor(u[:, 0] * (hgt - h + 1)), hgt - h)
-    left = torch.minimum(torch.floor(u[:, 1] * (wid - w + 1)), wid - w)
-
-    # Fallback when no try fits: the largest centered box whose ratio is within `ratio`.
-    in_ratio = wid / hgt
-    fb_w = torch.where(in_ratio > ratio[1], torch.round(hgt * ratio[1]), wid)
-    fb_h = torch.where(in_ratio < ratio[0], torch.round(wid / ratio[0]), hgt)
-    fb_top = torch.div(hgt - fb_h, 2, rounding_mode="floor")
-    fb_left = torch.div(wid - fb_w, 2, rounding_mode="floor")
-    ok = fits.any(1)
-    boxes = torch.stack(
-        [
-            torch.where(ok, top, fb_top),
-            torch.where(ok, left, fb_left),
-            torch.where(ok, h, fb_h),
-            torch.where(ok, w, fb_w),
-        ],
-        dim=1,
-    )
-    return boxes.to(torch.int64)
-
-
-def resized_crops(images: Sequence[torch.Tensor], boxes: torch.Tensor, crop: int,
-                  interpolation: InterpolationMode | None = None) -> torch.Tensor:
-    """Crop each image (uint8 [3, h, w]) to its box (top, left, height, width) and resize it
-    to crop x crop: float32 [B, 3, crop, crop] in [0, 1], on the images' device.
-
-    On the CPU with an `interpolation`, each sample goes through torchvision's own
-    `resized_crop` (uint8, antialiased): exactly what the plain path's RandomResizedCrop does
-    with that box, and faster there than one roi_align over the batch (2.6 ms/image measured
-    for roi_align on the 2-core dev machine). Otherwise (the GPU) one `roi_align` call does the
-    whole batch: bilinear without antialias (2x2 samples averaged per output pixel); on
-    hymenoptera crops (resize 256, crop 224) it differs from `resized_crop` by 0.4/255 on
-    average, 4/255 at the 99th percentile.
-    """
-    if images[0].device.type == "cpu" and interpolation is not None:
-        out = [F.resized_crop(img, *box, [crop, crop], interpolation, antialias=True)
-               for img, box in zip(images, boxes.tolist())]
-        return F.to_dtype(torch.stack(out), torch.float32, scale=True)
-    x = F.to_dtype(pad_batch(images), torch.float32, scale=True)
-    b = boxes.to(x.device, torch.float32)
-    top, left, h, w = b.unbind(1)
-    idx = torch.arange(len(b), device=x.device, dtype=torch.float32)
-    # aligned=True: box edges are pixel edges, so pixel k's center is k + 0.5, as in F.resize.
-    rois = torch.stack([idx, left, top, left + w, top + h], dim=1)
-    return roi_align(x, rois, output_size=crop, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-
-
-def center_crops(data: DecodedImages, idx: torch.Tensor, crop: int) -> torch.Tensor:
-    """The crop x crop centers of images `idx` (uint8 [B, 3, crop, crop]), with torchvision
-    CenterCrop's rounding of the offset. Slices the store, so only the crops are copied."""
-    out = []
-    for i, (h, w) in zip(idx.tolist(), data.sizes[idx].tolist()):
-        top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
-        out.append(data.image(i)[:, top : top + crop, left : left + crop])
-    return torch.stack(out)
 
 
 class TensorLoader:
@@ -356,13 +333,10 @@ class TensorLoader:
         return x
 
     def _train_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        data = self.dataset
-        sizes = data.sizes[idx]
-        boxes = sample_crop_boxes(sizes, self.generator)
-        flip = torch.rand(len(idx), generator=self.generator) < 0.5
-        x = resized_crops([data.image(i) for i in idx.tolist()], boxes, self.crop, self.interpolation)
-        flip = flip.to(x.device)[:, None, None, None]
-        return torch.where(flip, x.flip(-1), x)
+        boxes, flip = draw_augmentation(self.dataset.sizes[idx], self.generator)
+        return augmented(self.dataset.images(idx), boxes, flip, self.crop, self.interpolation)
 
     def _eval_batch(self, idx: torch.Tensor) -> torch.Tensor:
         return F.to_dtype(center_crops(self.dataset, idx, self.crop), torch.float32, scale=True)
+
+

@@ -19,34 +19,29 @@ fp32 whatever the pass ran in, and the key holds the precision, so fp32 and bf16
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
-import sys
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torchvision.transforms.v2 import functional as F
 
 from . import diskcache
-from .fastdata import DecodedImages, TensorLoader, content_key, trained_count
+from .fastdata import ChainedImages, StreamedImages, augmented, centered, content_key, draw_augmentation, trained_count
 from .feature_scores import HeadInputs
+from .fold import FOLD_RTOL, LOW_PRECISION_SLACK, _timm_types, fold_agrees, fold_batchnorm  # noqa: F401
 from .models import ModelSpec, Preprocess, file_sha256
+from .progress import PassProgress
 from .runtime import Loaders, Runtime
 from .schema import FreezeBN
 from .strategies import train_mode
 
 VIEW_SEED = 0  # fixed, so that every run of a sweep can share the cached views
-# The fold is exact algebra; in fp32 it moved the prefix output by 2e-7 to 1.1e-6 of max|output|
-# (ResNet-18, MobileNetV3-Large, EfficientNet-Lite0, 224 px, trained-looking BN statistics).
-FOLD_RTOL = 1e-5
-# Under bf16 autocast the unfolded prefix itself is off by ~5e-3 to 2e-2 of max|output| (same
-# models); the folded one was off by 0.8x to 1.2x that. A wrong fold is off by the output's size.
-LOW_PRECISION_SLACK = 2.0
 
 
 def _stochastic_types() -> tuple[type, ...]:
@@ -98,8 +93,6 @@ def cached_loaders(model: nn.Module, spec: ModelSpec, data, decoded, pp: Preproc
     epochs these loaders serve; `data` (ImageData) and `decoded` (data.Decoded) name the same splits. Head
     inputs: when the prefix ends right below the head, its cached features as the transferability scores
     read them (`feature_scores.HeadInputs`); else None."""
-    if decoded is None:
-        return model, None, CacheDecision(False, "needs the decode-once data (data.cache=true within its budget)"), None
     train_mode(model, settings.freeze_bn)  # decide in the mode the model trains in
     cut = split(model, spec)
     if isinstance(cut, str):
@@ -109,29 +102,35 @@ def cached_loaders(model: nn.Module, spec: ModelSpec, data, decoded, pp: Preproc
     with torch.no_grad():
         per_image = cut.prefix(torch.zeros(1, 3, pp.crop, pp.crop, device=rt.device)).numel() * 4
     need = per_image * (views * len(decoded.train) + sum(map(len, evaluated))) / 2**20
-    if need > settings.budget_mb:
-        return model, None, CacheDecision(
-            False, f"{need:.0f} MB of features exceed data.cache_budget_mb={settings.budget_mb}"), None
+    mapped = need > settings.budget_mb  # then on disk, read back through a memory map
+    if mapped and settings.cache_dir is None:
+        return model, None, CacheDecision(False, f"{need:.0f} MB of features exceed data.cache_budget_mb="
+                                                 f"{settings.budget_mb}, and cache_dir=null leaves no disk to map "
+                                                 "them from"), None
     # the selection split is evaluated like val: one center-crop pass, cached with val's
-    together = evaluated[0] if len(evaluated) == 1 else DecodedImages.pack(
-        [d.image(i) for d in evaluated for i in range(len(d))], torch.cat([d.targets for d in evaluated]))
+    together = evaluated[0] if len(evaluated) == 1 else ChainedImages(evaluated)
     key = [spec.name, spec.arch, settings.weights_id, cut.at, len(cut.prefix), f"bf16={rt.bf16}",
            content_key(data.train.items, pp.resize, pp.interpolation),
            content_key([it for s in data.eval_splits() for it in s.items], pp.resize, pp.interpolation)]
     train_f, eval_f, source = features(cut.prefix, decoded.train, together, key, views, pp, settings.batch_size, rt,
-                                       settings.cache_dir)
+                                       settings.cache_dir, mapped)
     evals, start = [], 0
     for d in evaluated:
-        evals.append(FeatureLoader(eval_f[start:start + len(d)], d.targets, settings.batch_size, train=False))
+        evals.append(FeatureLoader(eval_f[start:start + len(d)], d.targets, settings.batch_size, train=False,
+                                   device=rt.device))
         start += len(d)
-    loaders = Loaders(FeatureLoader(train_f, decoded.train.targets, settings.batch_size, train=True, seed=seed), *evals)
+    loaders = Loaders(FeatureLoader(train_f, decoded.train.targets, settings.batch_size, train=True, seed=seed,
+                                    device=rt.device), *evals)
     head = None
     if cut.at == "head":  # every model's pieces label the head "head" (models/pieces.py): the prefix gives its input
         select = evals[1] if len(evals) > 1 else None  # eval_splits(): val, then the selection split
         head = HeadInputs(entry_key(key, views, pp, rt), train_f[0], decoded.train.targets,
                           select.feats if select else None, select.targets if select else None)
+    where = (f", {need:,.1f} MB on disk, memory-mapped: over data.cache_budget_mb={settings.budget_mb}" if mapped
+             else "")
+    streamed = " from the image files, streamed" if isinstance(decoded.train, StreamedImages) else ""
     return cut.suffix, loaders, CacheDecision(True, (
-        f"frozen prefix below {cut.at} run once ({source}); {views} augmented train views "
+        f"frozen prefix below {cut.at} run once{streamed} ({source}){where}; {views} augmented train views "
         f"(seed {VIEW_SEED}) shared across runs; epoch e uses view (e-1) mod {views}")), head
 
 
@@ -181,128 +180,52 @@ def split(model: nn.Module, spec: ModelSpec) -> Split | str:
     return Split(prefix, nn.Sequential(*[m for _, m in pieces[k:]]), at)
 
 
-def _bn_replacement(bn: nn.BatchNorm2d) -> nn.Module | None:
-    """What stays of a BatchNorm once its affine map lives in the conv before it."""
-    if type(bn) is nn.BatchNorm2d:
-        return nn.Identity()
-    if type(bn) in _timm_types("BatchNormAct2d"):  # batch norm, then its own dropout and activation
-        return nn.Sequential(bn.drop, bn.act)
-    return None  # an unknown subclass may do more than normalize: leave it alone
-
-
-def _foldable_conv(conv: nn.Module) -> bool:
-    # A conv whose forward uses its weight as stored (timm's Conv2dSame only pads first);
-    # e.g. weight-standardized convs transform the weight on every call and cannot take a fold.
-    kind = getattr(type(conv), "plain_class", type(conv))  # a depthwise conv that trains in fp32 (runtime.py)
-    return kind is nn.Conv2d or kind in _timm_types("Conv2dSame")
-
-
-def _timm_types(*names: str) -> tuple[type, ...]:
-    # A model holding timm layers has imported timm; do not pay its import (~0.7 s) otherwise.
-    layers = sys.modules.get("timm.layers")
-    return tuple(getattr(layers, n) for n in names if hasattr(layers, n)) if layers else ()
-
-
-@torch.no_grad()
-def fold_batchnorm(prefix: nn.Module, example: torch.Tensor,
-                   autocast=contextlib.nullcontext) -> tuple[nn.Module, int]:
-    """A copy of the frozen prefix with each eval-mode BatchNorm folded into the conv that feeds it.
-
-    In eval mode BN is a fixed per-channel affine map, so conv -> BN equals one conv with
-    scaled weights and a bias: the same function, one pass over the activations fewer
-    (lite0 on the 2-core dev CPU: about 8 -> 6.5 ms per image). Pairs are found from the order in
-    which modules run on `example`; the copy is only used if, run under `autocast` (a context
-    factory: the one the cached pass runs under), it gives the prefix's own output on `example`
-    (`fold_agrees`), else the prefix is returned unchanged.
-    Returns (module to run, number of BatchNorms folded).
-    """
-    order: list[nn.Module] = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: order.append(m))
-             for m in prefix.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
-    try:
-        reference = prefix(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    names = {m: n for n, m in prefix.named_modules()}
-    pairs = [(names[c], names[b]) for c, b in zip(order, order[1:])
-             if _foldable_conv(c) and isinstance(b, nn.BatchNorm2d) and not b.training and b.track_running_stats
-             and c.out_channels == b.num_features and _bn_replacement(b) is not None]
-    if not pairs:
-        return prefix, 0
-    folded = copy.deepcopy(prefix)
-    for conv_name, bn_name in pairs:
-        conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
-        conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
-                                                      bn.eps, bn.weight, bn.bias)
-        _set(folded, bn_name, _bn_replacement(bn))
-    folded.requires_grad_(False)
-    with autocast():
-        as_run, out = prefix(example), folded(example)
-    if not fold_agrees(out.float(), reference, as_run.float()):
-        return prefix, 0
-    return folded, len(pairs)
-
-
-def fold_agrees(folded_out: torch.Tensor, reference: torch.Tensor, unfolded_out: torch.Tensor) -> bool:
-    """Whether the folded prefix computes the prefix's function, judged in the precision the pass runs.
-
-    `reference`: the prefix in fp32; `folded_out` / `unfolded_out`: the folded and the original
-    prefix under the pass's autocast (in fp32, `unfolded_out` is `reference` again). Accepted when
-    max|folded - reference| <= FOLD_RTOL * max|reference| + LOW_PRECISION_SLACK * max|unfolded - reference|:
-    fp32 rounding of the fold, plus the rounding the pass already accepts in its own precision.
-    """
-    if folded_out.shape != reference.shape:
-        return False
-    scale = reference.abs().max()
-    own_rounding = (unfolded_out - reference).abs().max()
-    error = (folded_out - reference).abs().max()
-    return bool(error <= FOLD_RTOL * scale + LOW_PRECISION_SLACK * own_rounding)
-
-
-def _set(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
-
-
-@torch.no_grad()
-def _run_prefix(prefix: nn.Module, loader: TensorLoader, n: int, batch_size: int, autocast) -> torch.Tensor:
-    out = []
-    for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, n))
-        with autocast():
-            # autocast leaves them in bf16; stored in fp32, as the budget counts them and the scores read them
-            out.append(prefix(loader.batch(idx)).float())
-    return torch.cat(out)
-
-
 _MEMO: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def features(prefix: nn.Module, train: DecodedImages, val: DecodedImages, key_parts: list[str], views: int,
-             pp: Preprocess, batch_size: int, rt: Runtime, cache_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
+def features(prefix: nn.Module, train, val, key_parts: list[str], views: int, pp: Preprocess, batch_size: int,
+             rt: Runtime, cache_dir: str | None, mapped: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(train features [V, N, ...], val features [N, ...], where they came from).
 
-    `key_parts` must identify everything the prefix output depends on besides what this
-    function adds itself (views, preprocessing, dtype rules). With `cache_dir`, the
-    parallel jobs of a sweep that need the same features compute them once: the first holds
-    the entry's file lock while it computes, the others wait and load the file.
+    `train`, `val`: image sources (`fastdata.DecodedImages`, `StreamedImages`, `ChainedImages`). `key_parts` must
+    identify everything the prefix output depends on besides what this function adds itself (views,
+    preprocessing, dtype rules). With `cache_dir`, the parallel jobs of a sweep that need the same features
+    compute them once: the first holds the entry's file lock while it computes, the others wait and load the
+    file. `mapped`: the train features go to a .npy file beside the entry and are read back through a memory
+    map (they exceed the budget); they stay on the CPU, and each batch moves to the device.
     """
     key = entry_key(key_parts, views, pp, rt)
     if key in _MEMO:
         tr, va = _MEMO[key]
-        return tr.to(rt.device), va.to(rt.device), "memory"
+        return tr if _is_mapped(tr) else tr.to(rt.device), va.to(rt.device), "memory"
     path = Path(cache_dir) / f"features-{key}.pt" if cache_dir else None
     with diskcache.locked(path, "the frozen prefix's features"):
-        saved = diskcache.load(path, lambda saved: _check(saved, key, views, len(train), len(val)))
+        saved = diskcache.load(path, lambda saved: _check(saved, key, views, len(train), len(val), path))
         if saved is not None:
             _remember(key, saved["train"], saved["val"])
-            return saved["train"].to(rt.device), saved["val"].to(rt.device), "disk"
-        tr, va, folded = _compute(prefix, train, val, views, pp, batch_size, rt)
-        host = {"train": tr.cpu(), "val": va.cpu()}  # one device-to-host copy for the disk and the memo
-        diskcache.save({"key": key, **host}, path)
+            tr = saved["train"]
+            return tr if _is_mapped(tr) else tr.to(rt.device), saved["val"].to(rt.device), "disk"
+        array = Path(f"{path}.train.npy") if mapped else None
+        tr, va, folded = _compute(prefix, train, val, views, pp, batch_size, rt, array)
+        host = {"train": tr if mapped else tr.cpu(), "val": va.cpu()}  # one device-to-host copy for disk and memo
+        diskcache.save({"key": key, "val": host["val"], "train": None if mapped else host["train"],
+                        "mapped": array.name if mapped else None}, path)
     _remember(key, host["train"], host["val"])
     return tr, va, f"computed, {folded} BatchNorms folded into their convs" if folded else "computed"
+
+
+def _is_mapped(t: torch.Tensor) -> bool:
+    return getattr(t, "_tlsweep_mapped", False)
+
+
+def _mapped_array(path: Path, shape: tuple[int, ...], mode: str) -> torch.Tensor:
+    """A float32 .npy file as a tensor that reads (mode "c") or writes ("w+") it through a memory map."""
+    array = (np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape) if mode == "w+"
+             else np.load(path, mmap_mode=mode))
+    t = torch.from_numpy(array)
+    t._tlsweep_mapped = True  # kept on the CPU: batches, not the whole array, go to the device
+    t._tlsweep_array = array
+    return t
 
 
 def entry_key(key_parts: list[str], views: int, pp: Preprocess, rt: Runtime) -> str:
@@ -320,10 +243,15 @@ def _remember(key: str, tr: torch.Tensor, va: torch.Tensor) -> None:
     _MEMO[key] = (tr, va)
 
 
-def _check(saved: dict, key: str, views: int, n_train: int, n_val: int) -> str | None:
-    """What is wrong with a loaded entry, if anything."""
+def _check(saved: dict, key: str, views: int, n_train: int, n_val: int, path: Path | None = None) -> str | None:
+    """What is wrong with a loaded entry, if anything. A mapped entry's train features are opened here."""
     if saved.get("key") != key:
         return "was not saved for these inputs (its key differs or is missing)"
+    if saved.get("mapped") and path is not None:
+        try:
+            saved["train"] = _mapped_array(path.parent / saved["mapped"], (), "c")
+        except (OSError, ValueError) as err:
+            return f"has its train features in {saved['mapped']}, which cannot be read ({err})"
     tr, va = saved.get("train"), saved.get("val")
     if not (isinstance(tr, torch.Tensor) and isinstance(va, torch.Tensor)):
         return "lacks the train or val features"
@@ -334,26 +262,73 @@ def _check(saved: dict, key: str, views: int, n_train: int, n_val: int) -> str |
     return None
 
 
-def _compute(prefix, train, val, views: int, pp: Preprocess, batch_size: int,
-             rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Run the prefix (BatchNorm folded) over `views` augmented passes of train and one plain pass of val."""
+@torch.no_grad()
+def _compute(prefix, train, val, views: int, pp: Preprocess, batch_size: int, rt: Runtime,
+             array: Path | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Run the prefix (BatchNorm folded) over `views` augmented passes of train and one plain pass of val.
+
+    Each batch of train images is read once and serves every view. The crop boxes and flips are drawn first, in
+    the order one pass per view would draw them (view after view, batch after batch, from one generator seeded
+    `VIEW_SEED`), so the views are the same whether the images come from memory or stream from their files.
+    `array`: write the train features to this .npy file (memory-mapped) instead of memory."""
     prefix.to(rt.device)
     example = torch.randn(2, 3, pp.crop, pp.crop, generator=torch.Generator().manual_seed(0)).to(rt.device)
     # checked under the pass's own autocast: a fold that is exact in fp32 must also hold in bf16
     prefix, folded = fold_batchnorm(prefix, example.contiguous(memory_format=torch.channels_last)
                                     if rt.channels_last else example, rt.autocast)
-    aug = TensorLoader(train, batch_size, True, pp, VIEW_SEED, rt)
-    tr = torch.stack([_run_prefix(prefix, aug, len(train), batch_size, rt.autocast) for _ in range(views)])
-    plain = TensorLoader(val, batch_size, False, pp, rt=rt)
-    return tr, _run_prefix(prefix, plain, len(val), batch_size, rt.autocast), folded
+    generator = torch.Generator().manual_seed(VIEW_SEED)
+    batches = [torch.arange(s, min(s + batch_size, len(train))) for s in range(0, len(train), batch_size)]
+    drawn = [[draw_augmentation(train.sizes[idx], generator) for idx in batches] for _ in range(views)]
+    progress = PassProgress(f"feature pass, {views} view(s) of {len(train):,} + {len(val):,} images",
+                            len(train) + len(val))
+    tr = None
+    for b, idx in enumerate(batches):
+        images = [im.to(rt.device, non_blocking=True) for im in train.images(idx)]
+        for v in range(views):
+            y = _forward(prefix, augmented(images, *drawn[v][b], pp.crop, pp.interpolation), pp, rt)
+            if tr is None:
+                shape = (views, len(train), *y.shape[1:])
+                tr = _mapped_array(Path(f"{array}.tmp"), shape, "w+") if array else y.new_empty(shape)
+            tr[v, idx[0]:idx[-1] + 1] = y.to(tr.device)
+        progress.step(len(idx))
+    va = []
+    for s in range(0, len(val), batch_size):
+        idx = torch.arange(s, min(s + batch_size, len(val)))
+        va.append(_forward(prefix, centered([im.to(rt.device) for im in val.images(idx)], pp.crop), pp, rt))
+        progress.step(len(idx))
+    progress.done()
+    if array:
+        _finish_array(tr, array)
+    return tr, torch.cat(va), folded
+
+
+def _forward(prefix: nn.Module, x: torch.Tensor, pp: Preprocess, rt: Runtime) -> torch.Tensor:
+    x = F.normalize(x, list(pp.mean), list(pp.std))
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with rt.autocast():
+        # autocast leaves them in bf16; stored in fp32, as the budget counts them and the scores read them
+        return prefix(x).float()
+
+
+def _finish_array(tr: torch.Tensor, array: Path) -> None:
+    """The written .npy on disk whole, then under its name: a reader never maps half of one."""
+    tr._tlsweep_array.flush()
+    tmp = Path(f"{array}.tmp")
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, array)
 
 
 class FeatureLoader:
     """Batches (features, y) from cached features; train: reshuffled each epoch, next view each epoch, a
     trailing batch of one dropped (`fastdata.trained_count`: what trains may hold BatchNorm)."""
 
-    def __init__(self, feats: torch.Tensor, targets: torch.Tensor, batch_size: int, train: bool, seed: int = 0):
-        self.feats, self.targets = feats, targets.to(feats.device)
+    def __init__(self, feats: torch.Tensor, targets: torch.Tensor, batch_size: int, train: bool, seed: int = 0,
+                 device: torch.device | None = None):
+        """`device`: where batches go (memory-mapped features stay on the CPU); None: where `feats` are."""
+        self.device = device or feats.device
+        self.feats, self.targets = feats, targets.to(self.device)
         self.batch_size, self.train = batch_size, train
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
@@ -367,10 +342,11 @@ class FeatureLoader:
         n = len(self.targets)
         if self.train:
             view = self.feats[self.epoch % len(self.feats)]
-            order = torch.randperm(n, generator=self.generator).to(self.feats.device)
+            order = torch.randperm(n, generator=self.generator)
         else:
-            view, order = self.feats, torch.arange(n, device=self.feats.device)
+            view, order = self.feats, torch.arange(n)
         self.epoch += 1
+        order = order.to(view.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
-            yield view[idx], self.targets[idx]
+            yield view[idx].to(self.device, non_blocking=True), self.targets[idx.to(self.device)]

@@ -6,7 +6,9 @@ when the output is not a terminal each epoch prints one line instead.
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+import threading
+import time
+from typing import Callable, TextIO
 
 from tqdm import tqdm
 
@@ -48,6 +50,45 @@ class Progress:
 
     def _say(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
+
+
+class PassProgress:
+    """A long pass over the data (decoding the images, the frozen prefix's feature pass): one line every
+    `period` seconds with what is done, the time so far and an estimate of the rest; nothing for a pass that
+    ends within the first period. Safe to call from the decoding threads."""
+
+    def __init__(self, what: str, total: int, period: float = 15.0, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.what, self.total, self.period, self.clock = what, total, period, clock
+        self.stream = stream
+        self.count, self.said = 0, False
+        self.start = clock()
+        self.next = self.start + period
+        self.lock = threading.Lock()
+
+    def step(self, n: int) -> None:
+        with self.lock:
+            self.count += n
+            now = self.clock()
+            if now < self.next or not self.count:
+                return
+            self.next = now + self.period
+            spent = now - self.start
+            left = spent * (self.total - self.count) / self.count
+            self._say(f"[tlsweep] {self.what}: {self.count:,}/{self.total:,} after {_span(spent)}, "
+                      f"about {_span(left)} left")
+
+    def done(self) -> None:
+        if self.said:
+            self._say(f"[tlsweep] {self.what}: done in {_span(self.clock() - self.start)}")
+
+    def _say(self, line: str) -> None:
+        self.said = True
+        print(line, file=self.stream or sys.stdout, flush=True)
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 class PipeSafe:

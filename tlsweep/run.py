@@ -85,8 +85,11 @@ def run(cfg: DictConfig) -> dict:
                 with clock("features"):
                     if not cache:
                         cache.append(features.CacheSettings.of(cfg, spec, weights))
-                    net, batches, how, head = features.cached_loaders(model, spec, data, decoded, pp, rt, cache[0],
-                                                                      epochs, cfg.seed + 1_000_003 * (first - 1))
+                    # past the decode budget the feature pass streams the image files: the cache has no cliff
+                    images_for_features = decoded or datasets.streamed(data, pp)
+                    net, batches, how, head = features.cached_loaders(model, spec, data, images_for_features, pp, rt,
+                                                                      cache[0], epochs,
+                                                                      cfg.seed + 1_000_003 * (first - 1))
                     head_inputs.extend([head] if head is not None else [])
             if batches is None and not trains:
                 raise ConfigError(f"strategy={cfg.strategy.name} scores the cached frozen features, and this run has "
