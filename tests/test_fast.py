@@ -147,17 +147,17 @@ def test_parity_fast_vs_plain_within_seed_spread(make_cfg, store_uri):
     assert abs(diff) <= 3 * se, (paths, se)
 
 
-@pytest.mark.parametrize("budget_mb, where", [(0.05, "in memory"), (0.001, "memory-mapped")])
+@pytest.mark.parametrize("budget_mb, where", [(0.05, "in memory"), (0.001, "on disk")])
 def test_over_the_image_budget_the_feature_pass_streams_the_files_and_scores_the_same(make_cfg, store_uri, tmp_path,
                                                                                        budget_mb, where):
     """Past the decode budget the feature cache still runs, through a pass that decodes the files a batch at a
     time: the same views, so the same accuracy as from the decoded images. 0.05 MB: the images (about 0.1 MB)
-    exceed it, the features (0.04 MB) fit in memory; 0.001 MB: they go to disk, memory-mapped."""
+    exceed it, the features (0.04 MB) fit in memory; 0.001 MB: they go to disk, read back a batch at a time."""
     base = ("model=resnet18", "model.weights=null", "strategy=probe", "epochs=2", "strategy.feature_views=1")
     features._MEMO.clear()
     decoded = run(make_cfg(*base, f"cache_dir={tmp_path / 'a'}"))
     first_tags, first, _ = _tags_and_metrics(store_uri)
-    assert "memory-mapped" not in first_tags["tlsweep.fast.features"]
+    assert "MB on disk" not in first_tags["tlsweep.fast.features"]
     features._MEMO.clear()  # the same key: nothing may come from the first run's features
     streamed = run(make_cfg(*base, f"data.cache_budget_mb={budget_mb}", f"cache_dir={tmp_path / 'b'}"))
     tags, metrics, status = _tags_and_metrics(store_uri)
@@ -165,16 +165,24 @@ def test_over_the_image_budget_the_feature_pass_streams_the_files_and_scores_the
     assert tags["tlsweep.fast.decode_once"].startswith("off:") and "streaming" in tags["tlsweep.fast.decode_once"]
     assert tags["tlsweep.fast.features"].startswith("on: frozen prefix below head run once from the image files, "
                                                     "streamed (computed"), tags["tlsweep.fast.features"]
-    assert ("memory-mapped" in tags["tlsweep.fast.features"]) == (where == "memory-mapped")
+    assert ("MB on disk, read a batch at a time" in tags["tlsweep.fast.features"]) == (where == "on disk")
     assert (streamed["final_val_acc"], streamed["best_val_acc"]) == (decoded["final_val_acc"], decoded["best_val_acc"])
     for key in ("train_loss", "val_loss"):  # to float rounding: the same views, in batches of another size
         assert metrics[key] == pytest.approx(first[key], rel=1e-4), key
-    assert len(list((tmp_path / "b").glob("features-*.pt.train.npy"))) == (where == "memory-mapped")
-    if where == "memory-mapped":  # read back from the map by a new process: the same run again
+    assert len(list((tmp_path / "b").glob("features-*.pt.train.f32"))) == (where == "on disk")
+    if where == "on disk":  # read back from the file by a new process: the same run again
         features._MEMO.clear()
         again = run(make_cfg(*base, f"data.cache_budget_mb={budget_mb}", f"cache_dir={tmp_path / 'b'}"))
         assert "(disk)" in _tags_and_metrics(store_uri)[0]["tlsweep.fast.features"]
         assert again["final_val_acc"] == streamed["final_val_acc"]
+        array, = (tmp_path / "b").glob("features-*.pt.train.f32")
+        with open(array, "r+b") as f:  # a copy cut short: recomputed, with a warning that names the file
+            f.truncate(100)
+        features._MEMO.clear()
+        with pytest.warns(RuntimeWarning, match=r"train\.f32, which cannot be read \(holds 100 bytes"):
+            third = run(make_cfg(*base, f"data.cache_budget_mb={budget_mb}", f"cache_dir={tmp_path / 'b'}"))
+        assert "(computed" in _tags_and_metrics(store_uri)[0]["tlsweep.fast.features"]
+        assert third["final_val_acc"] == streamed["final_val_acc"]
 
 
 def test_features_over_the_budget_with_no_disk_turn_the_cache_off_saying_why(make_cfg, store_uri):

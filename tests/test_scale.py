@@ -87,3 +87,20 @@ def test_two_processes_share_one_decoded_store_on_disk_and_the_second_decodes_no
     assert second["decoded"] == 0  # read from the first one's store
     assert second["mapped"] == entry  # through a memory map: the page cache holds one copy for the node
     assert second["sum"] == first["sum"] and second["targets"] == [0, 1, 2]
+
+
+def test_the_decoded_store_goes_to_disk_where_the_launcher_runs_jobs_in_processes_of_their_own(monkeypatch):
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from tlsweep.data import store_on_disk
+
+    assert store_on_disk(True) and not store_on_disk(False)
+    assert not store_on_disk("auto")  # a direct run(cfg): no Hydra, one process
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    for target, apart in [("hydra._internal.core_plugins.basic_launcher.BasicLauncher", False),
+                          ("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", True),
+                          ("hydra_plugins.tlsweep_slurm.SlurmLauncher", True)]:
+        monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda t=target: SimpleNamespace(launcher={"_target_": t})))
+        assert store_on_disk("auto") is apart, target

@@ -100,6 +100,33 @@ def test_knn_is_sklearns_cosine_knn(seed, classes, k):
     assert scores.knn_acc(ftr, ytr, k=k) == pytest.approx(loo)
 
 
+def test_knn_past_its_query_cap_classifies_a_fixed_subset_against_every_train_sample(monkeypatch):
+    ftr, ytr, fev, yev = _data(2, 90, 60, 12, 4)
+    monkeypatch.setattr(scores, "KNN_QUERIES", 25)
+    monkeypatch.setattr(scores, "_SIMILARITIES", 7 * 90)  # blocks of 7 queries: the block edges are exercised
+    pick = np.sort(np.random.default_rng(0).choice(60, 25, replace=False))
+    clf = KNeighborsClassifier(n_neighbors=5, metric="cosine").fit(ftr, ytr)
+    assert scores.knn_acc(ftr, ytr, fev, yev, k=5) == pytest.approx(clf.score(fev[pick], yev[pick]))
+    left_out = np.sort(np.random.default_rng(0).choice(90, 25, replace=False))
+    loo = np.mean([KNeighborsClassifier(n_neighbors=5, metric="cosine").fit(np.delete(ftr, i, 0), np.delete(ytr, i))
+                   .predict(ftr[i:i + 1])[0] == ytr[i] for i in left_out])
+    assert scores.knn_acc(ftr, ytr, k=5) == pytest.approx(loo)
+
+
+def test_logme_from_the_gram_matrix_equals_logme_from_the_svd(monkeypatch):
+    """N > D reads F^T F in blocks of rows (memory O(D^2)); it gives the SVD's evidence to float rounding, a
+    rank-deficient F (a repeated feature) included."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5, 3000)
+    f = rng.normal(size=(5, 40))[labels] + rng.normal(size=(3000, 40))
+    f[:, -1] = f[:, 0]  # rank 39
+    gram = scores.logme_per_class(f, labels)
+    monkeypatch.setattr(scores, "_spectrum", scores._spectrum_svd)
+    svd = scores.logme_per_class(f, labels)
+    for a, b in zip(gram, svd):
+        assert np.allclose(a, b, rtol=1e-7, atol=0)
+
+
 @pytest.mark.parametrize("seed,classes", [(2, 2), (3, 4)])
 def test_ncc_is_sklearns_nearest_centroid(seed, classes):
     ftr, ytr, fev, yev = _data(seed, 40, 50, 12, classes)

@@ -131,3 +131,74 @@ def depthwise_models_table() -> str:
                          f"{infer:.1f} ({base['eval_ms_per_image'] / infer:.2f}x)"])
     return _table(["model", "precision", "train step ms/image (speed-up on fp32)",
                    "eval forward ms/image (speed-up on fp32)"], rows)
+
+
+def _scale(kind: str) -> list[dict]:
+    path = RESULTS / "scale.json"
+    return [r for r in json.loads(path.read_text())["rows"] if r["kind"] == kind] if path.exists() else []
+
+
+def _size(command: str) -> str:
+    return next((c.split("=")[1] + " px" for c in command.split() if c.startswith("data.image_size=")), "224 px")
+
+
+def _where(features: str) -> str:
+    """The feature cache's path, in a few words, from a run's tlsweep.fast.features tag."""
+    if not features.startswith("on"):
+        return "off"
+    how = "streamed from the files" if "streamed" in features else "from the decoded images"
+    return how + (", on disk" if "MB on disk" in features else ", in memory")
+
+
+def scale_probe_table() -> str:
+    """One probe run at each size and budget: its path, wall time and peak memory."""
+    rows = [[f"{r['images']:,}", f"{r['budget_mb']:.0f}", "decode once" if r["decode"].startswith("on") else "streamed",
+             _where(r["features"]), f"{r['wall_s']:.0f}", f"{r['peak_rss_gb']:.2f}", f"{r['peak_anon_gb']:.2f}",
+             f"{r['final_val_acc']:.3f}", r["date"]] for r in _scale("probe")]
+    return _table(["images", "data.cache_budget_mb", "images", "feature cache", "wall s", "peak RSS GB",
+                   "peak private GB", "val acc", "date (UTC)"], rows) + _exponent(_scale("probe"), "wall_s") + \
+        _provenance("probe")
+
+
+def _exponent(rows: list[dict], value: str) -> str:
+    """b of value ~ images^b, least squares over the rows at the default budget (one per size)."""
+    import math
+
+    pts = sorted({r["images"]: r[value] for r in rows if r["budget_mb"] == 4096}.items())
+    if len(pts) < 2:
+        return ""
+    xs, ys = [math.log(n) for n, _ in pts], [math.log(v) for _, v in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return (f"\nWall time grows as images^{b:.2f} over the default budget's rows "
+            f"({', '.join(f'{n:,}' for n, _ in pts)} images; least squares on the logs).\n")
+
+
+def scale_sweep_table() -> str:
+    """The 3-LR x 3-seed x 10-epoch probe sweep at each size: its wall against its data and feature passes plus
+    its heads."""
+    rows = [[f"{r['images']:,}", _size(r["command"]), f"{r['budget_mb']:.0f}", str(r["jobs"]), f"{r['wall_s']:.0f}",
+             f"{r['passes_s']:.0f}", f"{r['heads_s']:.0f}", f"**{r['wall_over_parts']:.2f}x**",
+             f"{r['peak_rss_gb']:.2f}", f"{r['peak_anon_gb']:.2f}", _where(r["features"][0]), r["date"]]
+            for r in _scale("sweep")]
+    return _table(["images", "crop", "data.cache_budget_mb", "jobs", "wall s", "data + feature passes s",
+                   "heads s", "**wall / (passes + heads)**", "peak RSS GB", "peak private GB", "feature cache",
+                   "date (UTC)"], rows) + _exponent(_scale("sweep"), "wall_s") + _provenance("sweep")
+
+
+def scale_stream_table() -> str:
+    """One streamed fine-tune epoch against its bound (decode with every core, plus the train steps)."""
+    rows = [[f"{r['images']:,}", _size(r["command"]), f"{r['epoch_s']:.1f}", f"{r['decode_s']:.1f}",
+             f"{r['steps_s']:.1f}", f"**{r['epoch_over_bound']:.2f}x**", f"{r['ms_per_image']:.2f}", r["date"]]
+            for r in _scale("stream")]
+    return _table(["images per epoch (train + val)", "crop", "epoch s", "bound: decode s", "bound: steps s",
+                   "**epoch / bound**", "ms / image", "date (UTC)"], rows) + _provenance("stream")
+
+
+def _provenance(kind: str) -> str:
+    """The machines and commands of a scale table's rows, below it."""
+    rows = _scale(kind)
+    machines = sorted({r["machine"] for r in rows})
+    commands = sorted({r["command"] for r in rows})
+    return ("\nMachine: " + "; ".join(machines) + ". Commands (`benchmarks/scale.py " + kind + "` ran them):\n\n"
+            + "\n".join(f"- `{c}`" for c in commands) + "\n") if rows else "\nNot measured yet.\n"

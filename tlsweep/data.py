@@ -314,10 +314,23 @@ def decode(data: ImageData, pp: Preprocess, cfg, cache_dir: str | None):
     need = sum(fastdata.decoded_size_bytes(s.items, pp.resize) for s in splits) / 2**20
     if need > cfg.cache_budget_mb:
         return None, f"off: {need:.0f} MB of decoded images exceed data.cache_budget_mb={cfg.cache_budget_mb}; streaming"
-    # decoding hymenoptera takes about 0.7 s, writing its 102 MB store a good part of that: disk is opt-in
-    disk = cache_dir if cfg.get("cache_to_disk") else None
+    disk = cache_dir if store_on_disk(cfg.get("cache_to_disk", False)) else None
     stores = [fastdata.decode_images(s.items, s.targets, pp.resize, pp.interpolation, load_rgb, disk) for s in splits]
-    return Decoded(*stores), f"on ({need:.0f} MB of uint8 images)"
+    return Decoded(*stores), f"on ({need:.0f} MB of uint8 images{', on disk, memory-mapped' if disk else ''})"
+
+
+def store_on_disk(setting: bool | str) -> bool:
+    """data.cache_to_disk: auto is on where the launcher runs jobs in processes of their own (joblib, SLURM), which
+    would each decode the images again; in one process (Hydra's basic launcher, a direct run) the jobs share the
+    store in memory, and writing it would only cost time."""
+    if setting != "auto":
+        return bool(setting)
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    return not launcher.endswith("BasicLauncher")
 
 
 def streamed(data: ImageData, pp: Preprocess) -> Decoded:
@@ -339,10 +352,11 @@ def loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_wor
     from . import fastdata
 
     if decoded is None:
-        train, val = plain_loaders(data, pp, batch_size, seed, num_workers)
+        pin = rt.device.type == "cuda"  # page-locked batches: the copy to the GPU runs beside the next step
+        train, val = plain_loaders(data, pp, batch_size, seed, num_workers, pin)
         select = None if data.select is None else DataLoader(
             SplitDataset(data.select, eval_transform(pp)), batch_size=batch_size, shuffle=False,
-            num_workers=num_workers, persistent_workers=num_workers > 0)
+            num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin)
         return Loaders(train, val, select)
     # the data lives where the model does: on a GPU, batches never cross the PCIe bus
     return Loaders(fastdata.TensorLoader(decoded.train, batch_size, True, pp, seed, rt),
@@ -371,10 +385,11 @@ class TrainBatches(Sampler):
             yield order[start:start + self.batch_size]
 
 
-def plain_loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_workers: int):
-    """DataLoaders that decode and transform every image every epoch."""
+def plain_loaders(data: ImageData, pp: Preprocess, batch_size: int, seed: int, num_workers: int, pin: bool = False):
+    """DataLoaders that decode and transform every image every epoch, in `num_workers` processes that stay up
+    across epochs, each with two batches in flight (DataLoader's prefetch); `pin`: into page-locked memory."""
     g = torch.Generator().manual_seed(seed)  # shuffling and (via worker seeds) augmentation follow the run's seed
-    common = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
+    common = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin)
     train = DataLoader(SplitDataset(data.train, train_transform(pp)),
                        batch_sampler=TrainBatches(len(data.train.items), batch_size, g), generator=g, **common)
     val = DataLoader(SplitDataset(data.val, eval_transform(pp)), batch_size=batch_size, shuffle=False,

@@ -11,7 +11,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from .rules import at_least, fraction, key, number
+from .rules import Rule, at_least, fraction, key, number
 
 
 class BadImages(str, Enum):
@@ -41,11 +41,13 @@ class DataConf:
     cache: bool = key(True, "decode every image once, then augment tensors per sample; false: stream from disk")
     cache_budget_mb: float = key(4096, "MB a process may hold of decoded images (above it they stream from disk; "
                                        "a decode peaks at their size plus the images in flight), and, apart, of "
-                                       "cached features (above it they go to cache_dir, memory-mapped). Each joblib "
-                                       "worker holds its own, unless cache_to_disk maps one copy per node",
+                                       "cached features (above it they go to cache_dir, read a batch at a time). A joblib worker "
+                                       "holds its own images, unless cache_to_disk maps one copy per node",
                                  number(0, strict=False))
-    cache_to_disk: bool = key(False, "also keep the decoded images under cache_dir, where a sweep's other "
-                                     "processes on the node read one copy of them through a memory map")
+    cache_to_disk: bool | str = key("auto", "also keep the decoded images under cache_dir, where a sweep's other "
+                                          "processes on the node read one copy of them through a memory map; auto: "
+                                          "where the launcher runs jobs in processes of their own (joblib, SLURM)",
+                                    Rule("true, false or auto", lambda v: v is True or v is False or v == "auto"))
     bad_images: BadImages = key(BadImages.skip, "an image file that cannot be decoded: skip it (printed, warned, "
                                                 "tagged) or refuse the data with the list")
 

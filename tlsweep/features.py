@@ -102,11 +102,11 @@ def cached_loaders(model: nn.Module, spec: ModelSpec, data, decoded, pp: Preproc
     with torch.no_grad():
         per_image = cut.prefix(torch.zeros(1, 3, pp.crop, pp.crop, device=rt.device)).numel() * 4
     need = per_image * (views * len(decoded.train) + sum(map(len, evaluated))) / 2**20
-    mapped = need > settings.budget_mb  # then on disk, read back through a memory map
+    mapped = need > settings.budget_mb  # then on disk, read back a batch at a time
     if mapped and settings.cache_dir is None:
         return model, None, CacheDecision(False, f"{need:.0f} MB of features exceed data.cache_budget_mb="
-                                                 f"{settings.budget_mb}, and cache_dir=null leaves no disk to map "
-                                                 "them from"), None
+                                                 f"{settings.budget_mb}, and cache_dir=null leaves no disk to keep "
+                                                 "them on"), None
     # the selection split is evaluated like val: one center-crop pass, cached with val's
     together = evaluated[0] if len(evaluated) == 1 else ChainedImages(evaluated)
     key = [spec.name, spec.arch, settings.weights_id, cut.at, len(cut.prefix), f"bf16={rt.bf16}",
@@ -126,7 +126,7 @@ def cached_loaders(model: nn.Module, spec: ModelSpec, data, decoded, pp: Preproc
         select = evals[1] if len(evals) > 1 else None  # eval_splits(): val, then the selection split
         head = HeadInputs(entry_key(key, views, pp, rt), train_f[0], decoded.train.targets,
                           select.feats if select else None, select.targets if select else None)
-    where = (f", {need:,.1f} MB on disk, memory-mapped: over data.cache_budget_mb={settings.budget_mb}" if mapped
+    where = (f", {need:,.1f} MB on disk, read a batch at a time: over data.cache_budget_mb={settings.budget_mb}" if mapped
              else "")
     streamed = " from the image files, streamed" if isinstance(decoded.train, StreamedImages) else ""
     return cut.suffix, loaders, CacheDecision(True, (
@@ -191,8 +191,8 @@ def features(prefix: nn.Module, train, val, key_parts: list[str], views: int, pp
     identify everything the prefix output depends on besides what this function adds itself (views,
     preprocessing, dtype rules). With `cache_dir`, the parallel jobs of a sweep that need the same features
     compute them once: the first holds the entry's file lock while it computes, the others wait and load the
-    file. `mapped`: the train features go to a .npy file beside the entry and are read back through a memory
-    map (they exceed the budget); they stay on the CPU, and each batch moves to the device.
+    file. `mapped`: the train features go to a file beside the entry (`FeatureFile`) and are read back a batch at
+    a time (they exceed the budget); each batch moves to the device.
     """
     key = entry_key(key_parts, views, pp, rt)
     if key in _MEMO:
@@ -205,27 +205,69 @@ def features(prefix: nn.Module, train, val, key_parts: list[str], views: int, pp
             _remember(key, saved["train"], saved["val"])
             tr = saved["train"]
             return tr if _is_mapped(tr) else tr.to(rt.device), saved["val"].to(rt.device), "disk"
-        array = Path(f"{path}.train.npy") if mapped else None
+        array = Path(f"{path}.train.f32") if mapped else None
         tr, va, folded = _compute(prefix, train, val, views, pp, batch_size, rt, array)
         host = {"train": tr if mapped else tr.cpu(), "val": va.cpu()}  # one device-to-host copy for disk and memo
         diskcache.save({"key": key, "val": host["val"], "train": None if mapped else host["train"],
-                        "mapped": array.name if mapped else None}, path)
+                        "mapped": array.name if mapped else None, "shape": list(tr.shape) if mapped else None},
+                       path)
     _remember(key, host["train"], host["val"])
     return tr, va, f"computed, {folded} BatchNorms folded into their convs" if folded else "computed"
 
 
-def _is_mapped(t: torch.Tensor) -> bool:
-    return getattr(t, "_tlsweep_mapped", False)
+def _is_mapped(t) -> bool:
+    return isinstance(t, FeatureFile)
 
 
-def _mapped_array(path: Path, shape: tuple[int, ...], mode: str) -> torch.Tensor:
-    """A float32 .npy file as a tensor that reads (mode "c") or writes ("w+") it through a memory map."""
-    array = (np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape) if mode == "w+"
-             else np.load(path, mmap_mode=mode))
-    t = torch.from_numpy(array)
-    t._tlsweep_mapped = True  # kept on the CPU: batches, not the whole array, go to the device
-    t._tlsweep_array = array
-    return t
+class FeatureFile:
+    """Train features [V, N, ...] as raw float32 in a file beside the cache entry, written and read a batch of rows at
+    a time (pwrite, pread), never mapped: the process holds a batch, and the file's pages stay the page cache's,
+    outside its resident memory, which a mapping would count as they are touched."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], write: bool = False):
+        self.path, self.shape, self.dtype = path, tuple(shape), torch.float32
+        self.row = int(np.prod(self.shape[2:], dtype=np.int64))  # floats per image
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT if write else os.O_RDONLY)
+        if write:
+            os.ftruncate(self.fd, 4 * int(np.prod(self.shape, dtype=np.int64)))
+        elif os.fstat(self.fd).st_size != 4 * int(np.prod(self.shape, dtype=np.int64)):
+            size = os.fstat(self.fd).st_size
+            os.close(self.fd)
+            raise ValueError(f"holds {size} bytes, not the {4 * int(np.prod(self.shape))} of {self.shape} float32")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except (OSError, AttributeError):
+            pass
+
+    def write(self, view: int, start: int, rows: torch.Tensor) -> None:
+        data = rows.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+        os.pwrite(self.fd, data, 4 * self.row * (view * self.shape[1] + start))
+
+    def rows(self, view: int, idx: torch.Tensor) -> torch.Tensor:
+        """Features of images `idx` in view `view`, in the order of `idx`."""
+        order = torch.argsort(idx)
+        out = np.empty((len(idx), self.row), dtype=np.float32)
+        base = view * self.shape[1]
+        for k, i in zip(order.tolist(), idx[order].tolist()):
+            out[k] = np.frombuffer(os.pread(self.fd, 4 * self.row, 4 * self.row * (base + i)), dtype=np.float32)
+        return torch.from_numpy(out).view(len(idx), *self.shape[2:])
+
+    def __getitem__(self, view: int) -> torch.Tensor:
+        """A whole view in memory (the transferability scores read view 0)."""
+        count = self.shape[1] * self.row
+        data = np.fromfile(self.path, dtype=np.float32, count=count, offset=4 * count * view)
+        return torch.from_numpy(data).view(*self.shape[1:])
+
+    def finish(self, final: Path) -> None:
+        """On disk whole, then under its final name: a reader never opens half of one."""
+        os.fsync(self.fd)
+        os.replace(self.path, final)
+        self.path = final
 
 
 def entry_key(key_parts: list[str], views: int, pp: Preprocess, rt: Runtime) -> str:
@@ -249,11 +291,11 @@ def _check(saved: dict, key: str, views: int, n_train: int, n_val: int, path: Pa
         return "was not saved for these inputs (its key differs or is missing)"
     if saved.get("mapped") and path is not None:
         try:
-            saved["train"] = _mapped_array(path.parent / saved["mapped"], (), "c")
-        except (OSError, ValueError) as err:
+            saved["train"] = FeatureFile(path.parent / saved["mapped"], tuple(saved["shape"]))
+        except (OSError, ValueError, KeyError, TypeError) as err:
             return f"has its train features in {saved['mapped']}, which cannot be read ({err})"
     tr, va = saved.get("train"), saved.get("val")
-    if not (isinstance(tr, torch.Tensor) and isinstance(va, torch.Tensor)):
+    if not (isinstance(tr, (torch.Tensor, FeatureFile)) and isinstance(va, torch.Tensor)):
         return "lacks the train or val features"
     if tr.shape[:2] != (views, n_train) or va.shape[:1] != (n_val,) or tr.shape[2:] != va.shape[1:]:
         return f"holds features of shape {tuple(tr.shape)} / {tuple(va.shape)}, not [{views}, {n_train}, ...] / [{n_val}, ...]"
@@ -270,7 +312,7 @@ def _compute(prefix, train, val, views: int, pp: Preprocess, batch_size: int, rt
     Each batch of train images is read once and serves every view. The crop boxes and flips are drawn first, in
     the order one pass per view would draw them (view after view, batch after batch, from one generator seeded
     `VIEW_SEED`), so the views are the same whether the images come from memory or stream from their files.
-    `array`: write the train features to this .npy file (memory-mapped) instead of memory."""
+    `array`: write the train features to this file (`FeatureFile`) instead of memory."""
     prefix.to(rt.device)
     example = torch.randn(2, 3, pp.crop, pp.crop, generator=torch.Generator().manual_seed(0)).to(rt.device)
     # checked under the pass's own autocast: a fold that is exact in fp32 must also hold in bf16
@@ -288,8 +330,11 @@ def _compute(prefix, train, val, views: int, pp: Preprocess, batch_size: int, rt
             y = _forward(prefix, augmented(images, *drawn[v][b], pp.crop, pp.interpolation), pp, rt)
             if tr is None:
                 shape = (views, len(train), *y.shape[1:])
-                tr = _mapped_array(Path(f"{array}.tmp"), shape, "w+") if array else y.new_empty(shape)
-            tr[v, idx[0]:idx[-1] + 1] = y.to(tr.device)
+                tr = FeatureFile(Path(f"{array}.tmp"), shape, write=True) if array else y.new_empty(shape)
+            if array:
+                tr.write(v, int(idx[0]), y)
+            else:
+                tr[v, idx[0]:idx[-1] + 1] = y
         progress.step(len(idx))
     va = []
     for s in range(0, len(val), batch_size):
@@ -298,7 +343,7 @@ def _compute(prefix, train, val, views: int, pp: Preprocess, batch_size: int, rt
         progress.step(len(idx))
     progress.done()
     if array:
-        _finish_array(tr, array)
+        tr.finish(array)
     return tr, torch.cat(va), folded
 
 
@@ -311,22 +356,13 @@ def _forward(prefix: nn.Module, x: torch.Tensor, pp: Preprocess, rt: Runtime) ->
         return prefix(x).float()
 
 
-def _finish_array(tr: torch.Tensor, array: Path) -> None:
-    """The written .npy on disk whole, then under its name: a reader never maps half of one."""
-    tr._tlsweep_array.flush()
-    tmp = Path(f"{array}.tmp")
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, array)
-
-
 class FeatureLoader:
     """Batches (features, y) from cached features; train: reshuffled each epoch, next view each epoch, a
     trailing batch of one dropped (`fastdata.trained_count`: what trains may hold BatchNorm)."""
 
     def __init__(self, feats: torch.Tensor, targets: torch.Tensor, batch_size: int, train: bool, seed: int = 0,
                  device: torch.device | None = None):
-        """`device`: where batches go (memory-mapped features stay on the CPU); None: where `feats` are."""
+        """`feats`: a tensor, or a `FeatureFile` (train only). `device`: where batches go; None: where `feats` are."""
         self.device = device or feats.device
         self.feats, self.targets = feats, targets.to(self.device)
         self.batch_size, self.train = batch_size, train
@@ -341,12 +377,14 @@ class FeatureLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.targets)
         if self.train:
-            view = self.feats[self.epoch % len(self.feats)]
+            v = self.epoch % len(self.feats)
             order = torch.randperm(n, generator=self.generator)
+            rows = ((lambda idx: self.feats.rows(v, idx)) if isinstance(self.feats, FeatureFile)
+                    else (lambda idx, view=self.feats[v]: view[idx.to(view.device)]))
         else:
-            view, order = self.feats, torch.arange(n)
+            order = torch.arange(n)
+            rows = lambda idx: self.feats[idx.to(self.feats.device)]  # noqa: E731
         self.epoch += 1
-        order = order.to(view.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
-            yield view[idx].to(self.device, non_blocking=True), self.targets[idx.to(self.device)]
+            yield rows(idx).to(self.device, non_blocking=True), self.targets[idx.to(self.device)]

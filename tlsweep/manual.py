@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from .benchtables import (bf16_bounds_table, depthwise_convs_table, depthwise_models_table, finetune_table,
-                          parity_table, probe_bf16_table)
+                          parity_table, probe_bf16_table, scale_probe_table, scale_stream_table, scale_sweep_table)
 from .keys import SCORES
 from .reference import REGENERATE, configuration, model_table, strategy_table
 
@@ -35,7 +35,9 @@ TABLES: dict[str, Callable[[], str]] = {"strategies": strategy_table, "model-pre
                                         "bench-finetune": finetune_table, "bench-probe-bf16": probe_bf16_table,
                                         "bench-bf16-bounds": bf16_bounds_table, "bench-bf16-parity": parity_table,
                                         "bench-depthwise-convs": depthwise_convs_table,
-                                        "bench-depthwise-models": depthwise_models_table}
+                                        "bench-depthwise-models": depthwise_models_table,
+                                        "bench-scale-probe": scale_probe_table, "bench-scale-sweep": scale_sweep_table,
+                                        "bench-scale-stream": scale_stream_table}
 
 
 # ---- result files --------------------------------------------------------------------------------------------
