@@ -7,7 +7,7 @@ selection split if there is one), and B the number of distinct frozen backbones:
 per seed with `model.weights=null` (each seed's random init is another function, so tlsweep keys its features by
 seed too). The forward is timm's `forward_head(forward_features(x), pre_logits=True)` in eval mode under no_grad,
 with each BatchNorm folded into its conv the way tlsweep's own feature pass does it (unfolded, the bound would be
-slower than the pass it bounds: EfficientNet-Lite0 on the dev CPU about 8 vs 6.5 ms/image).
+slower than the pass it bounds).
 
 The fine-tune's bound: the model's train steps (forward, cross-entropy, backward, optimizer step, on the
 strategy's parameter groups with the sweep's optimizer) over the images an epoch trains on, and its forwards over

@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO / ".." / "shared" / "data" / "hymenoptera_data").resolve()
-STORE = Path("/work/results/bf16-parity")
+STORE = REPO.parent / "results" / "bf16-parity"  # beside the clone: the runs stay out of the repository
 PARITY_POINTS = 1.0  # |mean gap| allowed, in accuracy points
 # the arms a run belongs to, by its (bf16, channels_last) params; a row compares the first of a pair to the second
 ARMS = {("True", "True"): "bf16", ("False", "True"): "fp32", ("False", "False"): "fp32 NCHW"}

@@ -27,9 +27,6 @@ from omegaconf import OmegaConf, open_dict
 from hydra_plugins.tlsweep_sweeper import TlsweepSweeper
 
 log = logging.getLogger(__name__)
-RECOMMENDATION_TAG = "tlsweep.advise.recommendation"  # on the parent run: the config the study recommends
-STOPPED_TAG = "tlsweep.advise.stopped"
-CAUTION_TAG = "tlsweep.advise.caution"  # on the parent run, where the selection split is coarser than the margin
 
 
 class AdviseError(CompactHydraException):
@@ -176,6 +173,7 @@ class AdviseSweeper(TlsweepSweeper):
         from mlflow.tracking import MlflowClient
 
         from tlsweep.advisor import report
+        from tlsweep.keys import Tag
 
         out = Path("reports") / name / "advise"
         out.mkdir(parents=True, exist_ok=True)
@@ -194,10 +192,10 @@ class AdviseSweeper(TlsweepSweeper):
               f"{out / 'race.png'}; logged to the parent run under advise/", flush=True)
         client = MlflowClient(uri)
         v = step.verdict
-        client.set_tag(parent, RECOMMENDATION_TAG, str(v.recommendation) if v.recommendation else "none")
-        client.set_tag(parent, STOPPED_TAG, f"{v.stopped}: {v.why}"[:5000])
+        client.set_tag(parent, Tag.ADVISE_RECOMMENDATION, str(v.recommendation) if v.recommendation else "none")
+        client.set_tag(parent, Tag.ADVISE_STOPPED, f"{v.stopped}: {v.why}"[:5000])
         caution = report.resolution(results, study.margin)
         if caution:
-            client.set_tag(parent, CAUTION_TAG, caution)
+            client.set_tag(parent, Tag.ADVISE_CAUTION, caution)
         for f in files:
             client.log_artifact(parent, str(f), "advise")

@@ -1,9 +1,9 @@
 """tlsweep's sweeper: Hydra's basic sweeper, composing each job's config once instead of twice.
 
 Before it launches a batch, Hydra's BasicSweeper composes every job's config to catch a bad override early
-(`validate_batch_is_legal`); then the launcher composes each one again to run it. Composing tlsweep's config
-takes about 85 ms on the dev CPU, so a sweep paid it twice per job: 0.3 s of a 4-job sweep's fixed cost, 3.4 s
-of a 20-job ladder's. Here the launcher gets the config the check composed (the check gets a copy, 4 ms), so the
+(`validate_batch_is_legal`); then the launcher composes each one again to run it, so a sweep paid tlsweep's
+composition twice per job, seconds of a ladder's fixed cost (docs/speed.md, "Fixed cost"). Here the launcher gets
+the config the check composed (the check gets a copy, much cheaper than a composition), so the
 early check stays and the second composition goes. Any other caller, and a launcher's remote side (submitit
 pickles the launcher into every job), composes as before.
 

@@ -99,6 +99,27 @@ def test_the_project_names_no_process():
     assert not found, "\n".join(found)
 
 
+# a machine named in prose, a date, a path of one machine's disk
+MACHINE = re.compile(r"\bdev (CPU|machine|box)\b|(?<![\w.])/(work|root|home/\w+)/", re.IGNORECASE)
+DATE = re.compile(r"\b20\d\d-[01]\d-[0-3]\d\b")
+
+
+def test_code_names_no_machine_and_no_day():
+    """Code, configs, tests and benchmark scripts say why, not on which machine or day a number was seen: a measured
+    number lives in docs/ with its date, machine and command, and the comment names that page. The docs name no
+    private machine either; their measured tables carry their dates."""
+    found = []
+    for root in ("tlsweep", "hydra_plugins", "conf", "tests", "benchmarks", "docs", "README.md"):
+        paths = [REPO / root] if (REPO / root).is_file() else (REPO / root).rglob("*")
+        for path in paths:
+            if path.suffix not in (".md", ".py", ".yaml", ".sh", ".txt") or "results" in path.parts:
+                continue
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                if MACHINE.search(line) or (path.suffix in (".py", ".yaml", ".sh") and DATE.search(line)):
+                    found.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
+    assert not found, "\n".join(found)
+
+
 @pytest.mark.skipif(shutil.which("mkdocs") is None, reason='the docs extra: pip install -e ".[docs]"')
 def test_the_site_builds_strictly(tmp_path):
     """No broken link, missing page or anchor, no page outside the nav (mkdocs.yml); offline, about a second."""

@@ -104,3 +104,27 @@ def test_the_decoded_store_goes_to_disk_where_the_launcher_runs_jobs_in_processe
                           ("hydra_plugins.tlsweep_slurm.SlurmLauncher", True)]:
         monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda t=target: SimpleNamespace(launcher={"_target_": t})))
         assert store_on_disk("auto") is apart, target
+
+
+def test_the_screen_of_the_files_is_kept_on_disk_for_the_sweeps_other_processes(tmp_path, monkeypatch):
+    from tlsweep import images
+
+    paths = _folder(tmp_path / "img")[:8]
+    Path(paths[3]).write_bytes(b"not an image")
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(images, "_SCREENED", {})
+    first = images.unreadable(paths, cache)
+    assert [p for p, _ in first] == [paths[3]]
+    saved, = cache.glob("screen-*.json")
+    monkeypatch.setattr(images, "_SCREENED", {})  # as a new process starts
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path} again")
+
+    monkeypatch.setattr(images, "open_image", no_decoding)
+    assert images.unreadable(paths, cache) == first  # read from the disk, nothing decoded
+    saved.write_text("[[")  # cut short: screened again, and written again
+    monkeypatch.setattr(images, "_SCREENED", {})
+    monkeypatch.undo()
+    monkeypatch.setattr(images, "_SCREENED", {})
+    assert images.unreadable(paths, cache) == first and json.loads(saved.read_text()) == [list(first[0])]

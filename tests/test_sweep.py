@@ -162,8 +162,8 @@ def test_fixed_cost_is_wall_time_less_the_jobs_this_process_ran():
     assert "overlapped" in parallel.line and "sweep/around_jobs_seconds" not in parallel.metrics
 
 
-# Measured on the dev machine (2-core Intel Xeon, 2026-11-27): 5.1 and 5.3 s around the jobs of this sweep.
-# Three times that: a slow import or a second store creation creeping back in fails it, machine noise does not.
+# About three times what this sweep spends around its jobs on a 2-core CPU (docs/speed.md, "Fixed cost"): a slow
+# import or a second store creation creeping back in fails it, machine noise does not.
 FIXED_COST_BOUND_S = 15.0
 
 
@@ -208,7 +208,7 @@ class _CountingLoader:
 
 def test_the_sweeper_composes_each_jobs_config_once():
     """Hydra's BasicSweeper composes every job's config to check the batch, then its launcher composes each again
-    (85 ms each on the dev CPU). tlsweep's sweeper hands the launcher the config the check composed."""
+    (docs/speed.md, "Fixed cost"). tlsweep's sweeper hands the launcher the config the check composed."""
     import pickle
 
     from hydra_plugins.tlsweep_sweeper import ComposeOnce, TlsweepSweeper

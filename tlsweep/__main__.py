@@ -118,7 +118,7 @@ def cli() -> None:
     sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)  # before Hydra's log handlers take them
     # What the jobs import and build (torch, timm, MLflow, SQLAlchemy, ...) leaves millions of objects
     # that live until exit; freezing them at the end keeps the interpreter's final collection from
-    # walking them (exit on the 2-core dev machine: 1.3 s -> 0.3 s, and 0.9 -> 0.4 s after a sweep).
+    # walking them, most of what exiting cost (docs/speed.md, "Fixed cost").
     try:
         main()
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ so tlsweep.manual's check of the page stays torch-free.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -155,7 +156,7 @@ def scale_probe_table() -> str:
     rows = [[f"{r['images']:,}", f"{r['budget_mb']:.0f}", "decode once" if r["decode"].startswith("on") else "streamed",
              _where(r["features"]), f"{r['wall_s']:.0f}", f"{r['peak_rss_gb']:.2f}", f"{r['peak_anon_gb']:.2f}",
              f"{r['final_val_acc']:.3f}", r["date"]] for r in _scale("probe")]
-    return _table(["images", "data.cache_budget_mb", "images", "feature cache", "wall s", "peak RSS GB",
+    return _table(["images", "data.cache_budget_mb", "images held", "feature cache", "wall s", "peak RSS GB",
                    "peak private GB", "val acc", "date (UTC)"], rows) + _exponent(_scale("probe"), "wall_s") + \
         _provenance("probe")
 
@@ -199,6 +200,8 @@ def _provenance(kind: str) -> str:
     """The machines and commands of a scale table's rows, below it."""
     rows = _scale(kind)
     machines = sorted({r["machine"] for r in rows})
-    commands = sorted({r["command"] for r in rows})
-    return ("\nMachine: " + "; ".join(machines) + ". Commands (`benchmarks/scale.py " + kind + "` ran them):\n\n"
+    # the folder's path is this machine's: DIR stands for it (`benchmarks/scale.py make --images N --root DIR`)
+    commands = sorted({re.sub(r"data\.root=\S+", "data.root=DIR", r["command"]) for r in rows})
+    return ("\nMachine: " + "; ".join(machines) + ". Commands (`benchmarks/scale.py " + kind + "` ran them; DIR is the "
+            "folder of N images that `benchmarks/scale.py make --images N --root DIR` wrote):\n\n"
             + "\n".join(f"- `{c}`" for c in commands) + "\n") if rows else "\nNot measured yet.\n"

@@ -248,12 +248,12 @@ DATASETS = {
 }
 
 
-def load(cfg) -> ImageData:
+def load(cfg, cache_dir: str | None = None) -> ImageData:
     """The dataset a `data` config names, with `data.select_fraction` held out of train, then
-    `data.shots` applied."""
+    `data.shots` applied. `cache_dir`: where the screen of its files is kept for other processes."""
     if cfg.name not in DATASETS:
         raise DataError(f"unknown data.name {cfg.name!r}; valid: {', '.join(DATASETS)}")
-    data = screen(DATASETS[cfg.name](cfg), cfg.get("bad_images", "skip"))
+    data = screen(DATASETS[cfg.name](cfg), cfg.get("bad_images", "skip"), cache_dir)
     if cfg.get("select_fraction") and data.select is not None:
         raise DataError(f"{data.name} has its own selection split ({data.select_from}); drop data.select_fraction")
     if cfg.get("select_fraction"):

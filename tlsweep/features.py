@@ -299,7 +299,7 @@ def _check(saved: dict, key: str, views: int, n_train: int, n_val: int, path: Pa
         return "lacks the train or val features"
     if tr.shape[:2] != (views, n_train) or va.shape[:1] != (n_val,) or tr.shape[2:] != va.shape[1:]:
         return f"holds features of shape {tuple(tr.shape)} / {tuple(va.shape)}, not [{views}, {n_train}, ...] / [{n_val}, ...]"
-    if not (tr.dtype == va.dtype == torch.float32):  # a bf16 pass's features were once stored as bf16
+    if not (tr.dtype == va.dtype == torch.float32):  # stored in fp32 whatever the pass ran in
         return f"holds {tr.dtype} / {va.dtype} features, not float32"
     return None
 

@@ -46,8 +46,8 @@ def fold_batchnorm(prefix: nn.Module, example: torch.Tensor,
     """A copy of the frozen prefix with each eval-mode BatchNorm folded into the conv that feeds it.
 
     In eval mode BN is a fixed per-channel affine map, so conv -> BN equals one conv with
-    scaled weights and a bias: the same function, one pass over the activations fewer
-    (lite0 on the 2-core dev CPU: about 8 -> 6.5 ms per image). Pairs are found from the order in
+    scaled weights and a bias: the same function, one pass over the activations fewer (docs/speed.md, "Feature
+    cache", gives what it saves). Pairs are found from the order in
     which modules run on `example`; the copy is only used if, run under `autocast` (a context
     factory: the one the cached pass runs under), it gives the prefix's own output on `example`
     (`fold_agrees`), else the prefix is returned unchanged.

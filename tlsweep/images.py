@@ -5,11 +5,13 @@ its displayed size from the header alone, and the screen that finds the files a 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -153,11 +155,12 @@ def _stamp(path) -> str:
     return f"{path}\0missing\n"  # the screen says so
 
 
-def unreadable(items: list) -> list[tuple[str, str]]:
+def unreadable(items: list, cache_dir: str | os.PathLike | None = None) -> list[tuple[str, str]]:
     """(path, why) of each image file among `items` that cannot be decoded to RGB. Every file is decoded
-    once (0.35 s for hymenoptera's 398 on the 2-core dev machine), except decompression bombs, refused from
+    once, except decompression bombs, refused from
     their header; the answer is kept per process for the same listing (same paths, sizes and modification
-    times), so a sweep's later jobs pay nothing."""
+    times), so a sweep's later jobs pay nothing, and with `cache_dir` on disk (`screen-<key>.json`), so that the
+    sweep's other processes (joblib workers, SLURM jobs) do not decode every file again to screen it."""
     paths = [p for p in items if not isinstance(p, torch.Tensor)]
     if not paths:
         return []
@@ -165,6 +168,12 @@ def unreadable(items: list) -> list[tuple[str, str]]:
     for p in paths:
         h.update(_stamp(p).encode("utf-8", "surrogateescape"))
     key = h.hexdigest()
+    saved = Path(cache_dir) / f"screen-{key}.json" if cache_dir is not None else None
+    if key not in _SCREENED and saved is not None and saved.is_file():
+        try:
+            _SCREENED[key] = [tuple(pair) for pair in json.loads(saved.read_text())]
+        except (OSError, ValueError):
+            pass  # unreadable or cut short: screened again below, and written again
     if key not in _SCREENED:
         def check(path) -> tuple[str, str] | None:
             try:
@@ -176,6 +185,14 @@ def unreadable(items: list) -> list[tuple[str, str]]:
 
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # PIL releases the GIL while decoding
             _SCREENED[key] = [w for w in pool.map(check, paths) if w]
+        if saved is not None:
+            try:  # whole or not at all: a temporary file renamed into place
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                tmp = saved.with_name(f".{saved.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(_SCREENED[key]))
+                os.replace(tmp, saved)
+            except OSError:
+                pass  # a folder that cannot be written costs only this: the next process screens again
     return _SCREENED[key]
 
 
@@ -195,11 +212,12 @@ def leave_out(name: str, bad: list[tuple[str, str]], mode: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
-def screen(data: ImageData, mode: str) -> ImageData:
+def screen(data: ImageData, mode: str, cache_dir: str | os.PathLike | None = None) -> ImageData:
     """Leave out (`skip`) or refuse (`error`) the image files that cannot be decoded, naming them
-    (`leave_out`); a split that a skip leaves empty is refused."""
+    (`leave_out`); a split that a skip leaves empty is refused. `cache_dir`: where the answer is kept for the
+    sweep's other processes (`unreadable`)."""
     splits = {"train": data.train, "val": data.val, **({"select": data.select} if data.select is not None else {})}
-    bad = unreadable([p for s in splits.values() for p in s.items])
+    bad = unreadable([p for s in splits.values() for p in s.items], cache_dir)
     if not bad:
         return data
     if str(mode) == "error":

@@ -2,8 +2,8 @@
 
 torch, torchvision, timm, MLflow with SQLAlchemy, pandas and matplotlib create millions of objects that live
 until the process ends. While they are made, CPython's cyclic collector runs again and again, and each full
-collection walks the whole growing heap: on the dev CPU (Python 3.11) importing them took 5.6 s with the
-collector on and 4.2 s with it paused, and one full collection afterwards still took 0.5 s.
+collection walks the whole growing heap: a quarter of the import time goes to it, and one full collection
+afterwards still takes a noticeable part of a second (docs/speed.md, "Fixed cost").
 
 `heavy()` collects what is garbage already, pauses the collector for a block of imports, then freezes every
 object that exists (`gc.freeze`: moved to a generation no collection walks), so no later collection, in

@@ -58,6 +58,11 @@ class Tag:
     BF16 = "tlsweep.fast.bf16"
     CHANNELS_LAST = "tlsweep.fast.channels_last"
     GROUP_PREFIX = "tlsweep.group."  # + the param group's name: its size, LR and weight-decay exemptions
+    # an advise study's parent run: the config it recommends ("none" where it could not), why it stopped, and the
+    # caution where the selection split is coarser than advise.margin
+    ADVISE_RECOMMENDATION = "tlsweep.advise.recommendation"
+    ADVISE_STOPPED = "tlsweep.advise.stopped"
+    ADVISE_CAUTION = "tlsweep.advise.caution"
     # MLflow's own
     PARENT = "mlflow.parentRunId"
     RUN_NAME = "mlflow.runName"

@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> dict:
             recipes.check(spec, cfg.strategy, cfg.epochs)  # a bad key, value or stage fails before any work
             check_batch_of_one(spec, cfg)
         with clock("data"):  # every image decoded once, as the weights' preprocessing resizes it
-            data = datasets.load(cfg.data)
+            data = datasets.load(cfg.data, cfg.cache_dir)
             # the task a run is on, whatever source named it (Flowers102, a VTAB-1k task folder, hymenoptera):
             # what a cross-task report groups by (`across=task`); not a config key, so no config sets it
             mlflow.log_param("task", data.name)
@@ -163,7 +163,7 @@ def run(cfg: DictConfig) -> dict:
         # where the job's time went, in disjoint parts (their sum is prep_seconds + train_seconds, to
         # within the few statements between parts); the final log_metrics and closing the run are not in it
         # A key with a per-epoch history (trainable_params, select_acc) is not logged again: its last epoch's
-        # value is the run's (a second value at step 0 drew lpft's curve from 3.4M down to 12.8k and back)
+        # value is the run's (a second value at step 0 would put a point out of order on its curve)
         # (score has no epochs: its trainable_params, 0, is logged here)
         summary = {k: v for k, v in result.items() if k not in ("trainable_params", "select_acc") or not trains}
         # a store that refuses them gets them printed as a JSON line, and the run is not FINISHED

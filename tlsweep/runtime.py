@@ -123,10 +123,9 @@ def train_depthwise_in_fp32(model: nn.Module, rt: "Runtime") -> int:
     """Under bf16 on the CPU, let the model's depthwise convolutions train in fp32; returns how many.
 
     oneDNN's bf16 depthwise convolution trains slower than its fp32 one (forward + backward), above all with 5x5
-    kernels and stride 2: on the AMX-BF16 dev CPU (torch 2.14) most of EfficientNet-Lite0's run at 0.1-0.3x their
-    fp32 speed. Its train step took 37.0 ms/image in fp32, 50.0 in bf16 and 32.0 in bf16 with its depthwise convs
-    in fp32; its bf16 forward is faster than fp32's with them in bf16 (5.9 against 7.4 ms/image), so inference
-    keeps them there. `benchmarks/depthwise.py` measures both. CUDA is unchanged.
+    kernels and stride 2, so much slower that EfficientNet-Lite0 trained slower in bf16 than in fp32; its bf16
+    forward is faster with them in bf16, so inference keeps them there. `benchmarks/depthwise.py` measures both
+    (docs/speed.md, "Depthwise convolutions train in fp32 under CPU bf16"). CUDA is unchanged.
     """
     if not (rt.bf16 and rt.device.type == "cpu"):
         return 0

@@ -316,8 +316,8 @@ def failed_before() -> bool:
 def unlogged(uri: str, run_id: str | None, run_name: str | None, tags: dict, metrics: dict) -> None:
     """Print a finished job's metrics that the store did not take, as one JSON line of the job's output."""
     line = {"tlsweep": "metrics the store did not take", "store": _shown(uri), "run_id": run_id,
-            "run_name": run_name, "config_key": tags.get("tlsweep.config_key"),
-            "overrides": tags.get("tlsweep.overrides"), "metrics": metrics}
+            "run_name": run_name, "config_key": tags.get(Tag.CONFIG_KEY),
+            "overrides": tags.get(Tag.OVERRIDES), "metrics": metrics}
     print(json.dumps(line, default=str), flush=True)
 
 

@@ -100,7 +100,7 @@ def _copy_empty_store(db: Path) -> None:
     """Start a new SQLite store as a copy of an empty one of this MLflow's schema.
 
     MLflow builds a new store by creating its first schema and then running every Alembic migration since
-    (about 0.9 s on the dev CPU, for each new store); a copy takes milliseconds. The empty store is made
+    (docs/speed.md, "Fixed cost", measures it, for each new store); a copy takes milliseconds. The empty store is made
     once per MLflow version, by MLflow's own initialisation, and holds tables only: on open, MLflow adds
     its Default experiment with this store's artifact path, as for a new file. Any failure here leaves
     the store to MLflow, as before.

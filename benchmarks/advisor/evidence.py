@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-RECOMMENDATION_TAG = "tlsweep.advise.recommendation"  # as hydra_plugins/tlsweep_advisor.py writes it
-STOPPED_TAG = "tlsweep.advise.stopped"
+from tlsweep.keys import Tag
+
 RECOMMENDED = re.compile(r"(?P<backbone>\S+)/(?P<strategy>\S+) lr=(?P<lr>\S+) (?P<epochs>\d+)ep")
 
 
@@ -51,11 +51,11 @@ def recommendation(uri: str) -> tuple[dict | None, str]:
     exp = client.get_experiment_by_name("tlsweep")
     parents = client.search_runs([exp.experiment_id], "tags.`tlsweep.role` = 'sweep'", order_by=["start_time DESC"])
     tags = parents[0].data.tags if parents else {}
-    found = RECOMMENDED.fullmatch(tags.get(RECOMMENDATION_TAG, ""))
+    found = RECOMMENDED.fullmatch(tags.get(Tag.ADVISE_RECOMMENDATION, ""))
     rec = found.groupdict() if found else None
     if rec:
         rec["lr"], rec["epochs"] = float(f"{float(rec['lr']):.10g}"), int(rec["epochs"])
-    return rec, tags.get(STOPPED_TAG, "")
+    return rec, tags.get(Tag.ADVISE_STOPPED, "")
 
 
 def task_row(task: str, grid: pd.DataFrame, advised: pd.DataFrame, rec: dict | None, stopped: str) -> dict:

@@ -1,11 +1,7 @@
 """Writing a report's figure files: each figure as PDF and as 300-dpi PNG, drawn in parallel where it is safe.
 
-Every file is drawn from scratch by its own `savefig`: on the 2-core dev CPU a PDF with its TrueType subsets
-embedded took 0.1-0.2 s, a PNG 0.05-0.1 s, so the six files of a 4-run sweep took 0.85-0.9 s in sequence,
-most of what a report costs besides its imports. Split over two processes, `make_report` on that sweep took
-0.54 s instead of 0.78 s (median of 5, interleaved, in one process), and a sweep's first report, in a process
-that holds torch, 1.25 s instead of 1.52 s (fresh processes, 4 each; there each process also pays the first
-PDF's font loading).
+Every file is drawn from scratch by its own `savefig`, and the files of a sweep's report are most of what it
+costs besides its imports, so they are drawn in parallel processes (docs/speed.md, "Fixed cost", measures it).
 
 The other processes are forks of this one: they have the figures and matplotlib's backends already (a fresh
 process would import matplotlib again, 0.3 s, and need the figures pickled). A child draws its share of the
