@@ -4,6 +4,7 @@ fresh virtual environment and runs the CLI from an empty folder, as .ci/run does
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -151,8 +152,11 @@ def _wheel(tmp_path: Path) -> Path:
     """The wheel .ci/run built (TLSWEEP_WHEEL), else one built here."""
     if os.environ.get("TLSWEEP_WHEEL"):
         return Path(os.environ["TLSWEEP_WHEEL"])
-    out = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(REPO)], check=True,
+    out, src = tmp_path / "dist", tmp_path / "src"
+    # built from a copy: setuptools leaves build/ and an .egg-info in the tree it builds
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", ".cache", "mlruns",
+                                                             "outputs", "reports", "__pycache__", ".device"))
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(src)], check=True,
                    capture_output=True)
     return next(out.glob("tlsweep-*.whl"))
 
