@@ -197,14 +197,14 @@ def features(prefix: nn.Module, train, val, key_parts: list[str], views: int, pp
     key = entry_key(key_parts, views, pp, rt)
     if key in _MEMO:
         tr, va = _MEMO[key]
-        return tr if _is_mapped(tr) else tr.to(rt.device), va.to(rt.device), "memory"
+        return tr if isinstance(tr, FeatureFile) else tr.to(rt.device), va.to(rt.device), "memory"
     path = Path(cache_dir) / f"features-{key}.pt" if cache_dir else None
     with diskcache.locked(path, "the frozen prefix's features"):
         saved = diskcache.load(path, lambda saved: _check(saved, key, views, len(train), len(val), path))
         if saved is not None:
             _remember(key, saved["train"], saved["val"])
             tr = saved["train"]
-            return tr if _is_mapped(tr) else tr.to(rt.device), saved["val"].to(rt.device), "disk"
+            return tr if isinstance(tr, FeatureFile) else tr.to(rt.device), saved["val"].to(rt.device), "disk"
         array = Path(f"{path}.train.f32") if mapped else None
         tr, va, folded = _compute(prefix, train, val, views, pp, batch_size, rt, array)
         host = {"train": tr if mapped else tr.cpu(), "val": va.cpu()}  # one device-to-host copy for disk and memo
@@ -213,10 +213,6 @@ def features(prefix: nn.Module, train, val, key_parts: list[str], views: int, pp
                        path)
     _remember(key, host["train"], host["val"])
     return tr, va, f"computed, {folded} BatchNorms folded into their convs" if folded else "computed"
-
-
-def _is_mapped(t) -> bool:
-    return isinstance(t, FeatureFile)
 
 
 class FeatureFile:
