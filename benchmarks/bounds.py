@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tlsweep import models, strategies
+from tlsweep import models
+from tlsweep.training import strategies
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO / ".." / "shared" / "data" / "hymenoptera_data").resolve()
@@ -48,7 +49,7 @@ def sweep_config(model: tuple[str, ...], *overrides: str):
     """The config a sweep with these overrides composes (tlsweep's conf/, its schema)."""
     from hydra import compose, initialize_config_dir
 
-    import tlsweep.schema  # noqa: F401 -- registers the config schema that conf/ extends
+    import tlsweep.config.schema  # noqa: F401 -- registers the config schema that conf/ extends
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         return compose("config", overrides=[*model, *overrides])
@@ -62,9 +63,9 @@ def _in_fresh_process(fn, *args) -> dict:
 
 def _setup(root, model, overrides):
     """(cfg, device, precision, spec, data) as a tlsweep job has them before it builds its model."""
-    from tlsweep import data as datasets
+    from tlsweep.data import pipeline as datasets
     from tlsweep.runtime import resolve_bf16, resolve_device
-    from tlsweep.train import tune_allocator
+    from tlsweep.training.loop import tune_allocator
 
     tune_allocator()  # as every tlsweep job does: without it a CPU forward is about 3x slower
     cfg = sweep_config(model, *data_overrides(root), *overrides)
@@ -103,7 +104,7 @@ class PreLogits(nn.Module):
 
 def _bound(root: str, seeds: list[int], epochs: int, model: tuple[str, ...], image_size: int | None,
            extra: tuple[str, ...]) -> dict:
-    from tlsweep import features
+    from tlsweep.features import cache as features
     from tlsweep.runtime import Runtime, autocast, train_depthwise_in_fp32
 
     size = [f"data.image_size={image_size}"] if image_size else []
@@ -170,8 +171,8 @@ def finetune_bound(root, grid, epochs, model, image_size=None, extra=()) -> dict
 
 def _finetune_bound(root: str, strategy: str, lr: float, seed: int, epochs: int, model: tuple[str, ...],
                     image_size: int | None, extra: tuple[str, ...]) -> dict:
-    from tlsweep.fastdata import trained_count
-    from tlsweep.optim import make_optimizer
+    from tlsweep.data.decoded import trained_count
+    from tlsweep.training.optim import make_optimizer
     from tlsweep.runtime import Runtime, autocast, train_depthwise_in_fp32
 
     size = [f"data.image_size={image_size}"] if image_size else []

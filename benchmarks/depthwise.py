@@ -28,7 +28,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tlsweep.runtime import Runtime, cpu_bf16_units, train_depthwise_in_fp32  # noqa: E402
-from tlsweep.train import tune_allocator  # noqa: E402
+from tlsweep.training.loop import tune_allocator  # noqa: E402
 
 BATCH, SIZE = 32, 224
 MODELS = ("efficientnet_lite0", "mobilenetv3_large_100")

@@ -17,7 +17,8 @@ from torch import nn
 from torchvision import datasets, transforms
 
 from benchmarks.bounds import LITE0, sweep_config
-from tlsweep import models, strategies
+from tlsweep import models
+from tlsweep.training import strategies
 
 
 def naive_run(root: Path, strategy: str, lr: float, seed: int, epochs: int, device: torch.device,

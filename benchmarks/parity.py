@@ -141,7 +141,7 @@ def main() -> None:
 
 
 def write(out: Path, rows: list[dict], args: argparse.Namespace) -> None:
-    """The result file docs/speed.md renders its parity table from (tlsweep/benchtables.py)."""
+    """The result file docs/speed.md renders its parity table from (tlsweep/manual/benchtables.py)."""
     import json
     import time
 

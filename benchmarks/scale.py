@@ -143,8 +143,8 @@ def stream(root: Path, budget_mb: float, extra: list[str]) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from bounds import finetune_bound
 
-    from tlsweep import data as datasets
-    from tlsweep.images import load_rgb
+    from tlsweep.data import pipeline as datasets
+    from tlsweep.data.images import load_rgb
 
     work = Path(tempfile.mkdtemp(prefix="tlsweep-scale-"))
     overrides = ["strategy=finetune", "epochs=1", f"data.cache_budget_mb={budget_mb}", *extra]

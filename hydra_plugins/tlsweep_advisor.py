@@ -48,9 +48,9 @@ class AdviseSweeper(TlsweepSweeper):
         import pandas as pd
 
         from tlsweep.advisor import next_step, report, space
-        from tlsweep.errors import ConfigError
-        from tlsweep.keys import Tag
-        from tlsweep.tracking import EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV
+        from tlsweep.config.errors import ConfigError
+        from tlsweep.config.keys import Tag
+        from tlsweep.tracking.runs import EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV
 
         from tlsweep.advisor import runs as store
 
@@ -133,7 +133,7 @@ class AdviseSweeper(TlsweepSweeper):
         from tlsweep.advisor import space
         from tlsweep.advisor.runs import Space, fixed_params
         from tlsweep.advisor.study import Job
-        from tlsweep.tracking import NOT_THE_EXPERIMENT, flatten
+        from tlsweep.tracking.runs import NOT_THE_EXPERIMENT, flatten
 
         loader = self.hydra_context.config_loader
         loader = getattr(loader, "loader", loader)  # the real one, not the compose-once cache the launcher reads
@@ -173,7 +173,7 @@ class AdviseSweeper(TlsweepSweeper):
         from mlflow.tracking import MlflowClient
 
         from tlsweep.advisor import report
-        from tlsweep.keys import Tag
+        from tlsweep.config.keys import Tag
 
         out = Path("reports") / name / "advise"
         out.mkdir(parents=True, exist_ok=True)

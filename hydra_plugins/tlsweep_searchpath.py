@@ -1,4 +1,4 @@
-"""Puts the user's preset folder (tlsweep/searchpath.py decides which) before tlsweep's own configs.
+"""Puts the user's preset folder (tlsweep/config/searchpath.py decides which) before tlsweep's own configs.
 
 Hydra calls every SearchPathPlugin for every app in the environment: this one acts only where the primary config
 folder is tlsweep's. Hydra's `--config-dir` still goes first: it is prepended after the plugins run.
@@ -13,7 +13,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 class TlsweepPresets(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        from tlsweep import searchpath
+        from tlsweep.config import searchpath
 
         if not any(searchpath.is_package_conf(e.path) for e in search_path.get_path()):
             return  # another Hydra app

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
-import tlsweep.schema  # noqa: F401 -- registers the config schema that conf/ extends
+import tlsweep.config.schema  # noqa: F401 -- registers the config schema that conf/ extends
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -28,6 +28,20 @@ def hymenoptera() -> Path:
     if not (_HYMENOPTERA / "train").is_dir():
         pytest.skip(f"real data not at {_HYMENOPTERA} (put hymenoptera_data there or set TLSWEEP_HYMENOPTERA)")
     return _HYMENOPTERA
+
+
+DEFAULT_TIER = "not slow and not services"  # pyproject.toml's addopts
+if os.environ.get("PYTEST_XDIST_WORKER"):  # workers of one thread each, and so are the processes a test starts:
+    torch.set_num_threads(1)  # tiny tensors gain nothing from a second thread, and the workers share the cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject.toml): the whole default tier runs in two processes, a file per worker at a time. A run of
+    chosen files or tests, or of the full tier, runs in this one process: the full tier starts daemons once per
+    session, times whole sweeps and holds the golden number, which needs two threads."""
+    chosen = [a for a in config.args if Path(a).resolve() != REPO / "tests"]
+    return 2 if config.getoption("markexpr") == DEFAULT_TIER and not chosen else 0
 
 
 def pytest_collection_modifyitems(items):
@@ -97,7 +111,7 @@ def tiny_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def store_uri(tmp_path_factory) -> str:
     """One SQLite store for the session: creating one runs a schema migration that takes seconds."""
-    from tlsweep.tracking import setup_store
+    from tlsweep.tracking.runs import setup_store
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
     setup_store(uri)

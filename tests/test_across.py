@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from scipy import stats as sps
 
-from tlsweep.errors import ReportError
+from tlsweep.config.errors import ReportError
 from tlsweep.report import across, across_figures, across_tables
 
 # Six tasks, four methods, no ties; the ranks (1 = best) chosen by hand, row by row:

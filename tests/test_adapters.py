@@ -14,8 +14,8 @@ import torchvision
 from omegaconf import OmegaConf
 from torch import nn
 
-from tlsweep import adapters
-from tlsweep.errors import ConfigError
+from tlsweep.training import adapters
+from tlsweep.config.errors import ConfigError
 
 # peft is an optional extra: tests that inject skip without it (default_targets and the missing-peft error do not)
 needs_peft = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason='pip install -e ".[peft]"')
@@ -236,7 +236,7 @@ def test_unknown_kind_lists_the_valid_ones():
 
 def test_without_peft_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` now raises ImportError
-    importlib.reload(adapters)  # and tlsweep.adapters still imports: peft is imported inside attach only
+    importlib.reload(adapters)  # and tlsweep.training.adapters still imports: peft is imported inside attach only
     model, head = _vit()
     with pytest.raises(ConfigError, match=r'strategy=dora needs the optional extra: pip install -e "\.\[peft\]"'):
         adapters.attach(model, head, "dora", rank=8, alpha=8)

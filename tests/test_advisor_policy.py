@@ -16,7 +16,7 @@ from tlsweep.advisor.budget import CostModel, parse_duration
 from tlsweep.advisor.policy import next_step
 from tlsweep.advisor.simulate import random_truth, run, simulate, true_grid, truth_best
 from tlsweep.advisor.study import ACTIONS, Config, Job, StudyConfig
-from tlsweep.errors import ConfigError
+from tlsweep.config.errors import ConfigError
 
 LRS = {"probe": (1e-3, 1e-2, 1e-1), "partial": (1e-4, 1e-3, 1e-2), "finetune": (1e-5, 1e-4, 1e-3),
        "lora": (1e-4, 1e-3, 1e-2), "scratch": (1e-3, 1e-2, 1e-1)}

@@ -17,8 +17,8 @@ from tests.conftest import CONF
 from tlsweep.advisor import next_step, report, space, table
 from tlsweep.advisor.runs import Space, fixed_params, results
 from tlsweep.advisor.study import Job
-from tlsweep.errors import ConfigError
-from tlsweep.keys import Tag
+from tlsweep.config.errors import ConfigError
+from tlsweep.config.keys import Tag
 
 FIXED = {"data.name": "imagefolder", "batch_size": "4"}
 
@@ -158,8 +158,8 @@ def test_a_study_runs_to_a_recommendation_under_one_parent_and_resumes_by_name(t
     from mlflow.tracking import MlflowClient
 
     from tests.conftest import write_image_folder
-    from tlsweep import tracking
-    from tlsweep.mlstore import children
+    from tlsweep.tracking import runs as tracking
+    from tlsweep.tracking.read import children
 
     root = write_image_folder(tmp_path / "images", per_split={"train": 15, "val": 5})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -188,7 +188,7 @@ def test_a_study_runs_to_a_recommendation_under_one_parent_and_resumes_by_name(t
     trace = pd.read_csv(client.download_artifacts(parent.info.run_id, "advise/trace.csv", str(tmp_path / "dl")))
     assert "recommend" in set(trace["action"]) and {"screen", "verdict"} <= set(trace["stage"])
     assert any(r.info.run_name.startswith("probe arch=resnet10t lr=0.001 epochs=3") for r in jobs)
-    # the UI's saved view groups the study's runs by what it varies, less the seed (tlsweep.views)
+    # the UI's saved view groups the study's runs by what it varies, less the seed (tlsweep.tracking.views)
     view = json.loads(client.get_experiment(exp_id).tags[f"mlflow.sharedViewState.{parent.info.run_id}"])
     assert [k["groupByData"] for k in json.loads(view["state"])["groupBy"]["groupByKeys"]] == \
         ["model.arch", "strategy.name", "optim.lr", "epochs"]
@@ -213,7 +213,7 @@ def test_the_preset_selects_the_advisor_and_a_selection_split_and_help_shows_it(
 
 
 def test_the_advisors_keys_leave_a_jobs_config_key_as_a_grid_run_by_hand_has_it():
-    from tlsweep.tracking import config_key
+    from tlsweep.tracking.runs import config_key
 
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         by_hand = compose("config", overrides=["data=imagefolder", "data.root=x", "data.select_fraction=0.2"])

@@ -10,11 +10,13 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from tests.conftest import CONF
-from tlsweep import features, models, runtime, schema
-from tlsweep.errors import ConfigError
+from tlsweep.features import cache as features
+from tlsweep import models, runtime
+from tlsweep.config import schema
+from tlsweep.config.errors import ConfigError
 from tlsweep.run import run
 from tlsweep.runtime import Runtime, resolve_bf16
-from tlsweep.train import run_epoch
+from tlsweep.training.loop import run_epoch
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
 

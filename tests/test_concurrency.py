@@ -74,7 +74,7 @@ def test_joblib_workers_compute_a_shared_prefix_once(tmp_path, tiny_root):
 def test_experiment_created_by_another_process_meanwhile_is_used(store_uri, monkeypatch):
     """Where no local lock applies (a tracking server), two processes may both find no experiment
     and both create it: the loser's create fails, and it must take the winner's id, not Default's."""
-    from tlsweep import tracking
+    from tlsweep.tracking import runs as tracking
 
     real = MlflowClient.get_experiment_by_name
     calls = []

@@ -10,7 +10,7 @@ import zipfile
 import pytest
 import torch
 
-from tlsweep import data as D
+from tlsweep.data import pipeline as D
 from tests.conftest import write_image_folder
 
 

@@ -13,12 +13,12 @@ from dataclasses import fields
 import pytest
 from hydra import compose, initialize_config_dir
 
-from tlsweep import manual, reference
-from tlsweep.advise_schema import AdviseConf
-from tlsweep.data_schema import DATA_SCHEMAS
-from tlsweep.keys import STRATEGIES
-from tlsweep.rules import at_least, fraction, help_of, one_of
-from tlsweep.schema import AnyStrategy, Config, ModelConf, SgdConf, TrackingConf
+from tlsweep.manual import pages as manual, reference
+from tlsweep.config.advise import AdviseConf
+from tlsweep.config.data import DATA_SCHEMAS
+from tlsweep.config.keys import STRATEGIES
+from tlsweep.config.rules import at_least, fraction, help_of, one_of
+from tlsweep.config.schema import AnyStrategy, Config, ModelConf, SgdConf, TrackingConf
 
 REPO, CONF, DOCS = manual.REPO, reference.CONF, manual.DOCS  # not conftest's: this file needs no torch but in one test
 PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
@@ -49,11 +49,11 @@ def test_every_key_has_a_one_line_help():
         for f in (f for s in schemas for f in fields(s)):  # a subclass that redefines a key keeps its base's help
             helped[f.name] = helped.get(f.name, False) or bool(help_of(f))
         missing += [prefix + k for k, ok in helped.items() if not ok and not (prefix == "" and k in reference.GROUP_FIELDS)]
-    assert not missing, f"keys without help (tlsweep.rules.key(default, help, rule)): {missing}"
+    assert not missing, f"keys without help (tlsweep.config.rules.key(default, help, rule)): {missing}"
 
 
 def test_the_strategy_tables_learning_rates_are_the_recipes():
-    from tlsweep import recipes  # torch
+    from tlsweep.training import recipes  # torch
 
     values = reference.composed("strategy")
     with initialize_config_dir(config_dir=str(CONF), version_base=None):

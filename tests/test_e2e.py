@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlsweep import data as D
+from tlsweep.data import pipeline as D
 from tlsweep.models import PACKAGED
 from tests.conftest import model_spec
 from tlsweep.run import run
-from tlsweep.recipes import NAMES
+from tlsweep.training.recipes import NAMES
 
 pytestmark = pytest.mark.slow
 

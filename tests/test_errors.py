@@ -19,8 +19,8 @@ from hydra.errors import HydraException
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import write_image_folder
-from tlsweep import schema
-from tlsweep.errors import UserError
+from tlsweep.config import schema
+from tlsweep.config.errors import UserError
 from tlsweep.run import run
 
 
@@ -318,7 +318,7 @@ def store_fault_uri(kind: str, tmp_path: Path) -> tuple[str, str]:
 def test_store_fault_is_one_line_naming_the_store_and_exits_1(make_cfg, store_uri, tmp_path, kind):
     import time
 
-    from tlsweep.errors import StoreError
+    from tlsweep.config.errors import StoreError
 
     uri, names = store_fault_uri(kind, tmp_path)
     t0 = time.perf_counter()

@@ -10,9 +10,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from torchvision.transforms.v2 import InterpolationMode
 
-from tlsweep import data as D
-from tlsweep import features, strategies
-from tlsweep.fastdata import TensorLoader, decode_images
+from tlsweep.data import pipeline as D
+from tlsweep.features import cache as features
+from tlsweep.training import strategies
+from tlsweep.data.decoded import TensorLoader, decode_images
 from tlsweep.models import build_model
 from tlsweep.run import run
 from tlsweep.models import Preprocess

@@ -16,18 +16,11 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from tests.conftest import damage
-from tlsweep import fastdata
+from tlsweep.data import decoded as fastdata
 from tlsweep.models import Preprocess
 from tlsweep.runtime import Runtime
-from tlsweep.fastdata import (
-    RATIO,
-    SCALE,
-    TensorLoader,
-    decode_images,
-    decoded_size_bytes,
-    resized_crops,
-    sample_crop_boxes,
-)
+from tlsweep.data.decoded import (RATIO, SCALE, TensorLoader, decode_images, decoded_size_bytes, resized_crops,
+                                  sample_crop_boxes)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -40,7 +33,7 @@ BICUBIC = InterpolationMode.BICUBIC
 
 
 def load_rgb(item) -> torch.Tensor:
-    """Stand-in for tlsweep.data.load_rgb: a path or a uint8 [3, H, W] tensor -> uint8 RGB."""
+    """Stand-in for tlsweep.data.pipeline.load_rgb: a path or a uint8 [3, H, W] tensor -> uint8 RGB."""
     if isinstance(item, torch.Tensor):
         return item
     with Image.open(item) as img:

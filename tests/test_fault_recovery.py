@@ -22,8 +22,10 @@ from tests.test_sweep import _callback
 from tests import services
 from tests.test_store_faults import FAST, NULL, _disk_full, _fails, _final, _held, _status
 from tests.test_store_faults import _clean  # noqa: F401 -- the autouse fixture, active in this module too
-from tlsweep import diskcache, owner, stores, sweep, tracking
-from tlsweep.errors import ReportError, StoreError
+from tlsweep.data import diskcache
+from tlsweep.tracking import owner, faults as stores, runs as tracking
+from tlsweep import sweep
+from tlsweep.config.errors import ReportError, StoreError
 from tlsweep.report import make
 from tlsweep.run import run
 

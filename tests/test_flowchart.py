@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from tlsweep import tracking
+from tlsweep.tracking import runs as tracking
 
 pytestmark = pytest.mark.slow  # end-to-end: the full tier (.ci/run runs it)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tlsweep import features, fold
-from tlsweep.data import load_rgb
-from tlsweep.fastdata import decode_images
+from tlsweep.features import cache as features, fold
+from tlsweep.data.pipeline import load_rgb
+from tlsweep.data.decoded import decode_images
 from tlsweep.models import Preprocess
 from tlsweep.runtime import Runtime
 from tests.conftest import write_image_folder

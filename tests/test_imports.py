@@ -75,7 +75,7 @@ def test_opening_a_store_freezes_nothing_once_sqlalchemy_is_loaded():
 
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 -- loaded, as after any store's first open
 
-    from tlsweep.mlstore import opening
+    from tlsweep.tracking.read import opening
 
     before = gc.get_freeze_count()
     with opening("sqlite:///x.db"):

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 import tlsweep
-from tlsweep import searchpath
+from tlsweep.config import searchpath
 from tests.conftest import CONF, REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -187,7 +187,7 @@ def test_the_wheel_installed_elsewhere_runs_the_quickstart_a_user_preset_and_the
         assert p.returncode == 0, (args, p.stdout[-2000:], p.stderr[-3000:])
         return p
 
-    where = subprocess.run([py, "-c", "import tlsweep, hydra_plugins.tlsweep_sweeper as s, tlsweep.searchpath as c;"
+    where = subprocess.run([py, "-c", "import tlsweep, hydra_plugins.tlsweep_sweeper as s, tlsweep.config.searchpath as c;"
                             "print(tlsweep.__file__, s.__file__, c.CONF, sep='\\n')"],
                            cwd=work, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert all(w.startswith(str(env_dir)) for w in where), where  # nothing from the clone

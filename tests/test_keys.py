@@ -1,10 +1,10 @@
-"""The names runs, sweeps and the report share (tlsweep/keys.py): one rule each, torch-free."""
+"""The names runs, sweeps and the report share (tlsweep/config/keys.py): one rule each, torch-free."""
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from tlsweep.keys import STRATEGIES, is_seed, short_labels
+from tlsweep.config.keys import STRATEGIES, is_seed, short_labels
 
 
 def test_the_seed_rule_is_a_seed_key_not_any_word_ending_in_seed():
@@ -24,6 +24,6 @@ def test_the_ladder_comes_first_and_no_strategy_twice():
 
 
 def test_the_shared_names_load_without_torch_or_pandas():
-    code = "import sys, tlsweep.keys; print(sorted(m for m in ('torch', 'pandas', 'mlflow') if m in sys.modules))"
+    code = "import sys, tlsweep.config.keys; print(sorted(m for m in ('torch', 'pandas', 'mlflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -23,15 +23,15 @@ from PIL import Image, ImageFile, ImageOps
 from torchvision.transforms.v2 import InterpolationMode
 
 from tests.conftest import write_image_folder
-from tlsweep import data as D
-from tlsweep import images
-from tlsweep.errors import ConfigError, DataError
-from tlsweep.fastdata import DecodedImages, TensorLoader, decoded_size_bytes, trained_count
-from tlsweep.features import FeatureLoader
-from tlsweep.keys import Tag
+from tlsweep.data import pipeline as D
+from tlsweep.data import images
+from tlsweep.config.errors import ConfigError, DataError
+from tlsweep.data.decoded import DecodedImages, TensorLoader, decoded_size_bytes, trained_count
+from tlsweep.features.cache import FeatureLoader
+from tlsweep.config.keys import Tag
 from tlsweep.models import Preprocess
 from tlsweep.run import run
-from tlsweep.splits import ImageData, Split
+from tlsweep.data.splits import ImageData, Split
 
 NULL = "model.weights=null"
 PP = Preprocess(12, 12, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), InterpolationMode.BILINEAR)

@@ -14,8 +14,9 @@ import torchvision.models._api
 from torch import nn
 
 from tests.conftest import REPO, TINY_TIMM, model_spec
-from tlsweep import features, models
-from tlsweep.errors import ConfigError
+from tlsweep.features import cache as features
+from tlsweep import models
+from tlsweep.config.errors import ConfigError
 from tlsweep.models import build_model, load_pretrained, load_state_dict_file
 
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml") if p.stem != "timm")
@@ -325,7 +326,7 @@ def test_a_model_that_is_no_chain_is_cut_only_below_the_head():
     assert not spec.chain
     torch.manual_seed(0)
     model = spec.build()
-    from tlsweep import strategies
+    from tlsweep.training import strategies
 
     strategies.apply(model, spec, {"name": "probe", "unfreeze": []}, 3, 1e-3)
     strategies.train_mode(model, True)

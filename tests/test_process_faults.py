@@ -21,11 +21,12 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from tests.test_sweep import _callback
-from tlsweep import owner, sweep, tracking
-from tlsweep.errors import Diverged
-from tlsweep.keys import Tag, diverged
+from tlsweep.tracking import owner, runs as tracking
+from tlsweep import sweep
+from tlsweep.config.errors import Diverged
+from tlsweep.config.keys import Tag, diverged
 from tlsweep.runtime import Loaders
-from tlsweep.train import divergence, fit
+from tlsweep.training.loop import divergence, fit
 
 HERE = owner.host()
 TINY = ["model=timm", "model.arch=resnet10t", "model.weights=null"]
@@ -99,7 +100,7 @@ def test_a_local_sweep_is_held_by_one_process_and_freed_when_it_dies(tmp_path):
     second.release()
     # a holder killed hard: the OS drops its flock, so the next launcher goes on
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from tlsweep.owner import LocalClaim; c = LocalClaim(Path(sys.argv[1]), 'ladder/1'); "
+                               "from tlsweep.tracking.owner import LocalClaim; c = LocalClaim(Path(sys.argv[1]), 'ladder/1'); "
                                "print(c.acquire(), flush=True); time.sleep(600)", str(db)],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "None"

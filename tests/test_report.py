@@ -426,7 +426,7 @@ def flow(store):
                      "FINISHED", value)
         client.set_terminated(parent.info.run_id, "FINISHED")
     runs = client.search_runs([exp], "tags.`tlsweep.role` = 'job'")
-    for run in runs:  # the config key as tlsweep.tracking tags it: every param but the per-run ones
+    for run in runs:  # the config key as tlsweep.tracking.runs tags it: every param but the per-run ones
         p = run.data.params
         client.set_tag(run.info.run_id, "tlsweep.config_key",
                        "|".join(p[k] for k in ("data.name", "strategy.name", "data.shots", "seed")))

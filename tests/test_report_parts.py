@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from tlsweep.report import figures, keys, stats, tables
+from tlsweep.report import columns as keys, figures, stats, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,7 +141,7 @@ def test_the_parts_load_without_mlflow():
 
 def test_the_ladder_climbs_by_trainable_params_with_a_colour_per_strategy():
     """Fourteen strategies: fourteen distinct colours, scratch first, then left to right by what trains."""
-    from tlsweep.keys import STRATEGIES
+    from tlsweep.config.keys import STRATEGIES
 
     size = {s: (i * 7919) % 101 * 1000 + 10 for i, s in enumerate(STRATEGIES)}  # an order unlike the names'
     size["scratch"] = 10**8  # trains the most, yet the baseline stays first

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 from mlflow import MlflowClient
 
-from tlsweep import data as D
-from tlsweep.errors import DataError
+from tlsweep.data import pipeline as D
+from tlsweep.config.errors import DataError
 from tlsweep.report import make_report
 from tlsweep.run import run
 

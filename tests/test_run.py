@@ -14,9 +14,9 @@ from mlflow.tracking import MlflowClient
 
 import tlsweep
 from tlsweep import run as run_mod
-from tlsweep.errors import Diverged
+from tlsweep.config.errors import Diverged
 from tlsweep.run import run
-from tlsweep.recipes import NAMES
+from tlsweep.training.recipes import NAMES
 from tests.conftest import model_spec
 
 # the six offline-buildable presets (the foundation-backbone presets are the same timm path)
@@ -396,7 +396,7 @@ def test_a_failing_store_call_while_failing_still_closes_the_run(make_cfg, store
 
 def test_epochs_below_one_is_recorded_failed(make_cfg, store_uri):
     """A config error is recorded in MLflow as FAILED with its message, like any other failure."""
-    from tlsweep.errors import ConfigError
+    from tlsweep.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match="epochs=0: must be an integer >= 1"):
         run(make_cfg("model=resnet18", "model.weights=null", "epochs=0"))

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import REPO
@@ -38,14 +39,15 @@ HEADER = """
     import json, resource, sys
     import torch
     from torchvision.transforms.v2 import InterpolationMode
-    from tlsweep import fastdata
-    from tlsweep.images import load_rgb
+    from tlsweep.data import decoded as fastdata
+    from tlsweep.data.images import load_rgb
     paths = json.loads(sys.argv[1]) if len(sys.argv) > 1 else None
     def peak_mb():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
 """
 
 
+@pytest.mark.slow  # fresh processes, each importing torch: the full tier
 def test_a_decode_peaks_at_the_store_plus_a_margin_not_a_multiple_of_it(tmp_path):
     paths = _folder(tmp_path / "img")
     code = HEADER + f"""
@@ -64,6 +66,7 @@ def test_a_decode_peaks_at_the_store_plus_a_margin_not_a_multiple_of_it(tmp_path
     assert got["grew"] < 1.15 * got["need"] + 32, got
 
 
+@pytest.mark.slow  # fresh processes, each importing torch: the full tier
 def test_two_processes_share_one_decoded_store_on_disk_and_the_second_decodes_nothing(tmp_path):
     paths = _folder(tmp_path / "img")[:60]
     (tmp_path / "paths.json").write_text(json.dumps(paths))
@@ -94,7 +97,7 @@ def test_the_decoded_store_goes_to_disk_where_the_launcher_runs_jobs_in_processe
 
     from hydra.core.hydra_config import HydraConfig
 
-    from tlsweep.data import store_on_disk
+    from tlsweep.data.pipeline import store_on_disk
 
     assert store_on_disk(True) and not store_on_disk(False)
     assert not store_on_disk("auto")  # a direct run(cfg): no Hydra, one process
@@ -107,7 +110,7 @@ def test_the_decoded_store_goes_to_disk_where_the_launcher_runs_jobs_in_processe
 
 
 def test_the_screen_of_the_files_is_kept_on_disk_for_the_sweeps_other_processes(tmp_path, monkeypatch):
-    from tlsweep import images
+    from tlsweep.data import images
 
     paths = _folder(tmp_path / "img")[:8]
     Path(paths[3]).write_bytes(b"not an image")

@@ -1,4 +1,4 @@
-"""Transferability scores (tlsweep/scores.py), each against an independent computation: LogME against its evidence
+"""Transferability scores (tlsweep/features/measures.py), each against an independent computation: LogME against its evidence
 maximised by brute force, k-NN and nearest-class-mean against scikit-learn, the rank statistics against scipy."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 
-from tlsweep import scores
+from tlsweep.features import measures as scores
 
 
 def _evidence_grid(f: np.ndarray, targets: np.ndarray, log_alpha: np.ndarray, log_beta: np.ndarray) -> np.ndarray:
@@ -169,5 +169,5 @@ def test_scores_import_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, tlsweep.scores; sys.exit('torch' in sys.modules or 'scipy.stats' in sys.modules)"
+    code = "import sys, tlsweep.features.measures; sys.exit('torch' in sys.modules or 'scipy.stats' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -6,7 +6,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torchvision.transforms import InterpolationMode
 
-from tlsweep import feature_scores, features, scores
+from tlsweep.features import scores as feature_scores, cache as features, measures as scores
 from tlsweep.models import Preprocess
 from tlsweep.run import run
 from tlsweep.runtime import Runtime

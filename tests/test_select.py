@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from tests.test_report import _assert_row, _expected_gap, _expected_stats
-from tlsweep import data as D
+from tlsweep.data import pipeline as D
 from tlsweep.report import ReportError, make_report
 from tlsweep.run import run
 

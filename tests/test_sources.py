@@ -1,4 +1,4 @@
-"""Datasets by name (tlsweep.sources): torchvision's datasets on fake files in their real layout (as
+"""Datasets by name (tlsweep.data.sources): torchvision's datasets on fake files in their real layout (as
 torchvision's own test/test_datasets.py builds them), a VTAB-1k file-list task, a `datasets` folder saved to
 disk. Each loads through `data.load`, with its classes, split sizes and roles; downloads and the hub fail
 offline with a message that says where the files go."""
@@ -15,9 +15,9 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from tlsweep import data as D
-from tlsweep import sources
-from tlsweep.errors import ConfigError, DataError
+from tlsweep.data import pipeline as D
+from tlsweep.data import sources
+from tlsweep.config.errors import ConfigError, DataError
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -359,7 +359,7 @@ def test_every_named_dataset_is_in_torchvision():
 
 
 def test_a_missing_dataset_name_is_a_config_error(make_cfg):
-    from tlsweep.schema import check_ranges
+    from tlsweep.config.schema import check_ranges
 
     with pytest.raises(ConfigError, match=r"data.dataset is required.*CIFAR10"):
         check_ranges(make_cfg("data=torchvision"))

@@ -27,8 +27,10 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 from urllib3.util.retry import Retry
 
-from tlsweep import diskcache, fastdata, features, stores, tracking
-from tlsweep.errors import StoreError
+from tlsweep.data import diskcache, decoded as fastdata
+from tlsweep.features import cache as features
+from tlsweep.tracking import faults as stores, runs as tracking
+from tlsweep.config.errors import StoreError
 from tlsweep.run import run
 
 NULL = "model.weights=null"  # random init: no download

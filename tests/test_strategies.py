@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from tests.conftest import REPO, TINY_TIMM
-from tlsweep import recipes, strategies
-from tlsweep.errors import ConfigError
+from tlsweep.training import recipes, strategies
+from tlsweep.config.errors import ConfigError
 from tlsweep.models import get_spec
-from tlsweep.optim import make_optimizer
-from tlsweep.train import run_epoch
+from tlsweep.training.optim import make_optimizer
+from tlsweep.training.loop import run_epoch
 
 
 def _plan(make_cfg, strategy, *overrides, epochs=None):
@@ -416,7 +416,7 @@ def test_no_weight_decay_on_1d_parameters_as_timm(make_cfg, arch):
 
 
 def test_auto_rgn_logs_its_lrs_per_stage_not_per_tensor(make_cfg):
-    from tlsweep.train import lr_metrics
+    from tlsweep.training.loop import lr_metrics
 
     cfg, model, plan = _plan(make_cfg, "auto_rgn", "model=resnet18", "optim.lr=1e-3")
     optimizer, _ = make_optimizer(cfg.optim, plan.groups, cfg.epochs)
@@ -441,7 +441,7 @@ def test_an_unknown_optimizer_or_schedule_lists_the_registered_ones(make_cfg):
 
 
 def test_an_unknown_dataset_lists_the_registered_ones():
-    from tlsweep import data
+    from tlsweep.data import pipeline as data
 
     with pytest.raises(data.DataError, match=r"data.name 'cifar'; valid: digits, hymenoptera, imagefolder"):
         data.load(type("C", (), {"name": "cifar"})())

@@ -15,8 +15,9 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import CONF
-from tlsweep import sweep, tracking
-from tlsweep.keys import Tag
+from tlsweep import sweep
+from tlsweep.tracking import runs as tracking
+from tlsweep.config.keys import Tag
 
 
 def _run(status: str, key: str | None, name: str = "r", error: str | None = None):
@@ -97,9 +98,10 @@ def _children(client, exp_id, parent):
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, tiny_root, launcher):
-    """SIGTERM once 2 of 4 jobs FINISHED, then the same command again: exactly the 2 missing jobs
-    run, under the same parent, and the report covers all 4. The store's experiment is not the
-    default one, so the automatic report must follow tracking.experiment."""
+    """SIGTERM once 2 of 4 jobs FINISHED, then the same command again: exactly the missing jobs run, under the
+    same parent, and the report covers all 4. The store's experiment is not the default one, so the automatic
+    report must follow tracking.experiment. Under joblib two jobs run at once: the one beside the second to
+    finish may end its last epoch before the signal lands, so 2 or 3 jobs are FINISHED when the first run ends."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.setup_store(uri, "resumable")  # migrated once, as a sweep's launcher does
     cmd = [sys.executable, "-m", "tlsweep", "-m", "model=resnet18", "model.weights=null", "strategy=scratch",
@@ -127,13 +129,13 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, tiny_root, launcher):
     (parent,) = client.search_runs([exp_id], "tags.`tlsweep.role` = 'sweep'")
     runs1 = _children(client, exp_id, parent.info.run_id)
     finished1 = {r.data.params["seed"] for r in runs1 if r.info.status == "FINISHED"}
-    assert len(finished1) == 2, out1[-3000:]  # killed right after the second job finished
+    assert len(finished1) in ((2, 3) if launcher == "joblib" else (2,)), out1[-3000:]  # killed after the second
     assert parent.info.status == "KILLED" and all(r.info.status != "RUNNING" for r in runs1)
 
     second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert second.stdout.count("skipped, already FINISHED in this sweep") == 2
-    assert "(resumed: 2 finished runs kept" in second.stdout
+    assert second.stdout.count("skipped, already FINISHED in this sweep") == len(finished1)
+    assert f"(resumed: {len(finished1)} finished runs kept" in second.stdout
     (again,) = client.search_runs([exp_id], "tags.`tlsweep.role` = 'sweep'")
     assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
     runs2 = _children(client, exp_id, parent.info.run_id)

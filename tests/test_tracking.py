@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import CONF
-from tlsweep import sweep, tracking
+from tlsweep import sweep
+from tlsweep.tracking import runs as tracking
 
 
 def test_run_name_shows_what_the_sweep_varies(make_cfg):
@@ -142,7 +143,7 @@ def test_without_a_cache_to_keep_the_empty_store_mlflow_builds_the_store(tmp_pat
     (tmp_path / "not-a-folder").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
     db = tmp_path / "store" / "mlflow.db"
-    with caplog.at_level(logging.WARNING, logger="tlsweep.tracking"):
+    with caplog.at_level(logging.WARNING, logger="tlsweep.tracking.runs"):
         _, exp = tracking.setup_store(f"sqlite:///{db}", "tlsweep")
     assert "could not start" in caplog.text and "MLflow creates it" in caplog.text
     assert MlflowClient(f"sqlite:///{db}").get_experiment(exp).name == "tlsweep"
@@ -157,7 +158,7 @@ def test_an_empty_store_that_fails_half_way_leaves_no_part_file(tmp_path, monkey
         raise RuntimeError("migration stopped")
 
     monkeypatch.setattr(db_utils, "_initialize_tables", broken)
-    with caplog.at_level(logging.WARNING, logger="tlsweep.tracking"), \
+    with caplog.at_level(logging.WARNING, logger="tlsweep.tracking.runs"), \
             pytest.raises(Exception):  # MLflow's own creation of the store runs the same broken migration
         tracking.setup_store(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "tlsweep")
     assert "migration stopped" in caplog.text

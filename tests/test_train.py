@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from tlsweep.errors import Diverged
+from tlsweep.config.errors import Diverged
 from tlsweep.runtime import Loaders
-from tlsweep.train import fit
+from tlsweep.training.loop import fit
 
 
 class NanInEval(nn.Module):

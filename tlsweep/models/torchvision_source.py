@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ..errors import ConfigError, WeightsUnavailable
+from ..config.errors import ConfigError, WeightsUnavailable
 from .pieces import convnext_pieces, mobilenet_v3_pieces, tv_vit_pieces
 from .spec import ModelSpec, Pieces, Preprocess
 from .weights import load_pretrained

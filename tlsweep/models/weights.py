@@ -16,8 +16,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from ..errors import ConfigError, WeightsUnavailable
-from ..keys import Tag
+from ..config.errors import ConfigError, WeightsUnavailable
+from ..config.keys import Tag
 from .spec import ModelSpec
 
 

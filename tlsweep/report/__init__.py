@@ -35,7 +35,7 @@ Method (also written into summary.md / summary.tex):
 """
 from __future__ import annotations
 
-from tlsweep.errors import ReportError
+from tlsweep.config.errors import ReportError
 
 __all__ = ["Report", "ReportError", "make_report"]
 

@@ -6,9 +6,9 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from tlsweep.errors import ReportError
+from tlsweep.config.errors import ReportError
 from tlsweep.imports import heavy
-from tlsweep.searchpath import CONF
+from tlsweep.config.searchpath import CONF
 
 with heavy():
     from tlsweep.report.make import make_report

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from tlsweep.errors import ReportError
-from tlsweep.keys import short_labels
+from tlsweep.config.errors import ReportError
+from tlsweep.config.keys import short_labels
 from tlsweep.report import stats
 
 # VTAB-1k's 19 tasks by their usual folder names (cifar is CIFAR-100), in its three groups

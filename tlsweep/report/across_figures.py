@@ -16,11 +16,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from tlsweep.keys import STRATEGIES, STRATEGY_KEY
+from tlsweep.config.keys import STRATEGIES, STRATEGY_KEY
 from tlsweep.report import render, stats
 from tlsweep.report.across import CONVENTIONS, Across
 from tlsweep.report.figures import PALETTE, RC, SIZE
-from tlsweep.report.keys import is_fraction, metric_label
+from tlsweep.report.columns import is_fraction, metric_label
 
 NAMES = ("across_aggregates", "across_improvement", "across_cd", "across_profiles")
 LINESTYLES = ["-", "--", ":", "-."]

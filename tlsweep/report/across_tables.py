@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tlsweep.report import stats, tables
 from tlsweep.report.across import ALPHA, CONVENTIONS, MIN_TASKS, VTAB1K_GROUPS, Across
-from tlsweep.report.keys import is_fraction, label, metric_label
+from tlsweep.report.columns import is_fraction, label, metric_label
 
 FILES = ("across_aggregates.csv", "across_improvement.csv", "across_ranks.csv", "across_profiles.csv")
 

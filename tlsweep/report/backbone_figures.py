@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from tlsweep.report import render
 from tlsweep.report.backbones import MIN_BACKBONES, TARGETS, Backbones, name
 from tlsweep.report.figures import PALETTE, RC
-from tlsweep.report.keys import is_fraction, label, metric_label
+from tlsweep.report.columns import is_fraction, label, metric_label
 
 NAMES = ("backbones",)
 MARKER = {"probe": "o", "best": "s"}

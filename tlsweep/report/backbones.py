@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tlsweep import scores
-from tlsweep.keys import DATASET_KEY, SCORE_PREFIX, SCORE_SECONDS_PREFIX, SCORE_STRATEGY, SCORES, STRATEGY_KEY
-from tlsweep.keys import short_labels
+from tlsweep.features import measures as scores
+from tlsweep.config.keys import DATASET_KEY, SCORE_PREFIX, SCORE_SECONDS_PREFIX, SCORE_STRATEGY, SCORES, STRATEGY_KEY
+from tlsweep.config.keys import short_labels
 from tlsweep.report import stats, tables
-from tlsweep.report.keys import UNSET, is_fraction, label
+from tlsweep.report.columns import UNSET, is_fraction, label
 
 BACKBONE_KEYS = ("model.name", "model.arch", "model.weights")
 TASK_KEYS = ("task", DATASET_KEY)  # `task` names the dataset whatever source read it; older runs lack it

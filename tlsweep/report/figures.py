@@ -20,9 +20,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from tlsweep.keys import SHOTS_KEY, STRATEGIES, STRATEGY_KEY, short_labels
+from tlsweep.config.keys import SHOTS_KEY, STRATEGIES, STRATEGY_KEY, short_labels
 from tlsweep.report import render
-from tlsweep.report.keys import as_number, is_fraction, label, metric_label, sort_key
+from tlsweep.report.columns import as_number, is_fraction, label, metric_label, sort_key
 from tlsweep.report.stats import t_interval
 
 # fontTools logs each font-subsetting step of a PDF at INFO, which Hydra's logging would print

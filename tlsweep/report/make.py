@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tlsweep.report import backbones as backbone_table, stats, store, tables
-from tlsweep.errors import ReportError, why
+from tlsweep.report import backbones as backbone_table, reading as store, stats, tables
+from tlsweep.config.errors import ReportError, why
 from tlsweep.imports import heavy
-from tlsweep.report.keys import UNSET, design_keys, label, lower_is_better, resolve_keys, seed_keys
-from tlsweep.keys import DATASET_KEY, SCORE_STRATEGY, SHOTS_KEY, STRATEGY_KEY, Tag
-from tlsweep.tracking import EXPERIMENT, current, default_tracking_uri
+from tlsweep.report.columns import UNSET, design_keys, label, lower_is_better, resolve_keys, seed_keys
+from tlsweep.config.keys import DATASET_KEY, SCORE_STRATEGY, SHOTS_KEY, STRATEGY_KEY, Tag
+from tlsweep.tracking.runs import EXPERIMENT, current, default_tracking_uri
 
 if TYPE_CHECKING:
     from tlsweep.report.across import Across

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 from scipy import special  # t quantiles and tails; scipy.stats would add 0.4 s of import to every report
 
-from tlsweep.errors import ReportError
-from tlsweep.keys import STRATEGY_KEY, short_labels
-from tlsweep.report.keys import UNSET, resolve_keys, sort_key
+from tlsweep.config.errors import ReportError
+from tlsweep.config.keys import STRATEGY_KEY, short_labels
+from tlsweep.report.columns import UNSET, resolve_keys, sort_key
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import re
 
 import pandas as pd
 
-from tlsweep.keys import SHOTS_KEY, STRATEGY_KEY
-from tlsweep.report.keys import is_fraction, label, lower_is_better, metric_label, sort_key
+from tlsweep.config.keys import SHOTS_KEY, STRATEGY_KEY
+from tlsweep.report.columns import is_fraction, label, lower_is_better, metric_label, sort_key
 from tlsweep.report.stats import BOOT_SEED, N_BOOT
 
 
