@@ -112,7 +112,8 @@ def _spectrum(features: np.ndarray, y: np.ndarray, classes: np.ndarray,
 def _unit(f: np.ndarray) -> np.ndarray:
     """Each row scaled to length 1 (a zero row stays zero): one float64 copy, scaled in place."""
     f = np.array(f, dtype=np.float64)
-    f /= np.where((norm := np.linalg.norm(f, axis=1, keepdims=True)) > 0, norm, 1.0)
+    norm = np.sqrt(np.einsum("ij,ij->i", f, f))[:, None]  # np.linalg.norm would square all of f first: a second copy
+    f /= np.where(norm > 0, norm, 1.0)
     return f
 
 
