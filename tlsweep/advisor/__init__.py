@@ -9,6 +9,8 @@ turns `next_step`'s jobs into tlsweep runs and the finished runs back into the r
     budget    budget strings, each job's estimated cost, what was spent, what fits
     policy    next_step: screen, successive halving, paired seeds, verdict
     simulate  the policy's loop against a synthetic truth
+    replay    the policy's loop on a measured grid (each job answered by its row), and regret against the grid
+    baselines random search, one-epoch top-k, successive halving, the default habit, the full grid, on a grid
 """
 from tlsweep.advisor.budget import parse_duration
 from tlsweep.advisor.policy import next_step
