@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from tlsweep.advisor.policy import next_step
-from tlsweep.advisor.study import Config, Job, StudyConfig
+from tlsweep.advisor.study import Job, StudyConfig
 from tlsweep.advisor.table import COLUMNS, KEY, SCORED, empty, lr_key
+from tlsweep.report.stats import holm, paired_p, t_interval
 
 CANDIDATE = ["backbone", "strategy", "lr"]
 
@@ -123,10 +124,6 @@ def _answer(grid: Grid, job: Job, seed_of: dict[int, int]) -> dict:
     return {c: row[c] for c in COLUMNS} | {"seed": job.seed}  # the study's own seed: it pairs configs by it
 
 
-def picked(config: Config | None) -> tuple[str, str, float] | None:
-    return None if config is None else (config.backbone, config.strategy, lr_key(config.lr))
-
-
 def summary(results: pd.DataFrame) -> pd.DataFrame:
     """Regret per method and budget share: the mean over tasks (each task's mean over replays) with its 95%
     t-interval over tasks, and the worst task."""
@@ -134,7 +131,7 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (method, share), part in per_task.groupby(["method", "budget_share"]):
         x = part["regret"].to_numpy(float)
-        _, _, low, high = _t_interval(x)
+        _, _, low, high = t_interval(x)
         out.append(dict(method=method, budget_share=share, tasks=len(x), regret=float(x.mean()), low=low, high=high,
                         worst=float(x.max())))
     return pd.DataFrame(out)
@@ -144,8 +141,6 @@ def claim(results: pd.DataFrame, share: float, method: str = "advisor") -> pd.Da
     """`method`'s regret minus each other method's, paired by task at `share` of the grid: the mean difference
     in points (negative: `method` loses less), its 95% t-interval over tasks, and the p-value with Holm's
     adjustment over the methods compared."""
-    from tlsweep.report.stats import holm, paired_p
-
     at = results[np.isclose(results["budget_share"], share)]
     per_task = at.groupby(["method", "task"])["regret"].mean().unstack("task")
     if method not in per_task.index:
@@ -154,16 +149,10 @@ def claim(results: pd.DataFrame, share: float, method: str = "advisor") -> pd.Da
     for other in [m for m in per_task.index if m != method]:
         both = per_task.loc[[method, other]].dropna(axis=1)
         a, b = both.loc[method].to_numpy(float), both.loc[other].to_numpy(float)
-        _, _, low, high = _t_interval(a - b)
+        _, _, low, high = t_interval(a - b)
         rows.append(dict(baseline=other, tasks=len(a), difference=float(np.mean(a - b)) if len(a) else math.nan,
                          low=low, high=high, p=paired_p(a, b)))
     out = pd.DataFrame(rows)
     if len(out):
         out["p_holm"] = holm(out["p"].to_numpy(float))
     return out
-
-
-def _t_interval(x: np.ndarray) -> tuple[float, float, float, float]:
-    from tlsweep.report.stats import t_interval
-
-    return t_interval(x)
