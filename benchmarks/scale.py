@@ -6,6 +6,7 @@
     python benchmarks/scale.py stream --root /tmp/scale-20k --budget-mb 1 --out benchmarks/results/scale.json \
         data.image_size=64
 
+ROOT may also be a real dataset's folder from benchmarks/advisor/data/ (its source.json names it in the row).
 `make` writes 160-px JPEGs in 10 classes, 90% train / 10% val. Each class has its own mean colour and stripe
 direction under per-image noise, so a linear probe on frozen features can learn them and an accuracy near chance
 means something broke. The same seed makes the same folder.
@@ -15,9 +16,10 @@ once per budget (`data.cache_budget_mb`), each with a fresh store and cache unde
 the wall time, the child's peak RSS (getrusage of the children: the job is the only one), the run's decode and
 feature-cache tags and its accuracy. `sweep` runs the 3-LR x 3-seed x 10-epoch probe sweep and sets its wall beside
 its parts: the data and feature passes (paid once, by the first job) plus every job's head training. `stream` runs
-one fine-tune epoch on images over the budget (DataLoader workers decode them every epoch) and sets it beside its
-bound: decoding and transforming the epoch's images with every core, plus the train steps and val forwards on
-inputs made beforehand (benchmarks/bounds.py). With `--out`, each row replaces the row of the same workload, size,
+one fine-tune epoch, on images over the budget (DataLoader workers decode them every epoch) or under it (decoded
+once, before the epoch), with its wall and peak memory, and sets the epoch beside its streamed bound: decoding and
+transforming the epoch's images with every core, plus the train steps and val forwards on inputs made beforehand
+(benchmarks/bounds.py). With `--out`, each row replaces the row of the same workload, size,
 budget and command in the result file (docs/speed.md renders it). The images stay out of the repository.
 """
 from __future__ import annotations
@@ -137,9 +139,10 @@ def sweep(root: Path, budget_mb: float, extra: list[str]) -> dict:
 
 
 def stream(root: Path, budget_mb: float, extra: list[str]) -> dict:
-    """One streamed fine-tune epoch (the images over the budget: DataLoader workers decode them every epoch),
-    against its bound: decoding and transforming the epoch's images with every core, plus the train steps and
-    val forwards on inputs made beforehand (benchmarks/bounds.py), each timed alone."""
+    """One fine-tune epoch (the images over the budget: DataLoader workers decode them every epoch; under it:
+    decoded once before the epoch), against the streamed bound: decoding and transforming the epoch's images with
+    every core, plus the train steps and val forwards on inputs made beforehand (benchmarks/bounds.py), each
+    timed alone."""
     sys.path.insert(0, str(Path(__file__).parent))
     from bounds import finetune_bound
 
@@ -150,9 +153,7 @@ def stream(root: Path, budget_mb: float, extra: list[str]) -> dict:
     overrides = ["strategy=finetune", "epochs=1", f"data.cache_budget_mb={budget_mb}", *extra]
     cmd = [sys.executable, "-m", "tlsweep", "model=efficientnet_lite0", "data=imagefolder", f"data.root={root}",
            *overrides, f"cache_dir={work / 'cache'}", f"tracking.uri=sqlite:///{work / 'mlflow.db'}"]
-    done = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(done.stderr[-3000:])
+    measured = _measured(cmd, work)  # the run's own wall and peak memory, before the bound's work in this process
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
@@ -173,7 +174,7 @@ def stream(root: Path, budget_mb: float, extra: list[str]) -> dict:
         list(pool.map(lambda job: job[1](load_rgb(job[0])).sum(), jobs))
     decode_s = time.perf_counter() - start
     bound_s = decode_s + steps["per_epoch_s"]
-    return {"images": len(jobs), "budget_mb": budget_mb, "epoch_s": round(epoch_s, 1),
+    return {"images": len(jobs), "budget_mb": budget_mb, **measured, "epoch_s": round(epoch_s, 1),
             "decode_s": round(decode_s, 1), "steps_s": round(steps["per_epoch_s"], 1), "bound_s": round(bound_s, 1),
             "epoch_over_bound": round(epoch_s / bound_s, 2), "ms_per_image": round(1000 * epoch_s / len(jobs), 2),
             "decode": run.data.tags.get("tlsweep.fast.decode_once"),
@@ -196,8 +197,10 @@ def main() -> None:
     if args.what == "make":
         return make(args.images, args.root)
     rows = []
+    source = args.root / "source.json"  # a real dataset's folder (benchmarks/advisor/data/) says what it holds
+    data = json.loads(source.read_text())["dataset"] if source.exists() else "generated"
     for budget in args.budget_mb:  # one process each: RUSAGE_CHILDREN's peak is the largest child's so far
-        row = {"kind": args.what, **{"probe": probe, "sweep": sweep, "stream": stream}[args.what](
+        row = {"kind": args.what, "data": data, **{"probe": probe, "sweep": sweep, "stream": stream}[args.what](
             args.root, budget, args.overrides), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{_cpu()}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB"}
         rows.append(row)
@@ -205,10 +208,12 @@ def main() -> None:
         if len(args.budget_mb) > 1:
             print("(peak RSS is the largest child's so far: run one budget per invocation to read each alone)")
     if args.out:  # the result file: a new measurement replaces the row of the same workload, size and budget
-        same = lambda a, b: all(a.get(k) == b.get(k) for k in ("kind", "images", "budget_mb", "command"))  # noqa: E731
+        same = lambda a, b: all(a.get(k, "generated") == b.get(k, "generated")  # noqa: E731
+                                for k in ("kind", "data", "images", "budget_mb", "command"))
         old = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
         kept = [r for r in old if not any(same(r, n) for n in rows)] + rows
-        kept.sort(key=lambda r: (["probe", "sweep", "stream"].index(r["kind"]), r["images"], -r["budget_mb"]))
+        kept.sort(key=lambda r: (["probe", "sweep", "stream"].index(r["kind"]), r.get("data", "generated") != "generated",
+                                 r["images"], -r["budget_mb"]))
         args.out.write_text(json.dumps({"rows": kept}, indent=1) + "\n")
 
 

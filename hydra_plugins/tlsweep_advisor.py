@@ -77,6 +77,9 @@ class AdviseSweeper(TlsweepSweeper):
                   f"{cfg.data.select_fraction} of train, held out stratified by class; the scored split is read "
                   "only for the final report", flush=True)
         returns, job_idx, shown, log_rows, batch_no, cautioned = [], 0, set(), [], 0, False
+        setting, resplit = cfg.advise.get("resplit") if cfg.get("advise") else None, False
+        if any(a.lstrip("+~").startswith("data.select_seed=") for a in base):
+            setting = False  # the user chose the draws (data.select_seed=${seed} resplits every seed already)
         while True:
             found = store.search(uri, exp_id, str(cfg.data.name))
             table = store.results(found, where)
@@ -85,6 +88,10 @@ class AdviseSweeper(TlsweepSweeper):
             if caution:  # once, as soon as a run has logged the split's size
                 print(f"[tlsweep] advise: caution: {caution}", flush=True)
                 cautioned = True
+            if not resplit and space.resplits(setting, caution):
+                resplit = True
+                print("[tlsweep] advise: each seed past the first holds out its own draw of the selection split "
+                      "(data.select_seed=<seed>; advise.resplit)", flush=True)
             step = next_step(table, study, wall_elapsed=time.time() - started)
             for row in step.trace.itertuples(index=False, name=None):
                 if row not in shown:  # each decision once, with the evidence as it stood then
@@ -96,7 +103,7 @@ class AdviseSweeper(TlsweepSweeper):
             print(f"[tlsweep] advise: {len(step.jobs)} jobs; {step.progress}"
                   + (f"; {step.note}" if step.note else ""), flush=True)
             batch_no += 1
-            batch = [base + space.overrides(j, model) for j in step.jobs]
+            batch = [base + space.overrides(j, model, resplit) for j in step.jobs]
             size = self.max_batch_size or len(batch)
             for i in range(0, len(batch), size):
                 chunk = batch[i:i + size]
@@ -181,13 +188,20 @@ class AdviseSweeper(TlsweepSweeper):
         (out / "recommendation.txt").write_text(block + "\n")
         trace.to_csv(out / "trace.csv", index=False)
         (out / "trace.md").write_text(report.markdown(trace))
+        finalists = report.finalists(results, step, study) if len(results) else None
         files = [out / "recommendation.txt", out / "trace.csv", out / "trace.md"]
+        if finalists is not None and len(finalists):
+            finalists.to_csv(out / "finalists.csv", index=False)
+            (out / "finalists.md").write_text(report.finalists_markdown(finalists))
+            files += [out / "finalists.csv", out / "finalists.md"]
         if len(results):
             try:
                 files.append(report.race(results, step, out / "race.png"))
             except Exception as err:  # noqa: BLE001 -- a figure that fails must not lose the verdict
                 log.warning("could not draw the race figure: %s: %s", type(err).__name__, err)
         print(block, flush=True)
+        if finalists is not None and len(finalists):
+            print("\n== the finalists: full length, paired seeds ==\n" + report.finalists_markdown(finalists), flush=True)
         print(f"[tlsweep] advise: decision trace {out / 'trace.md'} ({len(trace)} rows), race figure "
               f"{out / 'race.png'}; logged to the parent run under advise/", flush=True)
         client = MlflowClient(uri)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tlsweep.advisor import baselines
-from tlsweep.advisor.replay import Grid, Unmeasured, advise, claim, regret, study_for, summary
+from tlsweep.advisor.replay import Grid, Unmeasured, advise, claim, draws, regret, study_for, summary
 from tlsweep.advisor.simulate import run, simulate
 from tlsweep.advisor.study import Job, StudyConfig
 from tlsweep.advisor.table import COLUMNS, SCORED
@@ -124,6 +124,24 @@ def test_successive_halving_promotes_the_top_third_of_each_rung():
     assert out.pick == ("b", "finetune", 1e-4)
 
 
+def test_a_strategy_that_cannot_run_one_epoch_starts_the_one_epoch_rule_and_halving_at_its_least_length():
+    """lpft's probe phase takes 2 epochs: its 1-epoch runs fail as configs. Both baselines then run it first at
+    its least valid length (3 here), rank it there beside the others' 1-epoch runs, and never run it twice at
+    one length."""
+    rows = grid_of(truth({("b", "finetune", 1e-4): 0.9}))
+    short = (rows["strategy"] == "finetune") & (rows["epochs"] == 1)
+    rows.loc[short, ["status", "select_acc", SCORED]] = ["failed", math.nan, math.nan]
+    g = Grid(rows)
+    least = {"finetune": 3}
+    assert baselines.one_epoch_top_k(g, g.cost, np.random.default_rng(0)).pick[1] == "probe"  # finetune never ranks
+    out = baselines.one_epoch_top_k(g, 10 * g.cost, np.random.default_rng(0), least=least)
+    assert out.pick == ("b", "finetune", 1e-4) and out.jobs == 2 * len(g.candidates)
+    sh = baselines.successive_halving(g, 10 * g.cost, np.random.default_rng(0), least=least)
+    assert sh.pick == ("b", "finetune", 1e-4)
+    n = len(g.candidates)  # 12 first runs; the top 4 at 3 epochs, of which finetune's already ran there; 2 at 9
+    assert sh.jobs < n + math.ceil(n / 3) + 2
+
+
 def test_the_default_habit_fine_tunes_at_the_middle_lr_and_the_full_grid_reads_every_seed():
     g = Grid(grid_of(truth({("a", "finetune", 1e-3): 0.8})))
     habit = baselines.default_habit(g, np.random.default_rng(0))
@@ -151,3 +169,17 @@ def test_the_claim_pairs_methods_by_task_with_an_interval_and_holms_adjustment()
     assert (c["p_holm"] >= c["p"]).all() and (c["tasks"] == 8).all()
     s = summary(res).set_index("method")
     assert s.loc["random_search", "tasks"] == 8 and s.loc["random_search", "worst"] <= 2.5
+
+
+def test_a_resplit_grid_answers_seeds_past_the_first_from_their_own_draws_and_keeps_the_truth_on_the_fixed_one():
+    """The rows a resplit study meets: seed 0 and every short run as measured on the fixed draw, seeds 1 and 2 at
+    full length from their own draws; the fixed grid alone scores picks, so both replays share one truth."""
+    fixed = grid_of(truth()).assign(draw="fixed", task="t")
+    own = fixed[(fixed["epochs"] == 9) & (fixed["seed"] > 0)].assign(draw="per_seed", select_acc=0.123)
+    grid, resplit = draws(pd.concat([fixed, own], ignore_index=True))
+    assert len(resplit.rows) == len(grid.rows) == len(fixed)
+    assert grid.row("a", "probe", 1e-2, 9, 1)["select_acc"] != 0.123
+    assert resplit.row("a", "probe", 1e-2, 9, 1)["select_acc"] == 0.123
+    assert resplit.row("a", "probe", 1e-2, 9, 0)["select_acc"] == grid.row("a", "probe", 1e-2, 9, 0)["select_acc"]
+    assert resplit.row("a", "probe", 1e-2, 3, 2)["select_acc"] == grid.row("a", "probe", 1e-2, 3, 2)["select_acc"]
+    assert draws(fixed)[1] is None and draws(fixed.drop(columns="draw"))[0].cost == grid.cost

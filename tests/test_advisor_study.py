@@ -9,6 +9,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
@@ -19,6 +20,7 @@ from tlsweep.advisor.runs import Space, fixed_params, results
 from tlsweep.advisor.study import Job
 from tlsweep.config.errors import ConfigError
 from tlsweep.config.keys import Tag
+from tlsweep.report import stats
 
 FIXED = {"data.name": "imagefolder", "batch_size": "4"}
 
@@ -79,6 +81,9 @@ def test_fixed_params_leave_out_the_varied_keys_and_where_a_run_logs():
     flat = {"optim.lr": "1", "epochs": "3", "seed": "0", "tracking.uri": "x", "advise.budget": "30m",
             "optim.name": "adamw", "batch_size": "4"}
     assert fixed_params(flat, ("tracking.", "advise")) == {"optim.name": "adamw", "batch_size": "4"}
+    # a seed's draw of the selection split follows the seed: a resplit study's seed-1 run is the same config
+    assert fixed_params({**flat, "data.select_seed": "1"}, ("tracking.", "advise")) == fixed_params(
+        flat, ("tracking.", "advise"))
 
 
 def test_the_study_from_advise_keys_and_its_defaults():
@@ -112,6 +117,14 @@ def test_a_jobs_overrides_pick_a_model_option_or_a_timm_arch():
     assert space.parallel_slots({"n_jobs": -1}, 8) == 8 and space.parallel_slots({}, 8) == 1
 
 
+def test_a_resplit_study_gives_each_seed_past_the_first_its_own_draw_of_the_selection_split():
+    seed = lambda k: Job("a", "finetune", 1e-3, 3, k, "", 0.0, "")  # noqa: E731
+    assert space.overrides(seed(0), "x", resplit=True) == space.overrides(seed(0), "x")  # the screen's draw
+    assert space.overrides(seed(2), "x", resplit=True) == space.overrides(seed(2), "x") + ["data.select_seed=2"]
+    assert not space.resplits(None, "") and space.resplits(None, "the selection split has 49 images: ...")
+    assert space.resplits(True, "") and not space.resplits(False, "the selection split has 49 images: ...")
+
+
 def test_the_report_shows_the_recommendation_the_trace_and_the_race(tmp_path):
     s = space.study({"budget": "2h", "backbones": ["a"], "strategies": ["probe", "finetune"], "lrs": [1e-3],
                      "max_seeds": 3}, epochs=3, base_lr=1e-3, parallel=1, importable=bool)
@@ -128,6 +141,32 @@ def test_the_report_shows_the_recommendation_the_trace_and_the_race(tmp_path):
     assert "selection split: 0.2 of train" in block and "of an estimated full grid" in block
     assert report.markdown(step.trace).splitlines()[0] == "| round | stage | candidate | action | evidence |"
     assert report.race(t, step, tmp_path / "race.png").stat().st_size > 0
+
+
+def test_the_finalists_show_their_seeds_intervals_and_paired_gap_to_the_recommendation():
+    s = space.study({"budget": "2h", "backbones": ["a"], "strategies": ["probe", "finetune"], "lrs": [1e-3],
+                     "max_seeds": 3}, epochs=3, base_lr=1e-3, parallel=1, importable=bool)
+    noise = {0: 0.0, 1: 0.02, 2: -0.01}
+    rows = [run(strategy=st, seed=str(k), end=1_000_000 + 10_000 * i,
+                metrics={"select_acc": acc + noise[k] * (st == "probe"), "final_val_acc": acc - 0.05,
+                         "epoch_seconds": 1.0})
+            for i, (st, acc, k) in enumerate([(st, a, k) for st, a in (("probe", 0.6), ("finetune", 0.8))
+                                              for k in range(3)])]
+    rows.append(run(strategy="finetune", epochs="1", end=900_000, metrics={"select_acc": 0.7}))  # short: not final
+    t = results(rows, SPACE)
+    step = next_step(t, s)
+    f = report.finalists(t, step, s)
+    assert list(f["candidate"]) == ["a/finetune lr=0.001 (recommended)", "a/probe lr=0.001"]
+    assert list(f["seeds"]) == ["0,1,2", "0,1,2"]
+    probe = f.iloc[1]
+    gaps = np.array([-0.2, -0.18, -0.21])  # probe minus finetune, seed by seed
+    want = stats.t_interval(gaps)
+    assert probe["gap_to_recommended"] == pytest.approx(gaps.mean())
+    assert (probe["gap_low"], probe["gap_high"]) == pytest.approx(want[2:])
+    assert probe["scored_acc"] == pytest.approx(0.55) and np.isnan(f.iloc[0]["gap_to_recommended"])
+    md = report.finalists_markdown(f)
+    assert md.splitlines()[0].startswith("| finalist | seeds | selection (95% CI) |")
+    assert "a/finetune lr=0.001 (recommended) | 0,1,2 | 0.8000" in md
 
 
 def test_a_selection_split_coarser_than_the_margin_is_a_caution_in_the_report():
@@ -183,15 +222,24 @@ def test_a_study_runs_to_a_recommendation_under_one_parent_and_resumes_by_name(t
     # 6 selection images (0.2 of 30): one is 0.1667 of select_acc, coarser than the 1-point margin
     assert first.stdout.count("[tlsweep] advise: caution: the selection split has 6 images") == 1, out[-4000:]
     assert parent.data.tags["tlsweep.advise.caution"].startswith("the selection split has 6 images")
+    # on so coarse a split each seed past the first draws its own: its jobs say so, seed 0's keep the fixed draw
+    assert "each seed past the first holds out its own draw of the selection split" in first.stdout
+    draws = {r.data.params.get("seed"): r.data.params.get("data.select_seed") for r in jobs}
+    assert draws.get("0") == "None" and all(v == k for k, v in draws.items() if k != "0"), draws
+    assert any(k != "0" for k in draws), draws  # the study reached its seeds stage
+    # the decision, not a grid's summary: the finalists, and no per-key sweep report
+    assert "== the finalists: full length, paired seeds ==" in first.stdout
+    assert "the study's decision and finalists: reports/advised/advise/" in first.stdout
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "advise")} >= {
-        "advise/recommendation.txt", "advise/trace.csv", "advise/trace.md", "advise/race.png"}
+        "advise/recommendation.txt", "advise/trace.csv", "advise/trace.md", "advise/race.png",
+        "advise/finalists.csv", "advise/finalists.md"}
     trace = pd.read_csv(client.download_artifacts(parent.info.run_id, "advise/trace.csv", str(tmp_path / "dl")))
     assert "recommend" in set(trace["action"]) and {"screen", "verdict"} <= set(trace["stage"])
     assert any(r.info.run_name.startswith("probe arch=resnet10t lr=0.001 epochs=3") for r in jobs)
-    # the UI's saved view groups the study's runs by what it varies, less the seed (tlsweep.tracking.views)
+    # the UI's saved view groups the study's runs by what it decided between (tlsweep.tracking.views)
     view = json.loads(client.get_experiment(exp_id).tags[f"mlflow.sharedViewState.{parent.info.run_id}"])
     assert [k["groupByData"] for k in json.loads(view["state"])["groupBy"]["groupByKeys"]] == \
-        ["model.arch", "strategy.name", "optim.lr", "epochs"]
+        ["model.arch", "strategy.name"]
     assert f"viewStateShareKey={parent.info.run_id}&workflowType=machine_learning" in first.stdout
 
     second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -128,3 +128,25 @@ def test_with_fewer_than_three_backbones_there_is_no_rank_correlation():
     result = bb.analyse(runs, params, "final_val_acc", ["strategy.name"])
     assert result.taus["weighted_tau"].isna().all() and list(result.table["score/logme_rank"]) == [2.0, 1.0]
     assert "No rank correlation: it needs at least 3 backbones (2 here)" in bb.markdown(result)
+
+
+def test_a_static_ranking_stands_beside_the_scores_in_the_rank_correlations():
+    """Runs that log the weights' ImageNet top-1 and the model's size get both as rankers: their taus against the
+    accuracies, as scipy computes them, and a row each in the section, named static."""
+    models = {"a": (75.1, 3e6, 0.6), "b": (76.7, 4e6, 0.9), "c": (77.6, 5e6, 0.7)}  # top-1, params, probe accuracy
+    rows = [{"model.name": m, "strategy.name": "probe", "seed": str(s), "task": "t"} for m in models for s in SEEDS]
+    params = pd.DataFrame(rows, dtype=object)
+    runs = pd.DataFrame({"status": "FINISHED",
+                         "final_val_acc": [models[m][2] + 0.01 * s for m in models for s in range(len(SEEDS))],
+                         "score/logme": [models[m][2] for m in models for _ in SEEDS],
+                         "imagenet_top1": [models[m][0] for m in models for _ in SEEDS],
+                         "total_params": [models[m][1] for m in models for _ in SEEDS]})
+    result = bb.analyse(runs, params, "final_val_acc", ["strategy.name"])
+    taus = result.taus.set_index(["score", "target"])
+    top1, acc = np.array([75.1, 76.7, 77.6]), np.array([0.61, 0.91, 0.71])
+    assert taus.loc[("imagenet_top1", "probe"), "weighted_tau"] == pytest.approx(stats.weightedtau(top1, acc)[0])
+    assert taus.loc[("score/logme", "probe"), "weighted_tau"] == pytest.approx(1.0)
+    assert taus.loc[("total_params", "probe"), "spearman_rho"] == pytest.approx(0.5)
+    md = bb.markdown(result)
+    assert "| static: ImageNet top-1 | " in md
+    assert "| static: parameters | " in md and result.scores == ["score/logme"]  # not a column of the table

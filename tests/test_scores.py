@@ -103,7 +103,8 @@ def test_knn_is_sklearns_cosine_knn(seed, classes, k):
 def test_knn_past_its_query_cap_classifies_a_fixed_subset_against_every_train_sample(monkeypatch):
     ftr, ytr, fev, yev = _data(2, 90, 60, 12, 4)
     monkeypatch.setattr(scores, "KNN_QUERIES", 25)
-    monkeypatch.setattr(scores, "_SIMILARITIES", 7 * 90)  # blocks of 7 queries: the block edges are exercised
+    monkeypatch.setattr(scores, "_TRAIN_ROWS", 13)  # train met 13 rows at a time: a last chunk of 12, under k+...
+    monkeypatch.setattr(scores, "_SIMILARITIES", 7 * 13)  # ...and blocks of 7 queries: both edges are exercised
     pick = np.sort(np.random.default_rng(0).choice(60, 25, replace=False))
     clf = KNeighborsClassifier(n_neighbors=5, metric="cosine").fit(ftr, ytr)
     assert scores.knn_acc(ftr, ytr, fev, yev, k=5) == pytest.approx(clf.score(fev[pick], yev[pick]))
@@ -111,6 +112,28 @@ def test_knn_past_its_query_cap_classifies_a_fixed_subset_against_every_train_sa
     loo = np.mean([KNeighborsClassifier(n_neighbors=5, metric="cosine").fit(np.delete(ftr, i, 0), np.delete(ytr, i))
                    .predict(ftr[i:i + 1])[0] == ytr[i] for i in left_out])
     assert scores.knn_acc(ftr, ytr, k=5) == pytest.approx(loo)
+
+
+@pytest.mark.parametrize("leave_one_out", [False, True])
+def test_knn_and_ncc_hold_no_float64_copy_of_the_train_features(monkeypatch, leave_one_out):
+    """Features of a large folder can be a memory-mapped float32 file: the scores read them a chunk at a time, so
+    their float64 working memory is a few chunks, not twice the features."""
+    import tracemalloc
+    rng = np.random.default_rng(5)
+    train = rng.normal(size=(20_000, 256)).astype(np.float32)  # 20 MB; a float64 copy would be 40 MB
+    labels = rng.integers(0, 4, len(train))
+    held = (None, None) if leave_one_out else (train[:500], labels[:500])
+    monkeypatch.setattr(scores, "_TRAIN_ROWS", 512)
+    monkeypatch.setattr(scores, "_SIMILARITIES", 100 * 512)  # the similarity block: bounded apart from the features
+    monkeypatch.setattr(scores, "KNN_QUERIES", 500)
+    for fn in (scores.knn_acc, scores.ncc_acc):
+        tracemalloc.start()
+        try:
+            fn(train, labels, *held)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 0.5 * train.nbytes, (fn.__name__, peak)
 
 
 def test_logme_from_the_gram_matrix_equals_logme_from_the_svd(monkeypatch):

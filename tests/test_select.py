@@ -32,6 +32,25 @@ def test_selection_split_is_held_out_of_train_stratified_and_fixed(make_cfg):
     assert "0.5 of train held out" in data.select_from and f"seed {D.SELECT_SEED}" in data.select_from
 
 
+def test_a_selection_draw_per_run_seed_pairs_configs_by_seed_and_keeps_seed_0s_draw(make_cfg):
+    """data.select_seed=${seed}: each seed holds out its own draw (stratified, disjoint from train and val), the
+    same for every config of that seed, and seed 0's is the fixed draw, so runs made without it stay comparable."""
+    fixed = D.load(make_cfg("data.select_fraction=0.5").data)
+    draws = {}
+    for seed in (0, 1, 2):
+        data = D.load(make_cfg("data.select_fraction=0.5", "data.select_seed=${seed}", f"seed={seed}",
+                               "optim.lr=0.01").data)
+        assert Counter(data.select.targets) == {0: 3, 1: 3} and not set(data.select.items) & set(data.train.items)
+        assert set(data.select.items) | set(data.train.items) == set(fixed.select.items) | set(fixed.train.items)
+        assert f"seed {seed}" in data.select_from
+        draws[seed] = data.select.items
+        again = D.load(make_cfg("data.select_fraction=0.5", "data.select_seed=${seed}", f"seed={seed}",
+                                "strategy=probe").data)
+        assert again.select.items == data.select.items  # another config, the same seed: paired on the same draw
+    assert draws[0] == fixed.select.items
+    assert draws[1] != draws[0] and draws[2] not in (draws[0], draws[1])
+
+
 def test_selection_split_comes_before_shots(make_cfg):
     data = D.load(make_cfg("data.select_fraction=0.5", "data.shots=2").data)
     assert Counter(data.train.targets) == {0: 2, 1: 2} and len(data.select.items) == 6

@@ -234,7 +234,7 @@ class Record:
                 Tag.PREPROCESS: str(job.pp),
                 **({Tag.TRAINABLE_STAGES: ",".join(job.plan.trainable), **job.plan.tags()} if job.trains else {}),
                 **({Tag.SCORES: str(scores)} if scores else {}),
-            }, {**(scores.metrics() if scores else {}),
+            }, {**(scores.metrics() if scores else {}), **models.imagenet_top1(job.spec, job.weights),
                 # how finely select_acc can move (one image is 1/n of it): the advisor's report says so
                 **({SELECT_IMAGES: len(data.select.items)} if data.select is not None else {})})
         self.prep_seconds = self.clock.elapsed()  # everything before the first epoch

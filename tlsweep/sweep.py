@@ -171,6 +171,7 @@ class SweepCallback(Callback):
         self.report = report
         self.parent: str | None = None
         self.planned: int | None = None
+        self.advised = False  # experiment=advise: its own end shows the decision, the finalists and the trace
         self.claim: owner.LocalClaim | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -190,6 +191,7 @@ class SweepCallback(Callback):
             from .advisor.space import swept as advised
 
             self.swept, self.planned = advised(str(config.model.name)), None
+            self.advised = True
         self._claim(uri, asked)  # before the parent is looked up: the loser of a race must not see it free
         previous = find_sweep(client, exp_id, asked) if asked else None
         # who runs the sweep now, and which tlsweep
@@ -214,7 +216,9 @@ class SweepCallback(Callback):
             how = "new"
         self.uri, self.exp_id, self.parent, self.name = uri, exp_id, parent, name
         self.experiment = config.tracking.experiment
-        self.by = views.group_keys(self.swept, config)
+        # a study's view groups by what it decided between, backbone x strategy (its LRs, lengths and seeds are
+        # the means it took there); a grid's by every key it sweeps
+        self.by = views.group_keys(self.swept[:2] if self.advised else self.swept, config)
         self.view = self._save_view(client, parent, views.SCORED_METRIC)
         # for the jobs: by id, since a job on another node or in another directory resolves a relative
         # store differently, and a name can race (set_experiment's losers log into Default)
@@ -306,7 +310,10 @@ class SweepCallback(Callback):
                 known = client.get_run(parent).data.params  # a resumed parent has them already
                 shared = {k: v for k, v in shared_params(jobs, self.swept).items() if k not in known}
                 client.log_batch(parent, params=[Param(k, v) for k, v in shared.items()])
-            if self.report and any(c.info.status == "FINISHED" for c in jobs):
+            if self.advised:  # a grid's report groups every LR, length and seed the study tried apart
+                print(f"[tlsweep] the study's decision and finalists: reports/{self.name}/advise/; every run "
+                      f"as a grid: python -m tlsweep.report sweep={self.name}", flush=True)
+            elif self.report and any(c.info.status == "FINISHED" for c in jobs):
                 with _or_warn(f"report sweep {self.name}"), self._report_interruptible():
                     self._report(client, parent, runs)
             if self.view:  # the start's lines have scrolled away by now

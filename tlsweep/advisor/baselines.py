@@ -13,6 +13,7 @@ candidate on the selection split alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -29,41 +30,49 @@ def random_search(grid: Grid, budget: float, rng: np.random.Generator) -> Outcom
     for cand in _shuffled(grid.candidates, rng):
         if not ran.run(cand, grid.epochs):
             break
-    return ran.best(grid.epochs, "random search")
+    return ran.best({c: grid.epochs for c in grid.candidates}, "random search")
 
 
-def one_epoch_top_k(grid: Grid, budget: float, rng: np.random.Generator, epochs: int = 1) -> Outcome:
+def one_epoch_top_k(grid: Grid, budget: float, rng: np.random.Generator, epochs: int = 1,
+                    least: Mapping[str, int] | None = None) -> Outcome:
     """Every candidate (in a random order) for `epochs`, then the best of them by select_acc at full length, in
-    rank order, while the budget lasts; the best full-length run, else the best short one."""
-    if epochs not in grid.lengths():
+    rank order, while the budget lasts; the best full-length run, else the best short one. `least`: a strategy's
+    shortest valid length (lpft's probe phase plus one epoch), at which it runs where `epochs` is shorter, as a
+    user of the rule would run it."""
+    first = _firsts(grid, epochs, least)
+    if any(e not in grid.lengths() for e in first.values()):
         raise ValueError(f"one_epoch_top_k: the grid has no {epochs}-epoch runs (lengths {grid.lengths()})")
     ran = _Runs(grid, budget, rng)
     for cand in _shuffled(grid.candidates, rng):
-        if not ran.run(cand, epochs):
+        if not ran.run(cand, first[cand]):
             break
-    for cand in ran.ranked(epochs):
+    for cand in ran.ranked(first):
         if not ran.run(cand, grid.epochs):
             break
-    full = ran.best(grid.epochs, "one-epoch top-k")
-    return full if full.pick is not None else ran.best(epochs, "one-epoch top-k (no full-length run fit)")
+    full = ran.best({c: grid.epochs for c in grid.candidates}, "one-epoch top-k")
+    return full if full.pick is not None else ran.best(first, "one-epoch top-k (no full-length run fit)")
 
 
-def successive_halving(grid: Grid, budget: float, rng: np.random.Generator, eta: int = 3) -> Outcome:
+def successive_halving(grid: Grid, budget: float, rng: np.random.Generator, eta: int = 3,
+                       least: Mapping[str, int] | None = None) -> Outcome:
     """Rungs at the grid's lengths, shortest first: every candidate on the first rung (in a random order), then
-    the top ceil(n/eta) of each rung on the next, while the budget lasts; the best of the highest rung reached."""
+    the top ceil(n/eta) of each rung on the next, while the budget lasts; the best of the highest rung reached.
+    `least`: as one_epoch_top_k's (a candidate whose rung is below it runs, and is ranked, at it)."""
     ran = _Runs(grid, budget, rng)
     rungs, alive = grid.lengths(), _shuffled(grid.candidates, rng)
-    reached = rungs[0]
-    for i, epochs in enumerate(rungs):
+    at = _firsts(grid, rungs[0], least)
+    reached = at
+    for i, rung in enumerate(rungs):
         if i:
-            alive = ran.ranked(rungs[i - 1])[:max(1, math.ceil(len(alive) / eta))]
+            alive = ran.ranked(at)[:max(1, math.ceil(len(alive) / eta))]
+            at = {c: max(rung, at[c]) for c in grid.candidates}
         done = 0
         for cand in alive:
-            if not ran.run(cand, epochs):
+            if not ran.has(cand, at[cand]) and not ran.run(cand, at[cand]):
                 break
             done += 1
         if done:
-            reached = epochs
+            reached = dict(at)
         if done < len(alive):
             break
     return ran.best(reached, "successive halving")
@@ -79,7 +88,7 @@ def default_habit(grid: Grid, rng: np.random.Generator, strategy: str = "finetun
     b = cands[0][0]
     lrs = sorted(c[2] for c in cands if c[0] == b)
     pick = (b, strategy, lrs[len(lrs) // 2] if lr is None else lr)
-    row = grid.row(*pick, grid.epochs, int(rng.choice(grid.seeds)))
+    row = grid.answer(*pick, grid.epochs, int(rng.choice(grid.seeds)), {})
     return Outcome(pick, float(row["job_seconds"]), 1, "default habit")
 
 
@@ -99,29 +108,41 @@ class _Runs:
 
     def __init__(self, grid: Grid, budget: float, rng: np.random.Generator):
         self.grid, self.budget, self.rng = grid, budget, rng
-        self.spent, self.rows = 0.0, []
+        self.spent, self.rows, self.paid = 0.0, [], {}
 
     def run(self, cand: tuple, epochs: int) -> bool:
         """Run `cand` for `epochs` at a random measured seed; False, running nothing, where it would overspend."""
-        row = self.grid.row(*cand, epochs, int(self.rng.choice(self.grid.seeds)))
+        paid = dict(self.paid)  # committed only if the run fits
+        row = self.grid.answer(*cand, epochs, int(self.rng.choice(self.grid.seeds)), paid)
         if self.spent + row["job_seconds"] > self.budget:
             return False
+        self.paid = paid
         self.spent += float(row["job_seconds"])
         self.rows.append(row)
         return True
 
-    def _at(self, epochs: int) -> pd.DataFrame:
+    def has(self, cand: tuple, epochs: int) -> bool:
+        return any(tuple(r[c] for c in CANDIDATE) == cand and r["epochs"] == epochs for r in self.rows)
+
+    def ranked(self, at: Mapping[tuple, int]) -> list[tuple]:
+        """The candidates that finished their length in `at` (candidate -> epochs), best select_acc first (ties
+        in the order they ran)."""
         runs = pd.DataFrame(self.rows, columns=list(self.grid.rows.columns))
-        return runs[(runs["epochs"] == epochs) & (runs["status"] == "finished")]
+        if runs.empty:
+            return []
+        mine = [at.get(c) == e for c, e in zip(runs[CANDIDATE].itertuples(index=False, name=None), runs["epochs"])]
+        runs = runs[np.array(mine, dtype=bool) & (runs["status"] == "finished").to_numpy()]
+        runs = runs.sort_values("select_acc", ascending=False, kind="stable")
+        return list(dict.fromkeys(runs[CANDIDATE].itertuples(index=False, name=None)))
 
-    def ranked(self, epochs: int) -> list[tuple]:
-        """The candidates that finished `epochs`, best select_acc first (ties in the order they ran)."""
-        runs = self._at(epochs).sort_values("select_acc", ascending=False, kind="stable")
-        return list(runs[CANDIDATE].itertuples(index=False, name=None))
-
-    def best(self, epochs: int, why: str) -> Outcome:
-        top = self.ranked(epochs)
+    def best(self, at: Mapping[tuple, int], why: str) -> Outcome:
+        top = self.ranked(at)
         return Outcome(top[0] if top else None, self.spent, len(self.rows), why)
+
+
+def _firsts(grid: Grid, epochs: int, least: Mapping[str, int] | None) -> dict[tuple, int]:
+    """Each candidate's first length: `epochs`, or its strategy's least valid length where that is longer."""
+    return {c: max(epochs, (least or {}).get(c[1], 1)) for c in grid.candidates}
 
 
 def _shuffled(items: list, rng: np.random.Generator) -> list:

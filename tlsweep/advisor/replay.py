@@ -23,7 +23,7 @@ import pandas as pd
 
 from tlsweep.advisor.policy import next_step
 from tlsweep.advisor.study import Job, StudyConfig
-from tlsweep.advisor.table import COLUMNS, KEY, SCORED, empty, lr_key
+from tlsweep.advisor.table import COLUMNS, FEATURE_SECONDS, KEY, SCORE_PREFIX, SCORED, SELECT_IMAGES, empty, lr_key
 from tlsweep.report.stats import holm, paired_p, t_interval
 
 CANDIDATE = ["backbone", "strategy", "lr"]
@@ -46,6 +46,16 @@ class Grid:
         dup = runs.duplicated(list(KEY))
         if dup.any():
             raise ValueError(f"grid measures {list(runs.loc[dup, list(KEY)].iloc[0])} twice: one row per job")
+        # A frozen prefix's feature pass is paid by the first job that needs it (its views up to its length), in
+        # the grid's order as in a method's: each row's time is kept without its pass, and `answer` charges the
+        # pass to whichever job of a replay needs it first.
+        passes = pd.to_numeric(runs[FEATURE_SECONDS], errors="coerce") if FEATURE_SECONDS in runs else \
+            pd.Series(np.nan, index=runs.index)
+        self._passes: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for b, s, e, sec in zip(runs["backbone"], runs["strategy"], runs["epochs"], passes):
+            if np.isfinite(sec):
+                self._passes.setdefault((b, _prefix(s)), []).append((int(e), float(sec)))
+        runs = runs.assign(job_seconds=runs["job_seconds"] - passes.fillna(0.0), **{FEATURE_SECONDS: np.nan})
         self.rows = runs.reset_index(drop=True)
         self.epochs = int(runs["epochs"].max())  # the full length
         self.seeds = tuple(sorted(runs["seed"].unique()))
@@ -54,7 +64,8 @@ class Grid:
         # a run that diverged or failed gave the user nothing: it counts as 0 in its candidate's truth
         acc = full[SCORED].where(full["status"] == "finished", 0.0).astype(float)
         self.truth = full.assign(**{SCORED: acc}).groupby(CANDIDATE)[SCORED].mean()
-        self.cost = float(full["job_seconds"].sum())  # the full grid: every candidate, every seed, full length
+        # the full grid: every candidate, every seed, full length, and each feature pass once
+        self.cost = float(full["job_seconds"].sum()) + sum(sec for p in self._passes.values() for _, sec in p)
 
     @property
     def candidates(self) -> list[tuple[str, str, float]]:
@@ -64,10 +75,30 @@ class Grid:
         return sorted(self.rows["epochs"].unique())
 
     def row(self, backbone: str, strategy: str, lr: float, epochs: int, seed: int) -> dict:
+        """The measured run, its job-seconds without any feature pass."""
         i = self._by_key.get((backbone, strategy, lr_key(lr), int(epochs), int(seed)))
         if i is None:
             raise Unmeasured(f"no row for {backbone}/{strategy} lr={lr:g} {epochs} epochs seed {seed}")
         return self.rows.iloc[i].to_dict()
+
+    def answer(self, backbone: str, strategy: str, lr: float, epochs: int, seed: int,
+               paid: dict[tuple[str, str], int]) -> dict:
+        """The row as a method's job meets it: where its frozen prefix's views up to `epochs` are not yet `paid`
+        (prefix -> length computed so far, updated here), it pays them, in job_seconds and feature_seconds."""
+        row = self.row(backbone, strategy, lr, epochs, seed)
+        key = (backbone, _prefix(strategy))
+        have = paid.get(key, 0)
+        extra = sum(sec for e, sec in self._passes.get(key, ()) if have < e <= epochs)
+        if extra:
+            row["job_seconds"] += extra
+            row[FEATURE_SECONDS] = extra
+            paid[key] = max(have, int(epochs))
+        return row
+
+
+def _prefix(strategy: str) -> str:
+    """Whose cached features a strategy reads: lpft's probe phase reads the probe's (the pre-logits)."""
+    return "probe" if strategy == "lpft" else strategy
 
 
 @dataclass(frozen=True)
@@ -77,6 +108,25 @@ class Outcome:
     spent: float
     jobs: int
     why: str = ""
+
+
+def draws(rows: pd.DataFrame) -> tuple[Grid, Grid | None]:
+    """One task's rows (with a `draw` column: "fixed", or "per_seed" for runs whose seed drew its own selection
+    split) as the grid on the fixed draw, and the grid a resplit study meets (advise.resplit): each per_seed row in
+    place of the fixed row of its key, the rest as measured; None where there are no per_seed rows."""
+    draw = rows["draw"] if "draw" in rows else pd.Series("fixed", index=rows.index)
+    fixed = rows[draw == "fixed"].drop(columns=["task", "draw"], errors="ignore")
+    own = rows[draw == "per_seed"].drop(columns=["task", "draw"], errors="ignore")
+    if FEATURE_SECONDS in own:  # a draw of its own trains on other images: its pass is its own, kept in its time
+        own = own.assign(**{FEATURE_SECONDS: np.nan})
+    grid = Grid(fixed)
+    if own.empty:
+        return grid, None
+    keys = lambda t: list(zip(t["backbone"], t["strategy"], map(lr_key, t["lr"]),  # noqa: E731
+                              t["epochs"].astype(int), t["seed"].astype(int)))
+    theirs = set(keys(own))
+    replaced = np.array([k in theirs for k in keys(fixed)], dtype=bool)
+    return grid, Grid(pd.concat([fixed[~replaced], own], ignore_index=True))
 
 
 def regret(grid: Grid, pick: tuple[str, str, float] | None) -> float:
@@ -104,24 +154,27 @@ def advise(grid: Grid, study: StudyConfig, order: int | None = 0, max_rounds: in
     seeds = list(grid.seeds) if order is None else np.random.default_rng(order).permutation(grid.seeds).tolist()
     seed_of = dict(enumerate(int(s) for s in seeds))
     table = empty()
-    jobs = 0
+    jobs, paid = 0, {}
     for _ in range(max_rounds):
         step = next_step(table, study)
         if step.verdict is not None:
             rec = step.verdict.recommendation
             pick = None if rec is None else (rec.backbone, rec.strategy, rec.lr)
             return Outcome(pick, step.spent, jobs, step.verdict.stopped)
-        rows = [_answer(grid, j, seed_of) for j in step.jobs]
+        rows = [_answer(grid, j, seed_of, paid) for j in step.jobs]
         jobs += len(rows)
-        table = pd.concat([table, pd.DataFrame(rows, columns=list(COLUMNS))], ignore_index=True)
+        table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
     raise RuntimeError(f"no verdict after {max_rounds} rounds")
 
 
-def _answer(grid: Grid, job: Job, seed_of: dict[int, int]) -> dict:
+def _answer(grid: Grid, job: Job, seed_of: dict[int, int], paid: dict) -> dict:
     if job.seed not in seed_of:
         raise Unmeasured(f"the study asks for seed {job.seed}; the grid measured {len(grid.seeds)} seeds")
-    row = grid.row(job.backbone, job.strategy, job.lr, job.epochs, seed_of[job.seed])
-    return {c: row[c] for c in COLUMNS} | {"seed": job.seed}  # the study's own seed: it pairs configs by it
+    row = grid.answer(job.backbone, job.strategy, job.lr, job.epochs, seed_of[job.seed], paid)
+    # what a live study's table holds of the run (its pass, the split's size, the scores), with the study's own
+    # seed: it pairs configs by it
+    seen = [c for c in row if c in COLUMNS or c in (FEATURE_SECONDS, SELECT_IMAGES) or str(c).startswith(SCORE_PREFIX)]
+    return {c: row[c] for c in seen} | {"seed": job.seed}
 
 
 def summary(results: pd.DataFrame) -> pd.DataFrame:

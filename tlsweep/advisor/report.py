@@ -39,7 +39,8 @@ def resolution(results: pd.DataFrame, margin: float) -> str:
 
     select_acc moves in steps of one image, 1/n of a split of n images. Where that step is coarser than
     `advise.margin`, two candidates whose true accuracies differ by less than one image are told apart (or
-    tied) by which images the split happens to hold, and no seed count changes what the split can see."""
+    tied) by which images the split happens to hold. On such a split the study draws a split per seed
+    (advise.resplit), so that its finalists' paired seeds see different images."""
     if SELECT_IMAGES not in results.columns:
         return ""
     sizes = pd.to_numeric(results[SELECT_IMAGES], errors="coerce").dropna()
@@ -77,6 +78,49 @@ def recommendation(step: Step, results: pd.DataFrame, study: StudyConfig, select
     if caution:
         lines.append(f"  caution    {caution}")
     return "\n".join(lines)
+
+
+def finalists(results: pd.DataFrame, step: Step, study: StudyConfig) -> pd.DataFrame:
+    """What the study decided among: every config it ran at full length on two seeds or more (the finalists of
+    its seeds stage), best selection mean first. Per finalist: its seeds, the selection and scored accuracies'
+    means and 95% t-intervals over them, and its paired gap to the recommendation on the seeds both ran
+    (positive: the finalist selects better)."""
+    full = results[(results["epochs"] == study.epochs) & (results["status"] == "finished")]
+    rec = step.verdict.recommendation if step.verdict else None
+    ref = rows_of(results, rec).set_index("seed")["select_acc"] if rec is not None else pd.Series(dtype=float)
+    out = []
+    for (b, s, lr), part in full.groupby(["backbone", "strategy", "lr"], sort=False):
+        if part["seed"].nunique() < 2:
+            continue
+        sel, sco = (pd.to_numeric(part[c], errors="coerce").to_numpy(float) for c in ("select_acc", SCORED))
+        pairs = part.set_index("seed")["select_acc"].sub(ref).dropna()
+        _, _, s_low, s_high = stats.t_interval(sel)
+        _, _, c_low, c_high = stats.t_interval(sco[np.isfinite(sco)])
+        _, _, g_low, g_high = stats.t_interval(pairs.to_numpy(float)) if len(pairs) else (0, 0, math.nan, math.nan)
+        mine = rec is not None and (b, s, lr_key(lr)) == (rec.backbone, rec.strategy, rec.lr)
+        out.append({"candidate": f"{b}/{s} lr={lr:g}" + (" (recommended)" if mine else ""),
+                    "seeds": ",".join(str(int(x)) for x in sorted(part["seed"])),
+                    "select_acc": sel.mean(), "select_low": s_low, "select_high": s_high,
+                    "scored_acc": np.nanmean(sco) if np.isfinite(sco).any() else math.nan,
+                    "scored_low": c_low, "scored_high": c_high,
+                    "gap_to_recommended": math.nan if mine or not len(pairs) else pairs.mean(),
+                    "gap_low": math.nan if mine else g_low, "gap_high": math.nan if mine else g_high})
+    cols = ["candidate", "seeds", "select_acc", "select_low", "select_high", "scored_acc", "scored_low",
+            "scored_high", "gap_to_recommended", "gap_low", "gap_high"]
+    return pd.DataFrame(out, columns=cols).sort_values("select_acc", ascending=False, ignore_index=True)
+
+
+def finalists_markdown(table: pd.DataFrame) -> str:
+    """The finalists as the study's end prints them: each accuracy with its 95% interval over seeds."""
+    ci = lambda m, lo, hi: "n/a" if not math.isfinite(m) else (  # noqa: E731
+        f"{m:.4f} [{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) else f"{m:.4f}")
+    gap = lambda m, lo, hi: "" if not math.isfinite(m) else (  # noqa: E731
+        f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]" if math.isfinite(lo) else f"{m:+.4f}")
+    rows = [(r.candidate, r.seeds, ci(r.select_acc, r.select_low, r.select_high),
+             ci(r.scored_acc, r.scored_low, r.scored_high), gap(r.gap_to_recommended, r.gap_low, r.gap_high))
+            for r in table.itertuples()]
+    return markdown(pd.DataFrame(rows, columns=["finalist", "seeds", "selection (95% CI)", "scored (95% CI)",
+                                                "selection gap to the recommendation (paired)"]))
 
 
 def markdown(trace: pd.DataFrame) -> str:

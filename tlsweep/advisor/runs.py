@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tlsweep.advisor.table import COLUMNS, FEATURE_SECONDS, SCORE_PREFIX, SCORED, lr_key
-from tlsweep.config.keys import SCORE_PREFIX as LOGGED_SCORE, SELECT_IMAGES, STRATEGY_KEY, Tag, diverged
+from tlsweep.config.keys import (IMAGENET_TOP1, SCORE_PREFIX as LOGGED_SCORE, SELECT_IMAGES, STRATEGY_KEY, TOTAL_PARAMS,
+                                 Tag, diverged)
 
 STATUS = {"FINISHED": "finished", "FAILED": "failed"}  # RUNNING, KILLED: no row, a resume runs the config again
 RANK = {"finished": 0, "diverged": 1, "failed": 2}  # a config's row, of several attempts: the best-ended
@@ -33,7 +34,7 @@ class Space:
 
 def fixed_params(flat: Mapping[str, str], ignore: Iterable[str]) -> dict[str, str]:
     """A job's flattened params less the advisor's varied keys and the key prefixes in `ignore`."""
-    ignore = tuple(ignore) + ("optim.lr", "epochs", "seed")
+    ignore = tuple(ignore) + ("optim.lr", "epochs", "seed", "data.select_seed")  # the draw follows the seed
     return {k: v for k, v in flat.items() if not (k in ignore or k.startswith(ignore))}
 
 
@@ -77,7 +78,8 @@ def row(run, space: Space) -> dict | None:
     return {**key, "status": status, "select_acc": metrics.get("select_acc", math.nan) if ok else math.nan,
             SCORED: scored if ok else math.nan, "job_seconds": seconds,
             "epoch_seconds": metrics.get("epoch_seconds", math.nan), "ended": (info.end_time or 0) / 1000,
-            FEATURE_SECONDS: passed, SELECT_IMAGES: metrics.get(SELECT_IMAGES, math.nan), **scores}
+            FEATURE_SECONDS: passed, SELECT_IMAGES: metrics.get(SELECT_IMAGES, math.nan),
+            **{k: metrics.get(k, math.nan) for k in (IMAGENET_TOP1, TOTAL_PARAMS)}, **scores}
 
 
 def search(uri: str, exp_id: str, data_name: str) -> list:

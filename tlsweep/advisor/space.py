@@ -82,11 +82,19 @@ def with_short_floor(study: StudyConfig, probe_epochs: Mapping[str, int]) -> Stu
     return replace(study, short_epochs=min(need, study.epochs)) if need > study.short else study
 
 
-def overrides(job: Job, model_name: str) -> list[str]:
-    """The job's own overrides, appended to the command line's."""
+def overrides(job: Job, model_name: str, resplit: bool = False) -> list[str]:
+    """The job's own overrides, appended to the command line's. `resplit`: a seed past the first holds out its own
+    draw of the selection split (seed 0's draw is the fixed one, so the screen's runs need no rerun)."""
     lr = f"{job.lr:.10g}"  # as table.lr_key compares it, so the logged param reads back as the same LR
+    draw = [f"data.select_seed={job.seed}"] if resplit and job.seed > 0 else []
     return [f"{backbone_key(model_name)}={job.backbone}", f"strategy={job.strategy}", f"optim.lr={lr}",
-            f"epochs={job.epochs}", f"seed={job.seed}"]
+            f"epochs={job.epochs}", f"seed={job.seed}", *draw]
+
+
+def resplits(setting: bool | None, caution: str) -> bool:
+    """Whether seeds draw their own selection splits: advise.resplit, or (null) where the split is too coarse
+    for the margin (`caution`: tlsweep.advisor.report.resolution's, empty when it is fine)."""
+    return bool(caution) if setting is None else bool(setting)
 
 
 def parallel_slots(launcher: Mapping, cpus: int) -> int:

@@ -17,6 +17,8 @@ One row per job that ran (whoever ran it: this study, an earlier one, a grid run
                           cache); what an unmeasured strategy's epoch is estimated from (tlsweep.advisor.budget)
     select_images  float  optional: the selection split's size; one image moves select_acc by 1/select_images
                           (what the report's caution reads: tlsweep.advisor.report.resolution)
+    imagenet_top1  float  optional: the weights' stated ImageNet top-1 (%); total_params: the model's size. A static
+    total_params   float  ranking of backbones, set beside the scores; no decision reads them
     score_*        float  optional transferability scores of the backbone's frozen features (LogME, k-NN, ...),
                           computed without the scored split; recorded in the screen's evidence
 

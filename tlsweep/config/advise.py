@@ -23,6 +23,10 @@ class AdviseConf:
                               "recommended): one point of accuracy")
     eta: int = key(3, "successive halving keeps the top 1/eta of the LRs at each rung")
     max_seeds: int = key(10, "paired seeds per finalist before the study stops deciding")
+    resplit: Optional[bool] = key(None, "each seed past the first holds out its own draw of the selection split "
+                                        "(data.select_seed=<seed>), so that finalists are not told apart by one "
+                                        "draw of a few images; null: when the split is coarser than advise.margin "
+                                        "(one image moves select_acc by more)")
     # Names of model= options, or of timm archs (model.arch=) when the base model is model=timm
     backbones: Optional[list[str]] = key(None, "the candidate backbones; null: the offline ones installed "
                                                "(efficientnet_lite0; lite1, lite2 with the zoo extra)")

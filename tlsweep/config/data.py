@@ -31,6 +31,10 @@ class DataConf:
     select_fraction: Optional[float] = key(
         None, "hold out this stratified part of train (fixed seed) as a selection split, never trained on; runs "
               "log select_acc for `report select=`; carved before data.shots", fraction())
+    select_seed: Optional[int] = key(
+        None, "the draw of the selection split; null: one fixed draw for every run; ${seed}: a draw per run seed "
+              "(repeated hold-out: on a small split, a choice is not bet on one draw of a few images)",
+        at_least(0, null="the fixed draw"))
     shots: Optional[int] = key(None, "keep N training images per class (a fixed subset; val untouched)",
                                at_least(1, null="every training image"))
     shots_seed: int = key(0, "the seed that picks the data.shots subset, the same for every run seed", at_least(0))

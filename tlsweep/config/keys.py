@@ -22,6 +22,9 @@ SCORES = ("logme", "knn_acc", "ncc_acc")
 SCORE_PREFIX = "score/"
 SCORE_SECONDS_PREFIX = "score_seconds/"
 SELECT_IMAGES = "select_images"  # metric: the selection split's size, where the data has one
+# metrics a static ranking of backbones reads, beside the scores: the weights' stated ImageNet top-1 (%), and the
+# model's parameter count (the new head's included)
+IMAGENET_TOP1, TOTAL_PARAMS = "imagenet_top1", "total_params"
 
 
 class Tag:

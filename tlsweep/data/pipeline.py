@@ -258,10 +258,11 @@ def load(cfg, cache_dir: str | None = None) -> ImageData:
         raise DataError(f"{data.name} has its own selection split ({data.select_from}); drop data.select_fraction")
     if cfg.get("select_fraction"):
         # carved before data.shots, so that a few-shot sweep is selected on the same images as a full one
-        data.train, data.select = stratified_holdout(data.train, float(cfg.select_fraction), SELECT_SEED,
+        draw = SELECT_SEED if cfg.get("select_seed") is None else int(cfg.select_seed)
+        data.train, data.select = stratified_holdout(data.train, float(cfg.select_fraction), draw,
                                                      classes=data.classes, key="data.select_fraction",
                                                      where=f"{data.name}'s training split ({folder_of(data.train.items)})")
-        data.select_from = (f"{cfg.select_fraction} of train held out, stratified by class (seed {SELECT_SEED}): "
+        data.select_from = (f"{cfg.select_fraction} of train held out, stratified by class (seed {draw}): "
                             f"{len(data.select.items)} images, never trained on")
     if cfg.get("shots"):
         data.train = few_shot(data.train, int(cfg.shots), int(cfg.get("shots_seed", 0)), data.classes)

@@ -13,6 +13,9 @@ import numpy as np
 KNN_K = 20
 _BLOCK = 1024  # eval rows per block of ncc_acc's distances (N_eval x classes)
 _SIMILARITIES = 2**23  # knn_acc's block of eval x train similarities: 64 MB of float64, whatever N
+# train rows turned into float64 at a time (k-NN's unit rows, NCC's class sums): the features may be a memory-mapped
+# float32 file larger than RAM, and a float64 copy of all of them is twice their size
+_TRAIN_ROWS = 4096
 # knn_acc's queries: a fixed-seed subset of this many where there are more. Its cost is queries x N_train x D: all
 # 90,000 of a 100k-image folder's train split, left out one at a time, took minutes where 10,000 take seconds, and
 # the accuracy of 10,000 queries is known to within about a point (its binomial standard error is at most 0.5)
@@ -110,21 +113,26 @@ def _spectrum(features: np.ndarray, y: np.ndarray, classes: np.ndarray,
 
 
 def _unit(f: np.ndarray) -> np.ndarray:
-    """Each row scaled to length 1 (a zero row stays zero): one float64 copy, scaled in place."""
+    """Each row scaled to length 1 (a zero row stays zero), as float64."""
     f = np.array(f, dtype=np.float64)
-    norm = np.sqrt(np.einsum("ij,ij->i", f, f))[:, None]  # np.linalg.norm would square all of f first: a second copy
-    f /= np.where(norm > 0, norm, 1.0)
+    f /= _norms(f)[:, None]
     return f
 
 
-def _split(train_f, train_y, eval_f, eval_y):
-    """(train features, train labels, eval features, eval labels, leave-one-out?)."""
+def _norms(f: np.ndarray) -> np.ndarray:
+    """Each row's length in float64 (1 for a zero row, so that it divides to zero), read _TRAIN_ROWS at a time."""
+    out = np.empty(len(f))
+    for start in range(0, len(f), _TRAIN_ROWS):
+        rows = np.asarray(f[start:start + _TRAIN_ROWS], dtype=np.float64)
+        out[start:start + _TRAIN_ROWS] = np.sqrt(np.einsum("ij,ij->i", rows, rows))  # not linalg.norm: no squared copy
+    return np.where(out > 0, out, 1.0)
+
+
+def _check_pair(eval_f, eval_y) -> bool:
+    """Leave-one-out on train?"""
     if (eval_f is None) != (eval_y is None):
         raise ValueError("give both eval_f and eval_y, or neither (leave-one-out on train)")
-    train_f, train_y = np.asarray(train_f, dtype=np.float64), np.asarray(train_y)
-    if eval_f is None:
-        return train_f, train_y, train_f, train_y, True
-    return train_f, train_y, np.asarray(eval_f, dtype=np.float64), np.asarray(eval_y), False
+    return eval_f is None
 
 
 def knn_acc(train_f: np.ndarray, train_y: np.ndarray, eval_f: np.ndarray | None = None,
@@ -137,32 +145,47 @@ def knn_acc(train_f: np.ndarray, train_y: np.ndarray, eval_f: np.ndarray | None 
     number of candidate neighbours. Past KNN_QUERIES eval (or left-out train) samples, a fixed-seed subset of that
     many is classified, against every train sample.
     """
-    if (eval_f is None) != (eval_y is None):
-        raise ValueError("give both eval_f and eval_y, or neither (leave-one-out on train)")
-    loo = eval_f is None
+    loo = _check_pair(eval_f, eval_y)
     train_y = np.asarray(train_y)
     classes, code = np.unique(train_y, return_inverse=True)
-    k = min(k, len(train_f) - loo)
+    n_train = len(train_f)
+    k = min(k, n_train - loo)
     if k < 1:
         raise ValueError("knn_acc needs at least one neighbour: two training samples for leave-one-out")
-    train = _unit(train_f)
+    norms = _norms(train_f)
     # the queries: every eval sample (every train sample, left out in turn), or a fixed-seed subset of KNN_QUERIES
-    n_queries = len(train) if loo else len(eval_f)
+    n_queries = n_train if loo else len(eval_f)
     queries = np.arange(n_queries)
     if n_queries > KNN_QUERIES:
         queries = np.sort(np.random.default_rng(0).choice(n_queries, KNN_QUERIES, replace=False))
-    evals = train[queries] if loo else _unit(np.asarray(eval_f)[queries])
+    if loo:
+        evals = np.asarray(train_f[queries], dtype=np.float64) / norms[queries, None]
+    else:
+        evals = _unit(np.asarray(eval_f)[queries])
     eval_y = (train_y if loo else np.asarray(eval_y))[queries]
-    block = max(1, _SIMILARITIES // len(train))
+    # a block of queries meets train _TRAIN_ROWS rows at a time and keeps its k most similar so far: memory is a
+    # block of similarities and one chunk of unit train rows, whatever N
+    chunk = min(n_train, _TRAIN_ROWS)
+    block = max(1, _SIMILARITIES // chunk)
     correct = 0
     for start in range(0, len(evals), block):
-        sim = evals[start:start + block] @ train.T
-        rows = np.arange(len(sim))
-        if loo:
-            sim[rows, queries[start:start + block]] = -np.inf
-        near = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        votes = np.bincount((rows[:, None] * len(classes) + code[near]).ravel(),
-                            minlength=len(sim) * len(classes)).reshape(len(sim), len(classes))
+        q, own = evals[start:start + block], queries[start:start + block]
+        rows = np.arange(len(q))
+        best_sim, best_idx = np.empty((len(q), 0)), np.empty((len(q), 0), dtype=np.intp)
+        for first in range(0, n_train, chunk):
+            train = np.array(train_f[first:first + chunk], dtype=np.float64)  # a copy, scaled in place
+            train /= norms[first:first + chunk, None]
+            sim = q @ train.T
+            if loo:
+                mine = (own >= first) & (own < first + len(train))
+                sim[rows[mine], own[mine] - first] = -np.inf
+            sim = np.concatenate([best_sim, sim], 1)
+            idx = np.concatenate([best_idx, np.broadcast_to(np.arange(first, first + len(train)), sim.shape[:1] +
+                                                            (len(train),))], 1)
+            keep = np.argpartition(-sim, min(k, sim.shape[1]) - 1, axis=1)[:, :k]
+            best_sim, best_idx = np.take_along_axis(sim, keep, 1), np.take_along_axis(idx, keep, 1)
+        votes = np.bincount((rows[:, None] * len(classes) + code[best_idx]).ravel(),
+                            minlength=len(q) * len(classes)).reshape(len(q), len(classes))
         correct += int((classes[votes.argmax(1)] == eval_y[start:start + block]).sum())  # argmax: first of a tie
     return correct / len(evals)
 
@@ -175,14 +198,18 @@ def ncc_acc(train_f: np.ndarray, train_y: np.ndarray, eval_f: np.ndarray | None 
     With no eval split, leave-one-out on train: a sample's own class mean is taken without it, so a class with one
     sample is never predicted for that sample.
     """
-    train_f, train_y, eval_f, eval_y, loo = _split(train_f, train_y, eval_f, eval_y)
+    loo = _check_pair(eval_f, eval_y)
+    train_y = np.asarray(train_y)
+    eval_f, eval_y = (train_f, train_y) if loo else (eval_f, np.asarray(eval_y))
     classes, code, count = np.unique(train_y, return_inverse=True, return_counts=True)
     means = np.zeros((len(classes), train_f.shape[1]))
-    np.add.at(means, code, train_f)
+    for start in range(0, len(train_f), _TRAIN_ROWS):  # float64 sums, a chunk at a time
+        np.add.at(means, code[start:start + _TRAIN_ROWS], np.asarray(train_f[start:start + _TRAIN_ROWS],
+                                                                     dtype=np.float64))
     means /= count[:, None]
     correct = 0
     for start in range(0, len(eval_f), _BLOCK):
-        x = eval_f[start:start + _BLOCK]
+        x = np.asarray(eval_f[start:start + _BLOCK], dtype=np.float64)
         dist = (x ** 2).sum(1)[:, None] - 2 * x @ means.T + (means ** 2).sum(1)[None, :]  # squared
         if loo:
             # without x, its class mean moves away from it: x - mean' = (x - mean) n / (n - 1)

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from . import advisortables
 from .benchtables import (bf16_bounds_table, depthwise_convs_table, depthwise_models_table, finetune_table,
                           parity_table, probe_bf16_table, scale_probe_table, scale_stream_table, scale_sweep_table)
 from ..config.keys import SCORES
@@ -36,7 +37,13 @@ TABLES: dict[str, Callable[[], str]] = {"strategies": strategy_table, "model-pre
                                         "bench-depthwise-convs": depthwise_convs_table,
                                         "bench-depthwise-models": depthwise_models_table,
                                         "bench-scale-probe": scale_probe_table, "bench-scale-sweep": scale_sweep_table,
-                                        "bench-scale-stream": scale_stream_table}
+                                        "bench-scale-stream": scale_stream_table,
+                                        # docs/advisor.md's, from the tabular benchmark and its replays
+                                        "advisor-grids": advisortables.grids_table,
+                                        "advisor-regret": advisortables.regret_table,
+                                        "advisor-claim": advisortables.claim_table,
+                                        "advisor-rankers": advisortables.rankers_table,
+                                        "advisor-small-data": advisortables.small_data_table}
 
 
 # ---- result files --------------------------------------------------------------------------------------------

@@ -22,11 +22,12 @@ from ..config.errors import ConfigError, WeightsUnavailable
 from .spec import SOURCES, ModelSpec, Pieces, Preprocess
 from .timm_source import timm_groups, timm_spec
 from .torchvision_source import torchvision_spec
-from .weights import (PACKAGED, Packaged, file_sha256, load_pretrained, load_state_dict_file, lukemelas_to_timm,
-                      weights_record)
+from .weights import (PACKAGED, Packaged, file_sha256, imagenet_top1, load_pretrained, load_state_dict_file,
+                      lukemelas_to_timm, weights_record)
 
 __all__ = ["ModelSpec", "Preprocess", "Pieces", "WeightsUnavailable", "PACKAGED", "Packaged", "get_spec",
            "build_model", "load_pretrained", "load_state_dict_file", "lukemelas_to_timm", "weights_record",
+           "imagenet_top1",
            "file_sha256", "timm_groups"]
 
 

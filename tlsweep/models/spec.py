@@ -51,6 +51,7 @@ class ModelSpec:
     reset_head: Callable[[nn.Module, int], nn.Module]  # puts a fresh head in place, returns it
     filter_checkpoint: Callable[[dict, nn.Module], dict] = lambda sd, model: sd  # remap/resample a checkpoint
     no_weight_decay: frozenset[str] = frozenset()  # names exempt from weight decay besides 1-D tensors
+    imagenet_top1: float | None = None  # the DEFAULT weights' ImageNet-1k top-1 (%), where their publisher says
     _stage_of: dict[str, str] = field(default_factory=dict, repr=False)
     _layer_of: dict[str, str] = field(default_factory=dict, repr=False)
 

@@ -184,6 +184,7 @@ def timm_spec(name: str, arch: str, image_size: int | None) -> ModelSpec:
         head=head, stages=stages, layers=layers,
         preprocess=_timm_preprocess(probe),
         weights_name=default_name,
+        imagenet_top1=W.PACKAGED[arch].imagenet_top1 if arch in W.PACKAGED else None,  # timm ships no accuracies
         pieces=timm_pieces,
         chain=timm_chain(probe) is not None,
         load_default=_timm_load_default(arch),

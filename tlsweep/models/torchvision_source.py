@@ -101,6 +101,7 @@ def torchvision_spec(name: str, arch: str, image_size: int | None) -> ModelSpec:
         build=lambda: torchvision.models.get_model(arch, weights=None, **kwargs),
         head=head, stages=stages, layers=stages, preprocess=_tv_preprocess(arch),
         weights_name=str(_tv_weights(arch)), pieces=pieces, chain=True,
+        imagenet_top1=_tv_weights(arch).meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
         load_default=lambda model, spec: load_pretrained(model, spec, _tv_filter(_tv_state_dict(arch), model)),
         filter_checkpoint=_tv_filter,
         reset_head=_tv_reset_head(head), _stage_of=stage_of, _layer_of=stage_of,

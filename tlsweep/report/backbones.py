@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from tlsweep.features import measures as scores
-from tlsweep.config.keys import DATASET_KEY, SCORE_PREFIX, SCORE_SECONDS_PREFIX, SCORE_STRATEGY, SCORES, STRATEGY_KEY
+from tlsweep.config.keys import (DATASET_KEY, IMAGENET_TOP1, SCORE_PREFIX, SCORE_SECONDS_PREFIX, SCORE_STRATEGY, SCORES,
+                                 STRATEGY_KEY, TOTAL_PARAMS)
 from tlsweep.config.keys import short_labels
 from tlsweep.report import stats, tables
 from tlsweep.report.columns import UNSET, is_fraction, label
@@ -34,6 +35,9 @@ TASK_KEYS = ("task", DATASET_KEY)  # `task` names the dataset whatever source re
 MIN_BACKBONES = 3  # a rank correlation over two backbones is +1 or -1, whatever the scores
 TARGETS = {"probe": "probe", "best": "best strategy"}  # column prefix -> what the tables call it
 FILES = ("backbones.csv", "backbones_taus.csv")
+# static rankers, set beside the scores in the rank correlations: they need no data (the weights' stated ImageNet
+# top-1, the model's size), and a score that does not beat them is not worth its features
+STATIC = (IMAGENET_TOP1, TOTAL_PARAMS)
 TAU_COLUMNS = ["score", "target", "n_backbones", "weighted_tau", "spearman_rho"]
 
 
@@ -77,6 +81,8 @@ def frame(runs: pd.DataFrame, params: pd.DataFrame, metric: str, by: list[str]) 
     for name in SCORES:
         for prefix in (SCORE_PREFIX, SCORE_SECONDS_PREFIX):
             out[prefix + name] = runs[prefix + name].astype(float) if prefix + name in runs else np.nan
+    for name in STATIC:
+        out[name] = runs[name].astype(float) if name in runs else np.nan
     return out, keys
 
 
@@ -85,18 +91,19 @@ def analyse(runs: pd.DataFrame, params: pd.DataFrame, metric: str, by: list[str]
     """The backbone table and the rank correlations of the finished `runs` (with their `params`)."""
     data, keys = frame(runs, params, metric, by)
     logged = [SCORE_PREFIX + s for s in SCORES if data[SCORE_PREFIX + s].notna().any()]
+    static = [s for s in STATIC if data[s].notna().any()]
     tasks = list(dict.fromkeys(data["task"]))
     rows, taus = [], []
     for task in tasks:
         part = data[data["task"] == task]
-        found = [_row(b, runs_of, keys, logged, higher_is_better)
+        found = [_row(b, runs_of, keys, logged, higher_is_better) | {s: float(runs_of[s].mean()) for s in static}
                  for b, runs_of in part.groupby(keys, sort=False, dropna=False)]
         table = pd.DataFrame(found)
         for col in logged + [f"{t}_mean" for t in TARGETS]:
             # 1 = best, ties sharing their mean rank (scipy.stats.rankdata's "average"); every score: higher is better
             higher = higher_is_better or col in logged
             table[f"{col}_rank"] = table[col].rank(ascending=not higher, method="average")
-        taus += [{"task": task, **r} for r in correlations(table, logged)]
+        taus += [{"task": task, **r} for r in correlations(table, logged + [c for c in static if c in table])]
         rows.append(table.assign(task=task))
     table = pd.concat(rows, ignore_index=True)
     task_key = "task" if len(tasks) > 1 else None
@@ -206,7 +213,7 @@ def markdown(result: Backbones) -> str:
             lines += ["| score | weighted τ vs probe | ρ vs probe | weighted τ vs best | ρ vs best |", "|---|---|---|---|---|"]
             for col, t in taus.groupby("score", sort=False):
                 v = {r.target: r for r in t.itertuples()}
-                lines.append(f"| {label(col)} | " + " | ".join(
+                lines.append(f"| {'static: ' + label(col) if col in STATIC else label(col)} | " + " | ".join(
                     f"{getattr(v[tg], m):+.2f}" if tg in v and np.isfinite(getattr(v[tg], m)) else "n/a"
                     for tg in TARGETS for m in ("weighted_tau", "spearman_rho")) + " |")
             lines.append("")
@@ -225,7 +232,8 @@ def _notes(result: Backbones) -> list[str]:
     if n >= MIN_BACKBONES:
         out.append("Weighted τ: Kendall's tau with hyperbolic weights (scipy.stats.weightedtau), swaps among the "
                    "top backbones weighing most; ρ: Spearman's rank correlation; both of the score against the mean "
-                   "accuracy over the backbones that have both.")
+                   "accuracy over the backbones that have both. A static ranker needs no data: the weights' stated "
+                   "ImageNet top-1 (`imagenet_top1`, where known) and the parameter count (`total_params`).")
     else:
         out.append(f"No rank correlation: it needs at least {MIN_BACKBONES} backbones ({n} here).")
     return out

@@ -25,6 +25,7 @@ LABELS = {
     "final_test_acc": "final test accuracy", "best_test_acc": "best test accuracy", "test_acc": "test accuracy",
     "test_loss": "test loss", "select_acc": "selection accuracy",
     "best_epoch": "best epoch", "trainable_params": "trainable parameters", "total_params": "parameters",
+    "imagenet_top1": "ImageNet top-1",
     "train_seconds": "training time (s)", "prep_seconds": "preparation time (s)",
     "epoch_seconds": "time per epoch (s)",
     STRATEGY_KEY: "strategy", "model.name": "model", "optim.name": "optimizer", "data.name": "dataset",
