@@ -236,6 +236,21 @@ def test_a_study_runs_to_a_recommendation_under_one_parent_and_resumes_by_name(t
     trace = pd.read_csv(client.download_artifacts(parent.info.run_id, "advise/trace.csv", str(tmp_path / "dl")))
     assert "recommend" in set(trace["action"]) and {"screen", "verdict"} <= set(trace["stage"])
     assert any(r.info.run_name.startswith("probe arch=resnet10t lr=0.001 epochs=3") for r in jobs)
+    # replayed on its own runs as a grid (each seed as the study ran it), the policy reaches the same verdict: what
+    # the tabular benchmark (tlsweep.advisor.replay) rests on
+    from tlsweep.advisor.replay import Grid, advise
+
+    pairs = {(r.data.params["model.arch"], r.data.params["strategy.name"]) for r in jobs}
+    rows = results(jobs, Space("model.arch", {p: {} for p in pairs})).drop(columns="ended")
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=[a for a in cmd[4:] if not a.startswith(("tracking.", "cache_dir"))])
+    study = space.study(dict(cfg.advise), epochs=cfg.epochs, base_lr=cfg.optim.lr, parallel=1,
+                        importable=lambda m: True)
+    replayed = advise(Grid(rows), study, order=None)
+    (said,) = trace.loc[trace["action"] == "recommend", "candidate"]
+    assert said.startswith(f"{replayed.pick[0]}/{replayed.pick[1]} lr={replayed.pick[2]:g} "), (said, replayed)
+    assert parent.data.tags[Tag.ADVISE_STOPPED].startswith(replayed.why), (parent.data.tags, replayed)
+    assert replayed.jobs == len(jobs)
     # the UI's saved view groups the study's runs by what it decided between (tlsweep.tracking.views)
     view = json.loads(client.get_experiment(exp_id).tags[f"mlflow.sharedViewState.{parent.info.run_id}"])
     assert [k["groupByData"] for k in json.loads(view["state"])["groupBy"]["groupByKeys"]] == \

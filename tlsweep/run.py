@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> dict:
     clock = Stopwatch()  # from here: prep_seconds is everything before the first epoch
     tune_allocator()
     name = tracking.run_name(cfg)
-    done = tracking.finished_run(cfg)
+    done = tracking.finished_run(cfg, name)
     if done is not None:  # a resumed sweep: this config already finished in it, or diverged
         return skipped(name, done)
     with tracking.job_run(cfg, name):  # opened first, so that even a config error is recorded as FAILED

@@ -67,10 +67,11 @@ def _not_reported_here(record: logging.LogRecord) -> bool:
 def check(uri: str, lock_wait: float | None = None) -> None:
     """Raise StoreError when the store at `uri` cannot be used now; `lock_wait`: seconds to wait for an
     SQLite store's write lock (LOCK_WAIT_S)."""
+    db = local_path(uri) if uri.startswith("sqlite:///") else None
     if uri.startswith(SERVERS):
         _probe_server(uri)
-    elif uri.startswith("sqlite:///") and local_path(uri) is not None:
-        _check_sqlite(local_path(uri), LOCK_WAIT_S if lock_wait is None else lock_wait)
+    elif db is not None:
+        _check_sqlite(db, LOCK_WAIT_S if lock_wait is None else lock_wait)
     elif urlparse(uri).scheme.split("+")[0] in DB_PORTS:
         _probe_database(uri)
 
@@ -151,13 +152,13 @@ def fault(err: BaseException, uri: str) -> StoreError | None:
     """`err` (raised by an MLflow call on the store at `uri`) as a StoreError, or None when the store is not
     at fault (a bug, a bad value, an interrupt). Only an error raised through MLflow's code counts: a full
     /dev/shm under a data loader raises the same OSError, and is not the store's."""
+    db = local_path(uri) if uri.startswith("sqlite:///") else None
     if isinstance(err, StoreError):
         return err
     cause = _cause(err, os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")) if _through_mlflow(err) else None
     if cause is None:
         return None
     kind, words = cause
-    db = local_path(uri) if uri.startswith("sqlite:///") else None
     if kind == "locked":
         return StoreError(locked(db or uri, MLFLOW_BUSY_S))
     if kind == "network":

@@ -283,13 +283,14 @@ def _store(cfg: DictConfig) -> tuple[str, str]:
     return setup_store(cfg.tracking.uri, cfg.tracking.experiment)
 
 
-def finished_run(cfg: DictConfig):
+def finished_run(cfg: DictConfig, name: str):
     """The run that settled this config in the current sweep (a resumed one), or None; None outside a sweep:
-    a FINISHED run, else a FAILED one that diverged (a lost candidate: rerunning it would diverge again)."""
+    a FINISHED run, else a FAILED one that diverged (a lost candidate: rerunning it would diverge again).
+    `name`: the job's run name, for the line a store fault prints."""
     parent = os.environ.get(PARENT_ENV)
     if not parent:
         return None
-    with stores.translated(os.environ.get("MLFLOW_TRACKING_URI", ""), run_name(cfg)):
+    with stores.translated(os.environ.get("MLFLOW_TRACKING_URI", ""), name):
         uri, exp_id = _store(cfg)
         found = MlflowClient(uri).search_runs(  # a search has no OR on status: a config's few attempts, sorted here
             [exp_id], f"tags.mlflow.parentRunId = '{parent}' and tags.`{Tag.CONFIG_KEY}` = '{config_key(cfg)}'",

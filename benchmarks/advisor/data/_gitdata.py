@@ -74,6 +74,52 @@ def cap(train, val, per_class, seed=0, val_per_class=None):
     return train, (val if n_val == len(val) else sorted(random.Random(seed).sample(val, n_val)))
 
 
+def by_class(files, prefix, classes):
+    """{class: [(path, sha)]}: the files under prefix.format(c=class) for each class."""
+    return {c: [r for r in files if r[0].startswith(prefix.format(c=c))] for c in classes}
+
+
+def split_by_holdout(items, classes, args, frac=0.3):
+    """A dataset without a split of its own: exact duplicates dropped, round(frac * n) of each class held out as
+    val (seed 0), then both capped as --per-class and --val-per-class say. Returns (splits, duplicates dropped)."""
+    items, dropped = dedupe(items)
+    splits = {"train": {}, "val": {}}
+    for c in classes:
+        train, val = holdout(items[c], frac, seed=0)
+        splits["train"][c], splits["val"][c] = cap(train, val, args.per_class, seed=0, val_per_class=args.val_per_class)
+    return splits, dropped
+
+
+def split_as_published(files, classes, args, train_prefix, val_prefix):
+    """The repository's own train / val (or test) folders, prefixes with {c} for the class: exact duplicates
+    dropped (a file in both splits or two classes from all), then capped. Returns (splits, duplicates dropped)."""
+    own = {"train": by_class(files, train_prefix, classes), "val": by_class(files, val_prefix, classes)}
+    both, dropped = dedupe({(s, c): rows for s in own for c, rows in own[s].items()})
+    splits = {"train": {}, "val": {}}
+    for c in classes:
+        splits["train"][c], splits["val"][c] = cap(both["train", c], both["val", c], args.per_class,
+                                                   seed=0, val_per_class=args.val_per_class)
+    return splits, dropped
+
+
+def prepare(doc, classes, dataset, repo, split, prefix="", holdout=None, published=None):
+    """A whole prep script: its arguments (`parser(doc)`), the image files under `prefix`, split either by holding
+    30% of each class out (`holdout`: the class folder, with {c}) or by the repository's own folders
+    (`published`: (train folder, val folder), with {c}), then written with `source.json` naming the dataset, the
+    repository, its commit and `split` (in words)."""
+    args = parser(doc).parse_args()
+    classes = classes[: args.classes or None]
+    files = ls_tree(args.mirror, prefix)
+    if holdout is not None:
+        splits, dropped = split_by_holdout(by_class(files, holdout, classes), classes, args)
+    else:
+        splits, dropped = split_as_published(files, classes, args, *published)
+    commit = head(args.mirror)
+    print(f"{dataset} from {args.mirror} @ {commit}; duplicates dropped: {dropped}")
+    return write(args.mirror, splits, args.out, args.size, {"dataset": dataset, "repo": repo, "commit": commit,
+                                                            "split": split})
+
+
 def square(data, size):
     im = Image.open(io.BytesIO(data)).convert("RGB")
     w, h = im.size

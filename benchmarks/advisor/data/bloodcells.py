@@ -18,23 +18,9 @@ import _gitdata as gd
 CLASSES = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
 
 
-def main():
-    args = gd.parser(__doc__).parse_args()
-    classes = CLASSES[: args.classes or None]
-    files = gd.ls_tree(args.mirror, "images/")
-    own = {}
-    for split, folder in (("train", "TRAIN"), ("val", "TEST")):
-        own[split] = {c: [r for r in files if r[0].startswith(f"images/{folder}/{c}/")] for c in classes}
-    both, dropped = gd.dedupe({(s, c): rows for s in own for c, rows in own[s].items()})
-    splits = {"train": {}, "val": {}}
-    for c in classes:
-        splits["train"][c], splits["val"][c] = gd.cap(both["train", c], both["val", c], args.per_class,
-                                                              seed=0, val_per_class=args.val_per_class)
-    print(f"Blood cells from {args.mirror} @ {gd.head(args.mirror)}; duplicates dropped: {dropped}")
-    gd.write(args.mirror, splits, args.out, args.size,
-             {"dataset": "Blood cell images (BCCD-derived WBC)", "repo": "dhruvp/wbc-classification",
-              "commit": gd.head(args.mirror), "split": "repository TRAIN / TEST"})
-
-
 if __name__ == "__main__":
-    main()
+    gd.prepare(__doc__, CLASSES, dataset="Blood cell images (BCCD-derived WBC)",
+               repo="dhruvp/wbc-classification",
+               split="repository TRAIN / TEST",
+               prefix="images/",
+               published=("images/TRAIN/{c}/", "images/TEST/{c}/"))

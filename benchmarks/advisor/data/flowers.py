@@ -18,21 +18,9 @@ import _gitdata as gd
 CLASSES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
 
 
-def main():
-    args = gd.parser(__doc__).parse_args()
-    classes = CLASSES[: args.classes or None]
-    files = gd.ls_tree(args.mirror, "dataset/")
-    own = {s: {c: [r for r in files if r[0].startswith(f"dataset/{s}/{c}/")] for c in classes} for s in ("train", "val")}
-    both, dropped = gd.dedupe({(s, c): rows for s in own for c, rows in own[s].items()})
-    splits = {"train": {}, "val": {}}
-    for c in classes:
-        splits["train"][c], splits["val"][c] = gd.cap(both["train", c], both["val", c], args.per_class,
-                                                              seed=0, val_per_class=args.val_per_class)
-    print(f"Flowers from {args.mirror} @ {gd.head(args.mirror)}; duplicates dropped: {dropped}")
-    gd.write(args.mirror, splits, args.out, args.size,
-             {"dataset": "TensorFlow flower_photos", "repo": "Oldpel/flower_photos", "commit": gd.head(args.mirror),
-              "split": "repository train / val (80/20)"})
-
-
 if __name__ == "__main__":
-    main()
+    gd.prepare(__doc__, CLASSES, dataset="TensorFlow flower_photos",
+               repo="Oldpel/flower_photos",
+               split="repository train / val (80/20)",
+               prefix="dataset/",
+               published=("dataset/train/{c}/", "dataset/val/{c}/"))
