@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .benchtables import markdown_table
+
 REPO = Path(__file__).resolve().parents[2]
 GRIDS = REPO / "benchmarks" / "advisor" / "grids.csv"
 REPLAYS = REPO / "docs" / "results" / "advisor" / "replays.csv"
@@ -21,11 +23,6 @@ def _read(path: Path):
     import pandas as pd
 
     return pd.read_csv(path) if path.exists() else None
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
 def _ci(mean: float, low: float, high: float, signed: bool = False) -> str:
@@ -52,7 +49,7 @@ def grids_table() -> str:
                      str(int((part["draw"] == "per_seed").sum())), f"{part['job_seconds'].sum() / 3600:.2f}",
                      f"{best[0]}/{best[1]} lr={best[2]:g}", f"{100 * grid.truth.max():.1f}",
                      f"{100 * (grid.truth.max() - grid.truth.min()):.1f}"])
-    return _table(["task", "selection images", "runs (fixed draw)", "runs (own draw per seed)", "job-hours",
+    return markdown_table(["task", "selection images", "runs (fixed draw)", "runs (own draw per seed)", "job-hours",
                    "grid's best (mean scored over seeds)", "its accuracy %", "best minus worst (points)"], rows)
 
 
@@ -70,7 +67,7 @@ def regret_table() -> str:
         by = part.set_index("budget_share")
         rows.append([method] + [_ci(by.loc[x, "regret"], by.loc[x, "low"], by.loc[x, "high"]) if x in by.index
                                 else "-" for x in shares] + [f"{part['worst'].max():.2f}"])
-    return _table(["method"] + [f"{100 * x:.0f}% of the grid" for x in shares] + ["worst task, any share"], rows) + (
+    return markdown_table(["method"] + [f"{100 * x:.0f}% of the grid" for x in shares] + ["worst task, any share"], rows) + (
         f"\nRegret in points of scored accuracy: mean over {replays['task'].nunique()} tasks (each task's mean over "
         f"{replays['replay'].nunique()} replays) with its 95% t-interval over tasks.\n")
 
@@ -85,7 +82,7 @@ def claim_table() -> str:
     c = claim(replays[replays["method"] != ABLATION], CLAIM_SHARE)  # the baselines: the ablation is not one
     rows = [[r.baseline, str(r.tasks), _ci(r.difference, r.low, r.high, signed=True), f"{r.p:.3g}",
              f"{r.p_holm:.3g}", "yes" if r.high < 0 else ("worse" if r.low > 0 else "no")] for r in c.itertuples()]
-    return _table(["baseline", "tasks", f"advisor minus baseline at {100 * CLAIM_SHARE:.0f}% (points, 95% CI)",
+    return markdown_table(["baseline", "tasks", f"advisor minus baseline at {100 * CLAIM_SHARE:.0f}% (points, 95% CI)",
                    "p (paired t)", "p (Holm)", "advisor better: the interval excludes 0"], rows)
 
 
@@ -101,7 +98,7 @@ def rankers_table() -> str:
         rows.append([RANKER_NAMES.get(ranker, ranker), {"probe": "probe", "best": "best strategy"}[target],
                      f"{tau.mean():+.2f}" if len(tau) else "-", f"{part['weighted_tau'].mean():+.2f}",
                      f"{int((tau > 0.999).sum())} of {len(part)}"])
-    return _table(["ranker", "accuracy ranked", "Kendall tau (mean over tasks)", "weighted tau (mean)",
+    return markdown_table(["ranker", "accuracy ranked", "Kendall tau (mean over tasks)", "weighted tau (mean)",
                    "tasks ranked exactly"], rows) + (
         f"\nOver {int(ranks['backbones'].max())} backbones per task a tau is -1, -1/3, +1/3 or +1 (other values where "
         f"two backbones tie in accuracy).\n")
@@ -122,6 +119,6 @@ def small_data_table() -> str:
             r = at.loc[(at["task"] == task) & (at["method"] == method), "regret"]
             cells += [f"{r.mean():.2f}", f"{r.max():.2f}", f"{(r <= 2).mean():.0%}"]
         rows.append(cells)
-    return _table(["task", "advisor's draws", "regret, a draw per seed (mean)", "worst", "replays <= 2 pts",
+    return markdown_table(["task", "advisor's draws", "regret, a draw per seed (mean)", "worst", "replays <= 2 pts",
                    "regret, one draw (mean)", "worst", "replays <= 2 pts"], rows) if rows else \
         "\nNo task's selection split is coarser than the margin.\n"

@@ -28,7 +28,8 @@ def _finetunes() -> list[tuple[dict, dict]]:
     return sorted(out, key=lambda x: (x[0]["model"], _precision(x[0]) != "fp32"))
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of string cells, the one way the manual's measured tables are drawn."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
@@ -44,7 +45,7 @@ def finetune_table() -> str:
                      f"**{row['epoch_over_bound']:.2f}x**", f"{row['sweep_over_bound']:.2f}x",
                      f"**{row['tlsweep_over_naive_per_epoch']:.2f}x**", f"{row['tlsweep_over_naive_end_to_end']:.2f}x",
                      f"{b['ms_per_train_image']:.1f}", f"{b['ms_per_eval_image']:.1f}"])
-    return _table(["model", "precision", "epochs", "naive s/epoch (fp32)", "tlsweep s/epoch", "bound s/epoch",
+    return markdown_table(["model", "precision", "epochs", "naive s/epoch (fp32)", "tlsweep s/epoch", "bound s/epoch",
                    "**tlsweep / bound** per epoch", "tlsweep / bound end to end", "**tlsweep / naive** per epoch",
                    "end to end", "bound train step ms/image", "bound val forward ms/image"], rows)
 
@@ -68,7 +69,7 @@ def probe_bf16_table() -> str:
                 features, fixed = row["tlsweep_job_parts_s"]["features"], row["tlsweep_fixed_cost_s"]
             rows.append([PROBE_LABELS.get(name, name), other, f"{wall:.1f} s", ratio, f"{features:.1f} s",
                          f"{b:.1f} s", f"{features / b:.2f}x", f"{row['sweep_over_bound']:.2f}x", f"{fixed:.1f} s"])
-    return _table(["workload", "naive / uncached", "tlsweep", "ratio", "feature pass", "bound",
+    return markdown_table(["workload", "naive / uncached", "tlsweep", "ratio", "feature pass", "bound",
                    "feature pass / bound", "sweep / bound", "fixed cost"], rows)
 
 
@@ -88,7 +89,7 @@ def bf16_bounds_table() -> str:
                             + (": slower in bf16**)" if train < 1 else "**)"),
                      f"{f['ms_per_eval_image']:.1f} → {h['ms_per_eval_image']:.1f} ms ({val:.2f}x"
                      + (": slower in bf16)" if val < 1 else ")")])
-    return _table(["model", "train step fp32 → bf16", "val forward fp32 → bf16"], rows)
+    return markdown_table(["model", "train step fp32 → bf16", "val forward fp32 → bf16"], rows)
 
 
 def parity_table() -> str:
@@ -106,7 +107,7 @@ def parity_table() -> str:
                      f"{min(r['gaps']):+.2f} … {max(r['gaps']):+.2f} ({spread:.2f})",
                      f"{r['second_val_loss']:.4f} / {loss:+.4f}", f"{r['train_seconds_ratio']:.2f}x"])
     parity = f"parity (CI holds 0, \\|mean\\| ≤ {result['parity_points']:g})"
-    return _table(["data", "strategy", "arms (first - second)", "seeds", "acc % (first / second)",
+    return markdown_table(["data", "strategy", "arms (first - second)", "seeds", "acc % (first / second)",
                    "mean gap (points)", "95% t-interval", parity, "gaps per seed: min … max (range)",
                    "val loss (second) / mean gap", "train seconds first / second"], rows)
 
@@ -116,7 +117,7 @@ def depthwise_convs_table() -> str:
     result = json.loads((RESULTS / "depthwise.json").read_text())
     rows = [[f"{c['channels']}", f"{c['kernel']}x{c['kernel']}", f"{c['stride']}", f"{c['side']}", f"{c['count']}",
              f"{c['fp32_ms']:.1f}", f"{c['bf16_ms']:.1f}", f"**{c['bf16_speedup']:.2f}x**"] for c in result["convs"]]
-    return _table(["channels", "kernel", "stride", "input side (px)", "convs of this shape", "fp32 ms", "bf16 ms",
+    return markdown_table(["channels", "kernel", "stride", "input side (px)", "convs of this shape", "fp32 ms", "bf16 ms",
                    "bf16 speed-up"], rows)
 
 
@@ -130,7 +131,7 @@ def depthwise_models_table() -> str:
             train, infer = m["train_ms_per_image"], m["eval_ms_per_image"]
             rows.append([arch, mode, f"{train:.1f} ({base['train_ms_per_image'] / train:.2f}x)",
                          f"{infer:.1f} ({base['eval_ms_per_image'] / infer:.2f}x)"])
-    return _table(["model", "precision", "train step ms/image (speed-up on fp32)",
+    return markdown_table(["model", "precision", "train step ms/image (speed-up on fp32)",
                    "eval forward ms/image (speed-up on fp32)"], rows)
 
 
@@ -165,7 +166,7 @@ def scale_probe_table() -> str:
              "decode once" if r["decode"].startswith("on") else "streamed", _where(r["features"]), f"{r['wall_s']:.0f}",
              _gb(r, "peak_rss_gb"), _gb(r, "peak_anon_gb"), f"{r['final_val_acc']:.3f}", r["date"]]
             for r in _scale("probe")]
-    return _table(["images", "crop", "data.cache_budget_mb", "images held", "feature cache", "wall s", "peak RSS GB",
+    return markdown_table(["images", "crop", "data.cache_budget_mb", "images held", "feature cache", "wall s", "peak RSS GB",
                    "peak private GB", "val acc", "date (UTC)"], rows) + _exponent(_scale("probe"), "wall_s") + \
         _provenance("probe")
 
@@ -192,7 +193,7 @@ def scale_sweep_table() -> str:
              f"{r['passes_s']:.0f}", f"{r['heads_s']:.0f}", f"**{r['wall_over_parts']:.2f}x**",
              _gb(r, "peak_rss_gb"), _gb(r, "peak_anon_gb"), _where(r["features"][0]), r["date"]]
             for r in _scale("sweep")]
-    return _table(["images", "crop", "data.cache_budget_mb", "jobs", "wall s", "data + feature passes s",
+    return markdown_table(["images", "crop", "data.cache_budget_mb", "jobs", "wall s", "data + feature passes s",
                    "heads s", "**wall / (passes + heads)**", "peak RSS GB", "peak private GB", "feature cache",
                    "date (UTC)"], rows) + _exponent(_scale("sweep"), "wall_s") + _provenance("sweep")
 
@@ -209,7 +210,7 @@ def scale_stream_table() -> str:
                      f"{r['steps_s']:.1f}", f"**{r['epoch_s'] / bound:.2f}x**", f"{r['ms_per_image']:.2f}",
                      f"{r['wall_s']:.0f}" if "wall_s" in r else "-", _gb(r, "peak_rss_gb"), _gb(r, "peak_anon_gb"),
                      r["date"]])
-    return _table(["images per epoch (train + val)", "crop", "data.cache_budget_mb", "images held", "epoch s",
+    return markdown_table(["images per epoch (train + val)", "crop", "data.cache_budget_mb", "images held", "epoch s",
                    "bound: decode s", "bound: steps s", "**epoch / bound**", "ms / image", "run wall s",
                    "peak RSS GB", "peak private GB", "date (UTC)"], rows) + _provenance("stream")
 
