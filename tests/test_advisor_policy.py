@@ -109,12 +109,17 @@ def test_a_short_run_that_cannot_catch_the_incumbent_is_dropped_with_its_evidenc
     assert first["candidate"] == "a/finetune" and "nothing at full length yet" in first["evidence"]
 
 
-def test_successive_halving_promotes_the_top_third_of_the_lrs():
-    s = study(backbones=("a",), strategies=("finetune",), lrs={"finetune": (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)})
+@pytest.mark.parametrize("n_lrs, eta, promoted", [(6, 3, 2), (6, 2, 3), (3, 2, 2), (3, 3, 1), (2, 3, 1)])
+def test_successive_halving_promotes_the_top_ceil_n_over_eta_of_the_lrs(n_lrs, eta, promoted):
+    lrs = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)[-n_lrs:]
+    s = study(backbones=("a",), strategies=("finetune",), lrs={"finetune": lrs}, eta=eta)
     sim = simulate(truth(s), s)
     full_seed0 = sim.results[(sim.results["epochs"] == 9) & (sim.results["seed"] == 0)]
-    assert len(full_seed0) == 6 // s.eta
-    assert (sim.results[sim.results["epochs"] == 3]["lr"].nunique()) == 6
+    assert len(full_seed0) == promoted
+    # the promoted are the best short runs
+    short = sim.results[sim.results["epochs"] == 3].sort_values("select_acc", ascending=False)
+    assert set(full_seed0["lr"]) == set(short["lr"].head(promoted))
+    assert (sim.results[sim.results["epochs"] == 3]["lr"].nunique()) == n_lrs
 
 
 # -- the budget ----------------------------------------------------------------------------------------------

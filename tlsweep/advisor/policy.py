@@ -9,7 +9,7 @@ and never proposes a job that has a row. The procedure, each decision a row of t
    (each backbone at its best LR).
 2. short rung (round 2): each kept (backbone, strategy) at every LR for `short` epochs, seed 0.
 3. full rung (round 3), successive halving (Jamieson & Talwalkar 2016; the rungs of Hyperband, Li et al.
-   2017): the top max(1, n_lrs // eta) LRs at full length. The candidate with the best short run goes
+   2017): the top ceil(n_lrs / eta) LRs at full length. The candidate with the best short run goes
    first when nothing has run at full length; after that, a candidate whose best short run plus the
    allowance is below the best full-length mean cannot catch it, and is dropped.
 4. seeds (rounds 4+): the two best configs by mean select_acc get seeds, paired by seed, until the 95%
@@ -140,7 +140,7 @@ class _Decide:
         return want
 
     def full_rung(self, candidates: list[tuple[str, str]]) -> list[list[Job]]:
-        """Round 3: the top 1/eta LRs of each raced candidate at full length, unless it cannot catch up."""
+        """Round 3: the top ceil(n/eta) of the n LRs of each raced candidate at full length, unless it cannot catch up."""
         s = self.study
         incumbent = self.leader(candidates)
         allowance, allowance_why = self.allowance()
@@ -153,7 +153,7 @@ class _Decide:
             if not short:
                 self.note(SHORT, "rung 0", f"{b}/{strategy}", "drop", "every LR lost")
                 continue
-            survivors = short[:max(1, len(s.grid[strategy]) // s.eta)]
+            survivors = short[:math.ceil(len(s.grid[strategy]) / s.eta)]
             started = any(not self.new(b, strategy, lr, s.epochs, 0) for lr in s.grid[strategy])
             if started:
                 want += self.promote(b, strategy, short, survivors, "at full length since an earlier batch")

@@ -71,7 +71,7 @@ def study(advise: Mapping, *, epochs: int, base_lr: float, parallel: int,
         backbones=tuple(advise.get("backbones") or default_backbones(importable)), strategies=tuple(strategies),
         lrs=lrs, epochs=int(epochs), budget=parse_duration(budget),
         wall=None if wall is None else parse_duration(wall, "advise.wall"), parallel=max(1, int(parallel)),
-        keep=int(advise.get("keep", 2)), eta=int(advise.get("eta", 3)), margin=float(advise.get("margin", 0.01)),
+        keep=int(advise.get("keep", 2)), eta=int(advise.get("eta", 2)), margin=float(advise.get("margin", 0.01)),
         max_seeds=int(advise.get("max_seeds", 10)))
 
 

@@ -39,7 +39,7 @@ class StudyConfig:
     parallel: int = 1  # jobs that run at once: turns a batch's job-seconds into wall-clock
     short_epochs: int | None = None  # None: a third of `epochs`, as a first rung of successive halving
     keep: int = 2  # backbones kept by the screen
-    eta: int = 3  # successive halving keeps the top 1/eta of a rung (Jamieson & Talwalkar 2016)
+    eta: int = 2  # successive halving keeps the top ceil(n/eta) of a rung (Jamieson & Talwalkar 2016)
     margin: float = 0.01  # gaps inside +-margin are practically nil: one point of accuracy
     allowance: float = 0.05  # the least gain from short to full length that a short run is credited with
     min_seeds: int = 3  # the finalists' first paired CI: two pairs give a t quantile of 12.7, no decision
@@ -68,7 +68,7 @@ class StudyConfig:
         grids = {s: tuple(sorted({lr_key(x) for x in given[s]})) for s in needed}
         _check(all(lr > 0 for g in grids.values() for lr in g), "lrs", "learning rates must be > 0")
         set_("grid", MappingProxyType(grids))
-        _check(self.eta >= 2, "eta", f"must be >= 2 (keep the top 1/eta), not {self.eta}")
+        _check(self.eta >= 2, "eta", f"must be >= 2 (keep the top ceil(n/eta)), not {self.eta}")
         _check(self.min_seeds >= 2 and self.max_seeds >= self.min_seeds, "min_seeds",
                f"need 2 <= min_seeds <= max_seeds for a paired CI, not {self.min_seeds}, {self.max_seeds}")
         if self.short_epochs is not None:

@@ -21,7 +21,7 @@ class AdviseConf:
     keep: int = key(2, "backbones the probe screen keeps")
     margin: float = key(0.01, "finalists whose paired gap lies within +-margin are equivalent (the cheaper one is "
                               "recommended): one point of accuracy")
-    eta: int = key(3, "successive halving keeps the top 1/eta of the LRs at each rung")
+    eta: int = key(2, "successive halving keeps the top ceil(n/eta) of the LRs at each rung")
     max_seeds: int = key(10, "paired seeds per finalist before the study stops deciding")
     resplit: Optional[bool] = key(None, "each seed past the first holds out its own draw of the selection split "
                                         "(data.select_seed=<seed>), so that finalists are not told apart by one "
