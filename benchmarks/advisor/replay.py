@@ -42,7 +42,8 @@ RANKERS = ("score_logme", "score_knn_acc", "score_ncc_acc", "imagenet_top1", "to
 
 
 def replay_task(task: str, grid: Grid, resplit: Grid | None = None, shares=SHARES, replays: int = 20,
-                short_epochs: int | None = None, habit_lr: float | None = None) -> list[dict]:
+                short_epochs: int | None = None, habit_lr: float | None = None, eta: int | None = None,
+                halving_eta: int = 3) -> list[dict]:
     rows = []
     coarse = space.resplits(None, report.resolution(grid.rows, MARGIN))
     shipped = resplit if coarse and resplit is not None else grid
@@ -56,14 +57,16 @@ def replay_task(task: str, grid: Grid, resplit: Grid | None = None, shares=SHARE
     for rep in range(replays):
         for share in shares:
             budget = share * grid.cost
-            study = space.with_short_floor(study_for(grid, budget, short_epochs=short_epochs),
+            study = space.with_short_floor(study_for(grid, budget, short_epochs=short_epochs,
+                                                     **({} if eta is None else {"eta": eta})),
                                            {s: e - 1 for s, e in LEAST.items()})
             add("advisor", share, rep, advise(shipped, study, order=rep), draws)
             add("advisor_one_draw", share, rep, advise(grid, study, order=rep))
             add("random_search", share, rep, baselines.random_search(grid, budget, np.random.default_rng([rep, 1])))
-            for name in ("one_epoch_top_k", "successive_halving"):
-                add(name, share, rep, getattr(baselines, name)(grid, budget, np.random.default_rng([rep, 1]),
-                                                               least=LEAST))
+            add("one_epoch_top_k", share, rep, baselines.one_epoch_top_k(grid, budget, np.random.default_rng([rep, 1]),
+                                                                         least=LEAST))
+            add("successive_halving", share, rep, baselines.successive_halving(
+                grid, budget, np.random.default_rng([rep, 1]), eta=halving_eta, least=LEAST))
         habit = baselines.default_habit(grid, np.random.default_rng([rep, 2]), lr=habit_lr)
         full = baselines.full_grid(grid)
         for share in shares:  # the same pick at every share: drawn as a flat line
@@ -130,13 +133,16 @@ def main() -> None:
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--shares", type=float, nargs="+", default=list(SHARES))
     parser.add_argument("--short-epochs", type=int, default=None, help="the advisor's short rung (advise.short_epochs)")
+    parser.add_argument("--eta", type=int, default=None, help="the advisor's halving rate (advise.eta)")
+    parser.add_argument("--halving-eta", type=int, default=3, help="the successive-halving baseline's rate")
     parser.add_argument("--claim-share", type=float, default=0.3)
     args = parser.parse_args()
     grids = pd.read_csv(args.grids)
     rows, ranks = [], []
     for task, part in grids.groupby("task", sort=False):
         grid, resplit = draws(part)
-        rows += replay_task(str(task), grid, resplit, args.shares, args.replays, args.short_epochs)
+        rows += replay_task(str(task), grid, resplit, args.shares, args.replays, args.short_epochs, eta=args.eta,
+                            halving_eta=args.halving_eta)
         ranks += rankers(str(task), grid)
         print(f"{task}: replayed", flush=True)
     out = pd.DataFrame(rows)
