@@ -69,6 +69,33 @@ def test_a_replay_of_a_live_studys_own_rows_reaches_its_verdict():
     assert out.spent == pytest.approx(live.spent) and out.jobs == live.jobs and out.why == live.verdict.stopped
 
 
+def test_the_documented_live_study_replays_on_its_committed_rows_to_the_verdict_it_printed():
+    """docs/advisor.md's live study (benchmarks/advisor/advise.sh on digits): its runs, committed as a small grid,
+    replayed under the same config with the seeds in their order, reach the recommendation, the stop and the number
+    of jobs its committed trace shows. A change of the policy that changes that study fails here: rerun it."""
+    import re
+
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF, REPO
+    from tlsweep.advisor import space
+
+    results = REPO / "docs" / "results" / "advisor"
+    rows = pd.read_csv(results / "live-digits-all.csv")
+    said = [line for line in (results / "trace-digits-all.md").read_text().splitlines() if "| recommend |" in line]
+    assert len(said) == 1
+    (candidate, why), = re.findall(r"\| verdict \| (.+?) \| recommend \| (\w+):", said[0])
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):  # advise.sh's command for this study
+        cfg = compose("config", overrides=["experiment=advise", "data=digits", "data.shots=null", "epochs=10",
+                                           "bf16=false", "advise.budget=5m", "advise.backbones=[efficientnet_lite0]",
+                                           "advise.strategies=[probe,partial,finetune,lpft]"])
+    study = space.study(dict(cfg.advise), epochs=cfg.epochs, base_lr=cfg.optim.lr, parallel=1,
+                        importable=lambda m: True)
+    out = advise(Grid(rows.drop(columns=["task", "draw"])), study, order=None)
+    assert out.pick is not None and candidate == f"{out.pick[0]}/{out.pick[1]} lr={out.pick[2]:g} {cfg.epochs}ep"
+    assert out.why == why and out.jobs == len(rows)
+
+
 def test_the_advisor_replayed_finds_a_clear_best_within_its_budget():
     g = Grid(grid_of(truth({("b", "finetune", 1e-4): 0.8})))
     study = study_for(g, budget=0.5 * g.cost, short_epochs=3, prior_epoch_seconds=10.0, prior_overhead_seconds=5.0)

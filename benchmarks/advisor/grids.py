@@ -7,7 +7,8 @@ Every sweep named `grid-<task>` in the store (benchmarks/advisor/grid.sh) is rea
 epoch_seconds, the run's transferability scores, selection-split size, ImageNet top-1 and parameter count) with the
 task beside it, and `draw`: fixed, or per_seed for a sweep `grid-<task>@resplit` (each seed on its own draw of the
 selection split). A task and draw already in `--out` are replaced by the store's rows; others are kept, so grids
-measured at different times (and in different stores) share one file.
+measured at different times (and in different stores) share one file. `--prefix advise-` reads a live study's sweeps
+instead (benchmarks/advisor/advise.sh names them `advise-<task>`): the rows it ran, as a small grid to replay.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", required=True, help="the grid's tracking URI")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--prefix", default="grid-", help="the sweeps read: those whose name starts with it")
     args = parser.parse_args()
     from mlflow.tracking import MlflowClient
 
@@ -40,9 +42,9 @@ def main() -> None:
     exp = client.get_experiment_by_name("tlsweep")
     sweeps = sorted({r.data.tags[Tag.SWEEP_NAME] for r in client.search_runs(
         [exp.experiment_id], f"tags.`{Tag.ROLE}` = 'sweep'", max_results=1000) if
-        r.data.tags.get(Tag.SWEEP_NAME, "").startswith("grid-")})
+        r.data.tags.get(Tag.SWEEP_NAME, "").startswith(args.prefix)})
     # grid-<task>@resplit: the seeds past the first on their own draws of the selection split (grid.sh GRID_DRAW)
-    new = [task_rows(client, exp.experiment_id, s).assign(task=s[len("grid-"):].split("@")[0],
+    new = [task_rows(client, exp.experiment_id, s).assign(task=s[len(args.prefix):].split("@")[0],
                                                            draw="per_seed" if s.endswith("@resplit") else "fixed")
            for s in sweeps]
     new = pd.concat(new, ignore_index=True) if new else pd.DataFrame()
