@@ -140,7 +140,7 @@ class _Decide:
         return want
 
     def full_rung(self, candidates: list[tuple[str, str]]) -> list[list[Job]]:
-        """Round 3: the top ceil(n/eta) of the n LRs of each raced candidate at full length, unless it cannot catch up."""
+        """Round 3: the top ceil(n/eta) of each raced candidate's n LRs at full length, unless it cannot catch up."""
         s = self.study
         incumbent = self.leader(candidates)
         allowance, allowance_why = self.allowance()

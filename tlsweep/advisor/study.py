@@ -39,7 +39,9 @@ class StudyConfig:
     parallel: int = 1  # jobs that run at once: turns a batch's job-seconds into wall-clock
     short_epochs: int | None = None  # None: a third of `epochs`, as a first rung of successive halving
     keep: int = 2  # backbones kept by the screen
-    eta: int = 2  # successive halving keeps the top ceil(n/eta) of a rung (Jamieson & Talwalkar 2016)
+    # successive halving keeps the top ceil(n/eta) of a rung (Jamieson & Talwalkar 2016); 2 keeps 2 of 3 LRs, as one
+    # short run on a small selection split too often picks the wrong one (docs/advisor.md replays both rates)
+    eta: int = 2
     margin: float = 0.01  # gaps inside +-margin are practically nil: one point of accuracy
     allowance: float = 0.05  # the least gain from short to full length that a short run is credited with
     min_seeds: int = 3  # the finalists' first paired CI: two pairs give a t quantile of 12.7, no decision
