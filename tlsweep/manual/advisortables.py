@@ -50,7 +50,7 @@ def grids_table() -> str:
                      f"{best[0]}/{best[1]} lr={best[2]:g}", f"{100 * grid.truth.max():.1f}",
                      f"{100 * (grid.truth.max() - grid.truth.min()):.1f}"])
     return markdown_table(["task", "selection images", "runs (fixed draw)", "runs (own draw per seed)", "job-hours",
-                   "grid's best (mean scored over seeds)", "its accuracy %", "best minus worst (points)"], rows)
+                           "grid's best (mean scored over seeds)", "its accuracy %", "best minus worst (points)"], rows)
 
 
 def regret_table() -> str:
@@ -67,7 +67,8 @@ def regret_table() -> str:
         by = part.set_index("budget_share")
         rows.append([method] + [_ci(by.loc[x, "regret"], by.loc[x, "low"], by.loc[x, "high"]) if x in by.index
                                 else "-" for x in shares] + [f"{part['worst'].max():.2f}"])
-    return markdown_table(["method"] + [f"{100 * x:.0f}% of the grid" for x in shares] + ["worst task, any share"], rows) + (
+    header = ["method"] + [f"{100 * x:.0f}% of the grid" for x in shares] + ["worst task, any share"]
+    return markdown_table(header, rows) + (
         f"\nRegret in points of scored accuracy: mean over {replays['task'].nunique()} tasks (each task's mean over "
         f"{replays['replay'].nunique()} replays) with its 95% t-interval over tasks.\n")
 
@@ -83,7 +84,7 @@ def claim_table() -> str:
     rows = [[r.baseline, str(r.tasks), _ci(r.difference, r.low, r.high, signed=True), f"{r.p:.3g}",
              f"{r.p_holm:.3g}", "yes" if r.high < 0 else ("worse" if r.low > 0 else "no")] for r in c.itertuples()]
     return markdown_table(["baseline", "tasks", f"advisor minus baseline at {100 * CLAIM_SHARE:.0f}% (points, 95% CI)",
-                   "p (paired t)", "p (Holm)", "advisor better: the interval excludes 0"], rows)
+                           "p (paired t)", "p (Holm)", "advisor better: the interval excludes 0"], rows)
 
 
 def rankers_table() -> str:
@@ -99,7 +100,7 @@ def rankers_table() -> str:
                      f"{tau.mean():+.2f}" if len(tau) else "-", f"{part['weighted_tau'].mean():+.2f}",
                      f"{int((tau > 0.999).sum())} of {len(part)}"])
     return markdown_table(["ranker", "accuracy ranked", "Kendall tau (mean over tasks)", "weighted tau (mean)",
-                   "tasks ranked exactly"], rows) + (
+                           "tasks ranked exactly"], rows) + (
         f"\nOver {int(ranks['backbones'].max())} backbones per task a tau is -1, -1/3, +1/3 or +1 (other values where "
         f"two backbones tie in accuracy).\n")
 
@@ -120,5 +121,5 @@ def small_data_table() -> str:
             cells += [f"{r.mean():.2f}", f"{r.max():.2f}", f"{(r <= 2).mean():.0%}"]
         rows.append(cells)
     return markdown_table(["task", "advisor's draws", "regret, a draw per seed (mean)", "worst", "replays <= 2 pts",
-                   "regret, one draw (mean)", "worst", "replays <= 2 pts"], rows) if rows else \
+                           "regret, one draw (mean)", "worst", "replays <= 2 pts"], rows) if rows else \
         "\nNo task's selection split is coarser than the margin.\n"

@@ -46,8 +46,9 @@ def finetune_table() -> str:
                      f"**{row['tlsweep_over_naive_per_epoch']:.2f}x**", f"{row['tlsweep_over_naive_end_to_end']:.2f}x",
                      f"{b['ms_per_train_image']:.1f}", f"{b['ms_per_eval_image']:.1f}"])
     return markdown_table(["model", "precision", "epochs", "naive s/epoch (fp32)", "tlsweep s/epoch", "bound s/epoch",
-                   "**tlsweep / bound** per epoch", "tlsweep / bound end to end", "**tlsweep / naive** per epoch",
-                   "end to end", "bound train step ms/image", "bound val forward ms/image"], rows)
+                           "**tlsweep / bound** per epoch", "tlsweep / bound end to end",
+                           "**tlsweep / naive** per epoch", "end to end", "bound train step ms/image",
+                           "bound val forward ms/image"], rows)
 
 
 def probe_bf16_table() -> str:
@@ -70,7 +71,7 @@ def probe_bf16_table() -> str:
             rows.append([PROBE_LABELS.get(name, name), other, f"{wall:.1f} s", ratio, f"{features:.1f} s",
                          f"{b:.1f} s", f"{features / b:.2f}x", f"{row['sweep_over_bound']:.2f}x", f"{fixed:.1f} s"])
     return markdown_table(["workload", "naive / uncached", "tlsweep", "ratio", "feature pass", "bound",
-                   "feature pass / bound", "sweep / bound", "fixed cost"], rows)
+                           "feature pass / bound", "sweep / bound", "fixed cost"], rows)
 
 
 def bf16_bounds_table() -> str:
@@ -108,8 +109,8 @@ def parity_table() -> str:
                      f"{r['second_val_loss']:.4f} / {loss:+.4f}", f"{r['train_seconds_ratio']:.2f}x"])
     parity = f"parity (CI holds 0, \\|mean\\| ≤ {result['parity_points']:g})"
     return markdown_table(["data", "strategy", "arms (first - second)", "seeds", "acc % (first / second)",
-                   "mean gap (points)", "95% t-interval", parity, "gaps per seed: min … max (range)",
-                   "val loss (second) / mean gap", "train seconds first / second"], rows)
+                           "mean gap (points)", "95% t-interval", parity, "gaps per seed: min … max (range)",
+                           "val loss (second) / mean gap", "train seconds first / second"], rows)
 
 
 def depthwise_convs_table() -> str:
@@ -117,8 +118,8 @@ def depthwise_convs_table() -> str:
     result = json.loads((RESULTS / "depthwise.json").read_text())
     rows = [[f"{c['channels']}", f"{c['kernel']}x{c['kernel']}", f"{c['stride']}", f"{c['side']}", f"{c['count']}",
              f"{c['fp32_ms']:.1f}", f"{c['bf16_ms']:.1f}", f"**{c['bf16_speedup']:.2f}x**"] for c in result["convs"]]
-    return markdown_table(["channels", "kernel", "stride", "input side (px)", "convs of this shape", "fp32 ms", "bf16 ms",
-                   "bf16 speed-up"], rows)
+    return markdown_table(["channels", "kernel", "stride", "input side (px)", "convs of this shape", "fp32 ms",
+                           "bf16 ms", "bf16 speed-up"], rows)
 
 
 def depthwise_models_table() -> str:
@@ -132,7 +133,7 @@ def depthwise_models_table() -> str:
             rows.append([arch, mode, f"{train:.1f} ({base['train_ms_per_image'] / train:.2f}x)",
                          f"{infer:.1f} ({base['eval_ms_per_image'] / infer:.2f}x)"])
     return markdown_table(["model", "precision", "train step ms/image (speed-up on fp32)",
-                   "eval forward ms/image (speed-up on fp32)"], rows)
+                           "eval forward ms/image (speed-up on fp32)"], rows)
 
 
 def _scale(kind: str) -> list[dict]:
@@ -166,9 +167,9 @@ def scale_probe_table() -> str:
              "decode once" if r["decode"].startswith("on") else "streamed", _where(r["features"]), f"{r['wall_s']:.0f}",
              _gb(r, "peak_rss_gb"), _gb(r, "peak_anon_gb"), f"{r['final_val_acc']:.3f}", r["date"]]
             for r in _scale("probe")]
-    return markdown_table(["images", "crop", "data.cache_budget_mb", "images held", "feature cache", "wall s", "peak RSS GB",
-                   "peak private GB", "val acc", "date (UTC)"], rows) + _exponent(_scale("probe"), "wall_s") + \
-        _provenance("probe")
+    return markdown_table(["images", "crop", "data.cache_budget_mb", "images held", "feature cache", "wall s",
+                           "peak RSS GB", "peak private GB", "val acc", "date (UTC)"], rows) + \
+        _exponent(_scale("probe"), "wall_s") + _provenance("probe")
 
 
 def _exponent(rows: list[dict], value: str) -> str:
@@ -194,8 +195,8 @@ def scale_sweep_table() -> str:
              _gb(r, "peak_rss_gb"), _gb(r, "peak_anon_gb"), _where(r["features"][0]), r["date"]]
             for r in _scale("sweep")]
     return markdown_table(["images", "crop", "data.cache_budget_mb", "jobs", "wall s", "data + feature passes s",
-                   "heads s", "**wall / (passes + heads)**", "peak RSS GB", "peak private GB", "feature cache",
-                   "date (UTC)"], rows) + _exponent(_scale("sweep"), "wall_s") + _provenance("sweep")
+                           "heads s", "**wall / (passes + heads)**", "peak RSS GB", "peak private GB", "feature cache",
+                           "date (UTC)"], rows) + _exponent(_scale("sweep"), "wall_s") + _provenance("sweep")
 
 
 def scale_stream_table() -> str:
@@ -211,8 +212,8 @@ def scale_stream_table() -> str:
                      f"{r['wall_s']:.0f}" if "wall_s" in r else "-", _gb(r, "peak_rss_gb"), _gb(r, "peak_anon_gb"),
                      r["date"]])
     return markdown_table(["images per epoch (train + val)", "crop", "data.cache_budget_mb", "images held", "epoch s",
-                   "bound: decode s", "bound: steps s", "**epoch / bound**", "ms / image", "run wall s",
-                   "peak RSS GB", "peak private GB", "date (UTC)"], rows) + _provenance("stream")
+                           "bound: decode s", "bound: steps s", "**epoch / bound**", "ms / image", "run wall s",
+                           "peak RSS GB", "peak private GB", "date (UTC)"], rows) + _provenance("stream")
 
 
 def _provenance(kind: str) -> str:
