@@ -33,7 +33,7 @@ from .tracking import owner, faults as stores, views
 from .config.errors import StoreError, end_command
 from .imports import heavy
 from .config.keys import Tag, diverged, short_labels
-from .tracking.read import children, local_path
+from .tracking.read import children
 
 with heavy():  # MLflow: about 1 s of imports
     from mlflow.entities import Metric, Param, RunTag
@@ -234,7 +234,7 @@ class SweepCallback(Callback):
 
     def _claim(self, uri: str, name: str | None) -> None:
         """On a local SQLite store, hold sweep `name` for this process's life (SweepBusy if another holds it)."""
-        db = local_path(uri) if name and uri.startswith("sqlite:///") else None
+        db = stores.sqlite_file(uri) if name else None
         if db is None:  # a sweep named by the clock, or a server store (see on_multirun_start)
             return
         claim = owner.LocalClaim(db, name)

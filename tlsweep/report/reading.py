@@ -12,7 +12,7 @@ from tlsweep.tracking import owner, faults as stores
 from tlsweep.config.errors import ReportError, StoreError
 from tlsweep.imports import heavy
 from tlsweep.config.keys import Tag
-from tlsweep.tracking.read import children, local_path, opening, search  # noqa: F401 -- children: the report's callers use it here
+from tlsweep.tracking.read import children, opening, search  # noqa: F401 -- children: the report's callers use it here
 
 with heavy():  # MLflow (and with it pandas): about 1 s of imports
     import pandas as pd
@@ -26,7 +26,7 @@ LISTED = 10  # sweeps named in an error message
 
 def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """Client and experiment id; refuses to create a store that is not there."""
-    path = local_path(uri)
+    path = stores.local_path(uri)
     stores.configure()  # bounded HTTP retries: a server that dies while the report reads costs seconds, not minutes
     if path is None:  # a server or a database: one probe first, so that a dead one is one line, not retries
         try:

@@ -1,6 +1,7 @@
-"""Faults of the store around a run, each as one line that names the URI or path, the cause, and what to do:
-a tracking server that does not answer (or is no MLflow server), a store path that cannot be created or
-written, a full disk, an SQLite store another process holds locked.
+"""Where a store lives (the file of an SQLite or folder URI), and the store's faults around a run, each as one
+line that names the URI or path, the cause, and what to do: a tracking server that does not answer (or is no
+MLflow server), a store path that cannot be created or written, a full disk, an SQLite store another process holds
+locked.
 
 `check` looks before MLflow's first call: a server by one GET /health (a few seconds, no retries), an SQLite
 store by making its folder, writing a little there and taking its write lock. `fault` reads an exception that
@@ -14,6 +15,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shlex
 import socket
 import sqlite3
@@ -25,7 +27,6 @@ from urllib.parse import urlparse
 
 from ..config.errors import StoreError, why
 from ..config.keys import Tag
-from .read import local_path
 
 PROBE_S = 5  # a healthy server answers /health in milliseconds; a few seconds leave room for a slow VPN hop
 MLFLOW_BUSY_S = 20  # MLflow's own wait on a locked SQLite db, per statement (PRAGMA busy_timeout = 20000)
@@ -49,6 +50,24 @@ DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # a database name
 _failed: list[tuple[str, StoreError]] = []  # (job, fault): this process's jobs the store failed, for the summary
 
 
+def local_path(uri: str) -> Path | None:
+    """The file or folder a local tracking URI points to (None for servers and in-memory SQLite)."""
+    if uri.startswith("sqlite:///"):
+        rest = uri[len("sqlite:///"):].split("?")[0]  # sqlite:////abs/x.db keeps the leading "/"
+        return Path(rest) if rest and rest != ":memory:" else None
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme == "" or re.fullmatch(r"[a-zA-Z]", parsed.scheme):  # a bare path (or C:\ on Windows)
+        return Path(uri)
+    return None
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of an SQLite store's URI; None for any other store."""
+    return local_path(uri) if uri.startswith("sqlite:///") else None
+
+
 def configure() -> None:
     """What tlsweep sets for MLflow before any store call: bounded HTTP retries (HTTP_RETRIES) unless the user
     set their own, and no logged traceback for an SQLite fault that tlsweep reports in one line itself."""
@@ -67,7 +86,7 @@ def _not_reported_here(record: logging.LogRecord) -> bool:
 def check(uri: str, lock_wait: float | None = None) -> None:
     """Raise StoreError when the store at `uri` cannot be used now; `lock_wait`: seconds to wait for an
     SQLite store's write lock (LOCK_WAIT_S)."""
-    db = local_path(uri) if uri.startswith("sqlite:///") else None
+    db = sqlite_file(uri)
     if uri.startswith(SERVERS):
         _probe_server(uri)
     elif db is not None:
@@ -152,7 +171,7 @@ def fault(err: BaseException, uri: str) -> StoreError | None:
     """`err` (raised by an MLflow call on the store at `uri`) as a StoreError, or None when the store is not
     at fault (a bug, a bad value, an interrupt). Only an error raised through MLflow's code counts: a full
     /dev/shm under a data loader raises the same OSError, and is not the store's."""
-    db = local_path(uri) if uri.startswith("sqlite:///") else None
+    db = sqlite_file(uri)
     if isinstance(err, StoreError):
         return err
     cause = _cause(err, os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")) if _through_mlflow(err) else None

@@ -1,28 +1,12 @@
-"""The one way tlsweep reads a store's runs and paths: below the sweep's lifecycle (sweep.py), the
+"""The one way tlsweep reads a store's runs: below the sweep's lifecycle (sweep.py), the
 job's tracking (runs.py) and the report (report/reading.py). Needs MLflow only: no torch, no pandas."""
 from __future__ import annotations
 
 import contextlib
-import re
-from pathlib import Path
-from urllib.parse import urlparse
 
 from ..imports import heavy
 
 PAGE = 1000  # runs per search request (MLflow's own cap per page)
-
-
-def local_path(uri: str) -> Path | None:
-    """The file or folder a local tracking URI points to (None for servers and in-memory SQLite)."""
-    if uri.startswith("sqlite:///"):
-        rest = uri[len("sqlite:///"):].split("?")[0]  # sqlite:////abs/x.db keeps the leading "/"
-        return Path(rest) if rest and rest != ":memory:" else None
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    if parsed.scheme == "" or re.fullmatch(r"[a-zA-Z]", parsed.scheme):  # a bare path (or C:\ on Windows)
-        return Path(uri)
-    return None
 
 
 def opening(uri: str):

@@ -25,7 +25,7 @@ from . import owner, faults as stores
 from ..config.errors import StoreError, why
 from ..imports import heavy
 from ..config.keys import Tag, diverged, is_seed, short_labels
-from .read import local_path, opening
+from .read import opening
 
 with heavy():  # about 1 s of imports
     import mlflow
@@ -79,7 +79,7 @@ def setup_store(uri: str | None = None, experiment: str = EXPERIMENT) -> tuple[s
     uri = default_tracking_uri(uri)
     stores.check(uri)
     artifacts, lock = None, contextlib.nullcontext()
-    db = local_path(uri) if uri.startswith("sqlite:///") else None
+    db = stores.sqlite_file(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         artifacts = (db.parent / "artifacts").as_uri()  # keep artifacts beside the db, not in ./mlartifacts
