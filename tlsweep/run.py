@@ -19,7 +19,7 @@ from .imports import heavy
 with heavy():  # torch, torchvision, MLflow: seconds of imports (see imports.py)
     import mlflow
     import torch
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import Metric, Param, RunTag
     from torch import nn
 
     from . import models
@@ -50,7 +50,6 @@ def run(cfg: DictConfig) -> dict:
         clock.seconds["mlflow"] = clock.elapsed()  # store, run, params, config artifact
         record = Record(cfg, name, clock)
         job = prepare(cfg, clock)
-        record.task(job.data)
         feed = Feed(job, clock)
         first = feed.segment(*job.segments[0])  # its frozen prefix's features, where it may use a cache
         scores = None
@@ -208,14 +207,10 @@ class Record:
         self._hows: list[str] = []
         self._before_training = 0.0
 
-    def task(self, data: ImageData) -> None:
-        """The task a run is on, whatever source named it (Flowers102, a VTAB-1k folder, hymenoptera): what a
-        cross-task report groups by (`across=task`); not a config key, so no config sets it."""
-        with self.clock("mlflow"):
-            mlflow.log_param("task", data.name)
-
     def start(self, job: Job, first: Segment, scores: feature_scores.Scores | None) -> None:
-        """The tags and the scores in one request, before any training."""
+        """The tags, the scores and the task in one request, before any training. The task is the dataset whatever
+        source named it (Flowers102, a VTAB-1k folder, hymenoptera): what a cross-task report groups by
+        (`across=task`); not a config key, so no config sets it."""
         data, self.scored = job.data, job.data.scored
         decode_how = job.decode_how + (f", batches built on {job.rt.device.type}"
                                        if job.decoded is not None and not first.how.on else "")
@@ -236,7 +231,8 @@ class Record:
                 **({Tag.SCORES: str(scores)} if scores else {}),
             }, {**(scores.metrics() if scores else {}), **models.imagenet_top1(job.spec, job.weights),
                 # how finely select_acc can move (one image is 1/n of it): the advisor's report says so
-                **({SELECT_IMAGES: len(data.select.items)} if data.select is not None else {})})
+                **({SELECT_IMAGES: len(data.select.items)} if data.select is not None else {})},
+                {"task": data.name})
         self.prep_seconds = self.clock.elapsed()  # everything before the first epoch
         if job.trains:
             self.progress.ready(self.prep_seconds, f"feature cache {'on' if first.how.on else 'off'}, "
@@ -294,13 +290,14 @@ def skipped(name: str, done) -> dict:
     return dict(done.data.metrics)
 
 
-def log_batch(tags: dict[str, str], metrics: dict[str, float]) -> None:
-    """Tags and metrics of the active run in one store request, as mlflow.set_tags alone makes: a probe job of a
+def log_batch(tags: dict[str, str], metrics: dict[str, float], params: dict[str, str]) -> None:
+    """Tags, metrics and params of the active run in one store request, as mlflow.set_tags alone makes: a probe job of a
     sweep whose features come from memory takes a fraction of a second, of which a second request would be a
     visible share."""
     now = int(time.time() * 1000)
     mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id,
                                     metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                                    params=[Param(k, str(v)) for k, v in params.items()],
                                     tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
