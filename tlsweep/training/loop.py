@@ -92,6 +92,14 @@ def _group_lrs(lrs: dict[str, float]) -> dict[str, float]:
     return {k.removeprefix("lr/"): v for k, v in lrs.items()}
 
 
+def _finite(loss: float, split: str, epoch: int, lrs: dict[str, float]) -> None:
+    """Raise Diverged when an epoch's loss on `split` (train, val) is NaN or infinite."""
+    if not math.isfinite(loss):
+        words = {"train": "training", "val": "validation"}[split]
+        raise Diverged(f"non-finite {words} loss ({loss}) in epoch {epoch}; lower optim.lr", epoch, _group_lrs(lrs),
+                       f"{split} loss {loss}")
+
+
 def divergence(err: Diverged, lr: float) -> str:
     """The `tlsweep.diverged` tag: "epoch 1, lr 1e+06 (head 1e+06, backbone 1e+05), train loss nan", with
     `lr` the config's optim.lr and in parentheses the LRs that epoch's parameter groups trained with."""
@@ -125,14 +133,10 @@ def fit(model: nn.Module, loaders: Loaders, optimizer: torch.optim.Optimizer, sc
         train_loss, train_acc = run_epoch(model, loaders.train, rt, optimizer, plan.penalty if plan is not None else None)
         if plan is not None:
             extra.update(plan.end_epoch(optimizer))
-        if not math.isfinite(train_loss):
-            raise Diverged(f"non-finite training loss ({train_loss}) in epoch {epoch}; lower optim.lr",
-                           epoch, _group_lrs(lrs), f"train loss {train_loss}")
+        _finite(train_loss, "train", epoch, lrs)
         model.eval()
         val_loss, val_acc = run_epoch(model, loaders.val, rt)
-        if not math.isfinite(val_loss):  # finite weights can still overflow on unseen inputs
-            raise Diverged(f"non-finite validation loss ({val_loss}) in epoch {epoch}; lower optim.lr",
-                           epoch, _group_lrs(lrs), f"val loss {val_loss}")
+        _finite(val_loss, "val", epoch, lrs)  # finite weights can still overflow on unseen inputs
         if scheduler is not None:
             scheduler.step()
         if val_acc > best_acc:
