@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import CONF
 from tlsweep import sweep
-from tlsweep.tracking import runs as tracking
+from tlsweep.tracking import runs as tracking, views
 
 
 def test_run_name_shows_what_the_sweep_varies(make_cfg):
@@ -70,8 +70,8 @@ def test_experiment_opens_in_the_model_training_layout(tmp_path):
     assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
     tracking.setup_store(uri, "chosen")  # a kind someone chose stays
     assert client.get_experiment(mine).tags["mlflow.experimentKind"] == "genai_development"
-    assert tracking.ui_url(uri, new) == f"http://127.0.0.1:5000/#/experiments/{new}/runs?workflowType=machine_learning"
-    assert tracking.ui_url("http://host:8080/", "7") == \
+    assert views.ui_url(uri, new) == f"http://127.0.0.1:5000/#/experiments/{new}/runs?workflowType=machine_learning"
+    assert views.ui_url("http://host:8080/", "7") == \
         "http://host:8080/#/experiments/7/runs?workflowType=machine_learning"
 
 

@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> dict:
     name = tracking.run_name(cfg)
     done = tracking.finished_run(cfg, name)
     if done is not None:  # a resumed sweep: this config already finished in it, or diverged
-        return skipped(name, done)
+        return tracking.skipped(name, done)
     with tracking.job_run(cfg, name):  # opened first, so that even a config error is recorded as FAILED
         clock.seconds["mlflow"] = clock.elapsed()  # store, run, params, config artifact
         record = Record(cfg, name, clock)
@@ -280,14 +280,6 @@ class Record:
               f"best_{s}_acc={result[f'best_{s}_acc']:.4f} trainable={job.plan.trainable_params:,} "
               f"seconds={result['prep_seconds']:.1f} prep + {result['train_seconds']:.1f} train", flush=True)
         return result
-
-
-def skipped(name: str, done) -> dict:
-    """A config that already settled in this sweep: say so, and hand back its metrics."""
-    how = (f"diverged in this sweep ({done.data.tags[Tag.DIVERGED]}; delete run {done.info.run_id} to run it "
-           "again)" if done.info.status == "FAILED" else f"already FINISHED in this sweep (run {done.info.run_id})")
-    print(f"[tlsweep] {name}: skipped, {how}", flush=True)
-    return dict(done.data.metrics)
 
 
 def log_batch(tags: dict[str, str], metrics: dict[str, float], params: dict[str, str]) -> None:

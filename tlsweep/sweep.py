@@ -41,8 +41,8 @@ with heavy():  # MLflow: about 1 s of imports
     from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
     from mlflow.version import VERSION as MLFLOW_VERSION
 
-    from .tracking.runs import (EXPERIMENT, EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, announce, current,
-                                planned_jobs, setup_store, swept_keys, ui_base)
+    from .tracking.runs import (EXPERIMENT, EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, current, planned_jobs,
+                                setup_store, swept_keys)
 
 log = logging.getLogger(__name__)
 _ended_early: str | None = None  # how the launching process ended, when the sweep did not run to its end
@@ -224,7 +224,7 @@ class SweepCallback(Callback):
         # store differently, and a name can race (set_experiment's losers log into Default)
         os.environ.update({PARENT_ENV: parent, SWEEP_NAME_ENV: name, SWEPT_ENV: json.dumps(self.swept),
                            EXPERIMENT_ENV: exp_id, "MLFLOW_TRACKING_URI": uri})
-        announce(uri, exp_id, self._links())
+        views.announce(uri, exp_id, self._links())
         print(f"[tlsweep] sweep {name} ({how}): parent run {parent}", flush=True)
         atexit.register(self._finish_at_exit)  # Hydra skips on_multirun_end when a job raised
 
@@ -251,7 +251,7 @@ class SweepCallback(Callback):
         return None
 
     def _links(self) -> dict[str, str] | None:
-        return views.links(ui_base(self.uri), self.exp_id, self.view) if self.view else None
+        return views.links(views.ui_base(self.uri), self.exp_id, self.view) if self.view else None
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         self.finish()

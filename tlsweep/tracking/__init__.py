@@ -4,5 +4,5 @@
 - `faults`: where a store lives (its URI's file) and its faults, each as one line that names the URI or path, the cause, and what to do.
 - `read`: the one way tlsweep reads a store's runs.
 - `owner`: which process runs a run or a sweep, and whether it is still there.
-- `views`: a sweep's saved view in the MLflow UI.
+- `views`: the MLflow UI: where it serves, the links a job or sweep prints, and a sweep's saved view.
 """

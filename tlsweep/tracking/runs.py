@@ -21,7 +21,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .. import __version__
-from . import owner, faults as stores
+from . import owner, views, faults as stores
 from ..config.errors import StoreError, why
 from ..imports import heavy
 from ..config.keys import Tag, diverged, is_seed, short_labels
@@ -44,9 +44,8 @@ EXPERIMENT_ENV = "TLSWEEP_EXPERIMENT_ID"
 NOT_THE_EXPERIMENT = ("tracking.", "cache_dir", "data.num_workers", "advise")
 # What MLflow 3's UI writes on an experiment made in its "Model training" mode. UIs before workflow-based
 # navigation pick the layout from it; 3.17 ignores it and follows ?workflowType= (default: GenAI, an
-# empty traces dashboard), hence the URL that `announce` prints (useExperimentKind, ExperimentKindUtils.ts).
+# empty traces dashboard), hence the URL that `views.announce` prints (useExperimentKind, ExperimentKindUtils.ts).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default (--host 127.0.0.1, --port 5000)
 
 
 def default_tracking_uri(uri: str | None = None, base_dir: str | os.PathLike | None = None) -> str:
@@ -147,25 +146,6 @@ def _experiment_id(client: MlflowClient, name: str, artifacts: str | None) -> st
         if key not in exp.tags:
             client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
-
-
-def ui_base(uri: str) -> str:
-    """Where the MLflow UI of store `uri` is served: the server itself, or where `mlflow ui` serves."""
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI
-
-
-def ui_url(uri: str, experiment_id: str) -> str:
-    """The experiment's runs table in the MLflow UI, in its "Model training" layout."""
-    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
-def announce(uri: str, experiment_id: str, links: dict[str, str] | None = None) -> None:
-    """Where the runs are, and what to open: `links` (a sweep's saved view, tlsweep.tracking.views), else the runs table."""
-    lines = [f"[tlsweep] MLflow store: {uri}"]
-    if not uri.startswith(("http://", "https://")):  # a server is already serving its UI
-        lines.append(f"[tlsweep] browse it with: mlflow ui --backend-store-uri {uri}")
-    lines += [f"[tlsweep] {what}: {url}" for what, url in (links or {"runs table": ui_url(uri, experiment_id)}).items()]
-    print("\n".join(lines), flush=True)
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
@@ -300,6 +280,14 @@ def finished_run(cfg: DictConfig, name: str):
     return done[0] if done else None
 
 
+def skipped(name: str, done) -> dict:
+    """A config that already settled in this sweep (`finished_run`): say so, and hand back its metrics."""
+    how = (f"diverged in this sweep ({done.data.tags[Tag.DIVERGED]}; delete run {done.info.run_id} to run it "
+           "again)" if done.info.status == "FAILED" else f"already FINISHED in this sweep (run {done.info.run_id})")
+    print(f"[tlsweep] {name}: skipped, {how}", flush=True)
+    return dict(done.data.metrics)
+
+
 @contextlib.contextmanager
 def job_run(cfg: DictConfig, run_name: str):
     """One MLflow run for one job, ended FINISHED, FAILED (error as a tag) or KILLED (Ctrl-C). A store
@@ -308,7 +296,7 @@ def job_run(cfg: DictConfig, run_name: str):
     uri, exp_id = _store(cfg)
     parent = os.environ.get(PARENT_ENV)
     if not parent:
-        announce(uri, exp_id)
+        views.announce(uri, exp_id)
     tags = {Tag.ROLE: "job", Tag.OVERRIDES: " ".join(hydra_overrides()), Tag.CONFIG_KEY: config_key(cfg),
             Tag.VERSION: __version__, **owner.identity()}  # host, pid, its start: the report tells an orphan (a SIGKILLed job) from a live run
     if os.environ.get(SWEEP_NAME_ENV):

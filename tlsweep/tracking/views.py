@@ -1,4 +1,5 @@
-"""A sweep's saved view in the MLflow UI: its runs grouped by what the sweep varies, with the scored metric.
+"""The MLflow UI: where a store's UI serves, the links a job or a sweep prints, and a sweep's saved view (its runs
+grouped by what the sweep varies, with the scored metric).
 
 MLflow 3's UI keeps a saved view as an experiment tag, `mlflow.sharedViewState.<id>`, whose value is an
 envelope `{"name", "createdAt", "updatedAt", "state"}`; `state` is the page's state as a JSON string (the UI
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config.keys import is_seed
 
+UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default (--host 127.0.0.1, --port 5000)
 TAG_PREFIX = "mlflow.sharedViewState."
 MAJOR = 3  # the UI major version whose view format this writes
 # The report's metric when the runs are scored on a val split (report/make.py DEFAULT_METRIC, held to it by a
@@ -33,6 +35,25 @@ SECTION = "tlsweep-scored"  # the charts' first section: the scored metric alone
 # (lr/<group>, seconds/<part>, score/<name>, score_seconds/<name>), so that the first screen is the comparison
 FOLDED = ("Model metrics", "System metrics", "lr", "seconds", "score", "score_seconds")
 _ABSENT = object()
+
+
+def ui_base(uri: str) -> str:
+    """Where the MLflow UI of store `uri` is served: the server itself, or where `mlflow ui` serves."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI
+
+
+def ui_url(uri: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI, in its "Model training" layout."""
+    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def announce(uri: str, experiment_id: str, links: dict[str, str] | None = None) -> None:
+    """Where the runs are, and what to open: `links` (a sweep's saved view), else the runs table."""
+    lines = [f"[tlsweep] MLflow store: {uri}"]
+    if not uri.startswith(("http://", "https://")):  # a server is already serving its UI
+        lines.append(f"[tlsweep] browse it with: mlflow ui --backend-store-uri {uri}")
+    lines += [f"[tlsweep] {what}: {url}" for what, url in (links or {"runs table": ui_url(uri, experiment_id)}).items()]
+    print("\n".join(lines), flush=True)
 
 
 def supported(version: str) -> bool:
