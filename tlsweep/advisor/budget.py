@@ -59,7 +59,8 @@ class CostModel:
     over train and forward over the other two. Else the prior. Either way no less than the largest epoch
     measured for the backbone under any strategy. The overhead (job minus epochs, from finished runs):
     the pair's, else the backbone's largest (a probe's includes its feature pass: an upper bound), else
-    the prior. With estimates that do not underestimate, the budget holds on real seconds as well.
+    the prior. With estimates that do not underestimate, the budget holds on real seconds as well, apart from the
+    job that measures a backbone the priors would never start (tlsweep.advisor.policy).
     """
 
     def __init__(self, runs: pd.DataFrame, study: StudyConfig):
@@ -74,6 +75,10 @@ class CostModel:
         passes = runs[FEATURE_SECONDS] if FEATURE_SECONDS in runs.columns else pd.Series(dtype=float)
         passes = pd.to_numeric(passes, errors="coerce")
         self._backbone_pass = passes[np.isfinite(passes)].groupby(runs["backbone"]).max().to_dict()
+
+    def measured(self, backbone: str) -> bool:
+        """Whether a finished or diverged run of `backbone` timed its epochs: else its jobs are priced by the priors."""
+        return backbone in self._backbone_epoch
 
     def estimate(self, backbone: str, strategy: str, epochs: int) -> tuple[float, str]:
         """(job-seconds, source of the epoch time: "measured", "feature pass", "backbone" or "prior")."""

@@ -17,6 +17,9 @@ and never proposes a job that has a row. The procedure, each decision a row of t
    +-margin (equivalent: the one with fewer measured job-seconds is recommended), or `max_seeds` pairs
    leave it undecided. The budget can end any stage: the verdict says so and names the best so far. A candidate
    whose cheapest job of a rung costs more than the budget has left is dropped at that rung, and the others go on.
+   A backbone that nothing has measured is priced by the priors (tlsweep.advisor.budget); where they leave it no
+   job, its cheapest job runs anyway, to measure it: the budget is then overspent by at most that job per backbone,
+   and a small budget still gets a screen instead of no pick.
 
 A (backbone, strategy, lr) with a diverged or failed run, at any length or seed, is lost: dropped with
 that evidence and never averaged. Only select_acc is read; `table.visible` removes the scored split first.
@@ -328,6 +331,16 @@ class _Decide:
         s = self.study
         wall_left = (s.wall - self.wall_elapsed) if s.wall is not None else math.inf
         jobs, left = budget.fit(units, s.budget - self.spent, wall_left, s.parallel)
+        measuring = set()
+        if not jobs and s.budget > self.spent and wall_left > 0:
+            # Priced by the priors alone, a backbone never measured would never start: its cheapest unit runs to
+            # measure it, and its other jobs are priced from that
+            firsts: dict[str, list[Job]] = {}
+            for u in sorted(units, key=lambda u: sum(j.cost for j in u)):
+                if not self.costs.measured(u[0].backbone):
+                    firsts.setdefault(u[0].backbone, list(u))
+            jobs = [j for u in firsts.values() for j in u]
+            measuring, left = set(jobs), sum(map(len, units)) - len(jobs)
         if not jobs:
             need = sum(j.cost for u in units for j in u)
             why = (f"spent {self.spent:.0f} of {s.budget:.0f} job-seconds"
@@ -338,7 +351,8 @@ class _Decide:
         for j in jobs:
             self.note(round_, "seeds" if finals else ("screen", "rung 0", "rung 1")[min(round_, 3) - 1],
                       str(j.config) + f" seed {j.seed}", "add seed" if finals else "run",
-                      f"{j.why}; est. {j.cost:.0f} s ({j.cost_from})")
+                      f"{j.why}; est. {j.cost:.0f} s ({j.cost_from})"
+                      + ("; over what the budget has left, run to measure the backbone" if j in measuring else ""))
         note = f"{left} jobs wait for a later batch: over the remaining budget" if left else ""
         return Step(tuple(jobs), None, self.table(), self.spent, budget.full_grid(s, self.costs), note)
 

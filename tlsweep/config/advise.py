@@ -16,7 +16,8 @@ from .rules import key
 @dataclass
 class AdviseConf:
     budget: str = key(MISSING, "job-seconds the study may spend, the sum of its jobs' durations (what a cluster "
-                               "charges): 30m, 2h, 1h30m; a bare number is refused")
+                               "charges): 30m, 2h, 1h30m; a bare number is refused. A backbone nothing has measured "
+                               "runs its cheapest probe even where the priors price it over what is left")
     wall: Optional[str] = key(None, "a wall-clock limit from the launch (same units); null: none")
     keep: int = key(2, "backbones the probe screen keeps")
     margin: float = key(0.01, "finalists whose paired gap lies within +-margin are equivalent (the cheaper one is "
