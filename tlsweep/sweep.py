@@ -35,14 +35,14 @@ from .imports import heavy
 from .config.keys import Tag, diverged, short_labels
 from .tracking.read import children
 
-with heavy():  # MLflow: about 1 s of imports
+with heavy():  # MLflow (docs/speed.md, Fixed cost)
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
     from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
     from mlflow.version import VERSION as MLFLOW_VERSION
 
-    from .tracking.runs import (EXPERIMENT, EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, current, planned_jobs,
-                                setup_store, swept_keys)
+    from .tracking.runs import (EXPERIMENT, EXPERIMENT_ENV, PARENT_ENV, SWEEP_NAME_ENV, SWEPT_ENV, current,
+                                planned_jobs, setup_store, swept_keys)
 
 log = logging.getLogger(__name__)
 _ended_early: str | None = None  # how the launching process ended, when the sweep did not run to its end

@@ -35,7 +35,7 @@ def _foldable_conv(conv: nn.Module) -> bool:
 
 
 def _timm_types(*names: str) -> tuple[type, ...]:
-    # A model holding timm layers has imported timm; do not pay its import (~0.7 s) otherwise.
+    # A model holding timm layers has imported timm; do not pay its import otherwise.
     layers = sys.modules.get("timm.layers")
     return tuple(getattr(layers, n) for n in names if hasattr(layers, n)) if layers else ()
 

@@ -224,7 +224,7 @@ def weighted_tau(score: np.ndarray, accuracy: np.ndarray) -> float:
     """Weighted Kendall tau with hyperbolic weights (Vigna, WWW 2015), as scipy.stats.weightedtau: how well a score
     ranks models by their accuracy after transfer, swaps among the top models weighing most. LogME's measure of a
     score (You et al., ICML 2021)."""
-    from scipy import stats  # 0.4 s of import: only a caller that ranks pays it
+    from scipy import stats  # its import (docs/speed.md, Fixed cost): only a caller that ranks pays it
 
     return float(stats.weightedtau(score, accuracy)[0])
 

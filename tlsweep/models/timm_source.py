@@ -21,7 +21,7 @@ from .pieces import module_name, timm_chain, timm_pieces
 from .spec import ModelSpec, Preprocess, by_param
 
 def _timm():
-    with heavy("timm"):  # 0.4-1 s, once per process; only a run that builds a timm model pays it
+    with heavy("timm"):  # once per process (docs/speed.md, Fixed cost); only a run that builds a timm model pays it
         import timm
 
     return timm
@@ -164,7 +164,7 @@ def timm_spec(name: str, arch: str, image_size: int | None) -> ModelSpec:
     # A model with a fixed input size (ViTs: the position embeddings) is built at the crop size;
     # timm's checkpoint filter then resamples pretrained position embeddings to it.
     img_size = image_size if image_size and pretrained_cfg is not None and pretrained_cfg.fixed_input_size else None
-    with torch.device("meta"):  # the facts need no memory and no init: ~0.1 s even for a ViT-B
+    with torch.device("meta"):  # the facts need no memory and no weights
         probe = _create(arch, img_size)
     classifier = probe.get_classifier() if hasattr(probe, "get_classifier") else None
     if not isinstance(classifier, nn.Module) or not callable(getattr(probe, "group_matcher", None)):

@@ -192,7 +192,7 @@ def make_report(tracking_uri: str | None = None, sweep: str | list[str] | None =
     shown = by + select  # the tables also show each group's selected values
     cross = None
     if across:  # methods: the groups of the other `by` keys; a task's runs: its seeds (and any key left out)
-        # scipy.stats (0.4 s): only a cross-task report needs it
+        # scipy.stats's import (docs/speed.md, Fixed cost): only a cross-task report needs it
         from tlsweep.report import across as across_stats, across_tables
 
         methods = [k for k in by if k not in across]

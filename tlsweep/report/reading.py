@@ -14,7 +14,7 @@ from tlsweep.imports import heavy
 from tlsweep.config.keys import Tag
 from tlsweep.tracking.read import children, opening, search  # noqa: F401 -- children: the report's callers use it here
 
-with heavy():  # MLflow (and with it pandas): about 1 s of imports
+with heavy():  # MLflow, and with it pandas (docs/speed.md, Fixed cost)
     import pandas as pd
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

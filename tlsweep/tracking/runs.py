@@ -27,7 +27,7 @@ from ..imports import heavy
 from ..config.keys import Tag, diverged, is_seed, short_labels
 from .read import opening
 
-with heavy():  # about 1 s of imports
+with heavy():  # MLflow (docs/speed.md, Fixed cost)
     import mlflow
     from mlflow.tracking import MlflowClient
 
