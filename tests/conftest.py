@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 import tlsweep.config.schema  # noqa: F401 -- registers the config schema that conf/ extends
@@ -32,6 +31,8 @@ def hymenoptera() -> Path:
 
 DEFAULT_TIER = "not slow and not services"  # pyproject.toml's addopts
 if os.environ.get("PYTEST_XDIST_WORKER"):  # workers of one thread each, and so are the processes a test starts:
+    import torch  # the workers only: the main process starts them without waiting for torch's import
+
     torch.set_num_threads(1)  # tiny tensors gain nothing from a second thread, and the workers share the cores
     os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -106,6 +107,8 @@ def damage(entry, how: str) -> None:
     elif how == "garbage":
         entry.write_bytes(os.urandom(entry.stat().st_size))
     elif how == "inconsistent":  # loads fine, but its layout no longer describes its contents
+        import torch
+
         saved = torch.load(entry, weights_only=True)
         key = "sizes" if "sizes" in saved else "train"
         saved[key] = saved[key].flip(0)[:-1]
@@ -164,6 +167,7 @@ def fake_hub(monkeypatch):
     requested architecture (seeded). Everything after the download (timm's filter, strict load) runs for real."""
     import timm
     import timm.models._builder
+    import torch
 
     from tlsweep import models
 
@@ -184,6 +188,7 @@ def fake_torchvision_download(monkeypatch):
     """Stand in for the network: the torchvision weights "download" returns a random
     ImageNet-shaped state dict of the requested architecture. Everything after the
     download (key check, hash-free load, head drop) runs for real."""
+    import torch
     import torchvision
     import torchvision.models._api
 
