@@ -155,7 +155,8 @@ def test_a_budget_the_priors_would_refuse_any_job_measures_each_backbone_once_an
     t = truth(s, {("b", "probe", 1e-2): 0.8})
     first = next_step(table.empty(), s)
     assert [(j.backbone, j.strategy, j.lr) for j in first.jobs] == [("a", "probe", 1e-3), ("b", "probe", 1e-3)]
-    assert first.trace["evidence"].str.contains("est. 109 s .prior.; over what the budget has left, run to measure").all()
+    measuring = "est. 109 s .prior.; over what the budget has left, run to measure"
+    assert first.trace["evidence"].str.contains(measuring).all()
     sim = simulate(t, s)
     assert sim.spent == pytest.approx(spent_s) and sim.jobs == 2
     assert sim.verdict.stopped == "budget" and sim.verdict.recommendation is not None
