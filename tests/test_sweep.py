@@ -130,7 +130,8 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path, tiny_root, launcher):
     runs1 = _children(client, exp_id, parent.info.run_id)
     finished1 = {r.data.params["seed"] for r in runs1 if r.info.status == "FINISHED"}
     assert len(finished1) in ((2, 3) if launcher == "joblib" else (2,)), out1[-3000:]  # killed after the second
-    assert parent.info.status == "KILLED" and all(r.info.status != "RUNNING" for r in runs1)
+    assert parent.info.status == "KILLED" and all(r.info.status != "RUNNING" for r in runs1), \
+        (parent.info.status, [r.info.status for r in runs1], out1[-3000:])  # what the killed sweep printed
 
     second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
