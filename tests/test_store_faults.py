@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import http.server
 import json
 import logging
@@ -367,6 +368,58 @@ def test_a_lock_held_past_the_bound_is_said_in_one_line(make_cfg, tmp_path, monk
                        "holds it (a sqlite3 shell, a DB browser, mlflow gc) and run again, or set tracking.uri")
     assert 1 <= seconds < 5, seconds
     assert _status(f"sqlite:///{db}") == []
+
+
+# ---- a lock this very process holds after an interrupt --------------------------------------------------
+
+@contextlib.contextmanager
+def _gc_off():
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _own_lock(uri: str, where: str, monkeypatch) -> None:
+    """Leave a write transaction of this process open on the store, as a Ctrl-C inside SQLAlchemy's closing of
+    a session does: on a connection that only the garbage collector can return ("lost"), or on one back in
+    MLflow's pool without its rollback ("pooled")."""
+    engine = MlflowClient(uri)._tracking_client.store.engine
+    conn = engine.connect()
+    conn.exec_driver_sql("UPDATE experiments SET name = name")  # pysqlite begins the write transaction
+    if where == "lost":
+        cycle = {"connection": conn}
+        cycle["self"] = cycle  # unreachable once dropped, freed only by a collection
+    else:
+        with monkeypatch.context() as m:  # the interrupt cut the pool's reset short
+            m.setattr(engine.dialect, "do_rollback", lambda dbapi_connection: None)
+            conn.close()
+
+
+@pytest.mark.parametrize("where", ["lost", "pooled"])
+def test_a_write_an_interrupt_cut_short_does_not_lock_this_process_out(make_cfg, tmp_path, monkeypatch, where):
+    """The job's KILLED and the sweep parent's close are written after the interrupt, by the process that holds
+    the lock: `release` ends the interrupted transaction, and the run ends KILLED at once, not after MLflow's
+    20 s wait on itself."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.setup_store(uri)
+    with _gc_off():
+        _own_lock(uri, where, monkeypatch)
+        assert "is locked" in str(stores.fault_now(uri))  # the state a cut-short write leaves
+        stores.release(uri)
+        assert stores.fault_now(uri) is None
+
+        def interrupted(*a, **k):
+            _own_lock(uri, where, monkeypatch)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr("tlsweep.run.fit", interrupted)
+        t0 = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt):
+            run(make_cfg(f"tracking.uri={uri}", NULL, "strategy=finetune"))
+        assert time.perf_counter() - t0 < FAST
+    assert [status for _, status in _status(uri)] == ["KILLED"]
 
 
 def test_mlflows_logged_traceback_of_a_store_fault_is_dropped():

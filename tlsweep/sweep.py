@@ -288,6 +288,8 @@ class SweepCallback(Callback):
             os.environ.pop(var, None)
         client = MlflowClient(self.uri)
         status = "FAILED"
+        if _ended_early:  # an interrupt may have cut one of this process's writes short, holding the lock
+            stores.release(self.uri)
         down = stores.fault_now(self.uri)  # a store failing at the end: one line now, not minutes of retries
         try:
             if down is not None:

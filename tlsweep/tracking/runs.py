@@ -316,6 +316,7 @@ def job_run(cfg: DictConfig, run_name: str):
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         yield run
     except KeyboardInterrupt:
+        stores.release(uri)  # the interrupt may have cut a write of this run short, holding the lock
         _close(run.info.run_id, "KILLED", "KeyboardInterrupt")
         raise
     except BaseException as err:
