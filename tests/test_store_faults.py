@@ -382,8 +382,8 @@ def _gc_off():
 
 
 def _own_lock(uri: str, where: str, monkeypatch) -> None:
-    """Leave a write transaction of this process open on the store, as a Ctrl-C inside SQLAlchemy's closing of
-    a session does: on a connection that only the garbage collector can return ("lost"), or on one back in
+    """Leave a write transaction of this process open on the store, as a Ctrl-C inside SQLAlchemy's cleanup after
+    a write does: on a connection that only the garbage collector can return ("lost"), or on one back in
     MLflow's pool without its rollback ("pooled")."""
     engine = MlflowClient(uri)._tracking_client.store.engine
     conn = engine.connect()

@@ -98,12 +98,12 @@ def check(uri: str, lock_wait: float | None = None) -> None:
 def release(uri: str) -> None:
     """End what an interrupt left open of this process's own hold on an SQLite store.
 
-    A KeyboardInterrupt (Ctrl-C, or SIGTERM as the CLI turns it) can land inside SQLAlchemy's closing of a
-    session, after a write began and before its rollback: the connection stays out of its pool, or back in it
-    with the transaction open, and keeps the store's write lock. The next write of this very process (the
-    run's KILLED, the sweep parent's close) would wait for itself and fail as "locked". Collecting the lost
-    sessions returns their connections; disposing MLflow's engines closes the pooled ones, and closing an
-    SQLite connection rolls its transaction back.
+    A KeyboardInterrupt (Ctrl-C, or SIGTERM as the CLI turns it) can land inside SQLAlchemy's cleanup of a
+    write, before its rollback: the connection stays out of its pool, or goes back in it with the transaction
+    open, and keeps the store's write lock. The next write of this very process (the run's KILLED, the sweep
+    parent's close) would wait for itself and fail as "locked". A garbage collection returns the lost
+    connections to the pool; disposing MLflow's engines closes the pooled ones, and closing an SQLite connection
+    rolls its transaction back.
     """
     if sqlite_file(uri) is None:  # a server or a database server ends the transaction with the connection
         return
