@@ -5,8 +5,9 @@ locked.
 
 `check` looks before MLflow's first call: a server by one GET /health (a few seconds, no retries), an SQLite
 store by making its folder, writing a little there and taking its write lock. `fault` reads an exception that
-an MLflow call raised later as one of these faults, or None when it is not the store's fault. Below runs.py
-and sweep.py; MLflow is imported only inside the functions that call it.
+an MLflow call raised later as one of these faults, or None when it is not the store's fault. `release` ends
+the write lock that an interrupted write leaves with this very process. Below runs.py and sweep.py; MLflow is
+imported only inside the functions that call it.
 """
 from __future__ import annotations
 
