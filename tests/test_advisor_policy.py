@@ -4,7 +4,6 @@ No torch: every table is made here or by tlsweep.advisor.simulate.
 """
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 
@@ -180,37 +179,16 @@ def test_no_batch_is_estimated_over_the_remaining_budget():
 
 
 def test_a_rung_the_budget_cannot_afford_drops_that_candidate_not_the_study():
-    # partial trains the last stages only, so its epoch does not price finetune's: the prior does (40 s)
-    s = study(backbones=("a",), strategies=("probe", "finetune", "partial"), budget=327.0)
+    s = study(backbones=("a",), strategies=("probe", "finetune", "lora"), budget=327.0)
     row = dict(backbone="a", seed=0, status="finished")
     rows = [row | dict(strategy="probe", lr=lr, epochs=9, select_acc=0.6, job_seconds=24.0, epoch_seconds=1.0)
             for lr in LRS["probe"]]
-    rows += [row | dict(strategy="partial", lr=lr, epochs=s.short, select_acc=acc, job_seconds=45.0,
-                        epoch_seconds=10.0) for lr, acc in zip(LRS["partial"], (0.7, 0.75, 0.65))]
-    step = next_step(pd.DataFrame(rows), s)  # 120 s left: partial's full run (105 s) fits, finetune's short (135 s) not
-    assert step.verdict is None and [(j.strategy, j.lr, j.epochs) for j in step.jobs] == [("partial", 1e-3, 9)]
+    rows += [row | dict(strategy="lora", lr=lr, epochs=s.short, select_acc=acc, job_seconds=45.0, epoch_seconds=10.0)
+             for lr, acc in zip(LRS["lora"], (0.7, 0.75, 0.65))]
+    step = next_step(pd.DataFrame(rows), s)  # 120 s left: lora's full run (105 s) fits, finetune's short (135 s) not
+    assert step.verdict is None and [(j.strategy, j.lr, j.epochs) for j in step.jobs] == [("lora", 1e-3, 9)]
     dropped = step.trace[(step.trace["action"] == "drop") & (step.trace["candidate"] == "a/finetune")]
     assert dropped["evidence"].str.contains("cannot be afforded: its cheapest job is est. 135 s").all() and len(dropped)
-
-
-def test_a_training_strategy_not_yet_run_is_priced_from_a_measured_one_not_from_the_probes_pass():
-    """A finetune epoch on the backbone bounds lora's and partial's (the same forward, a backward through at most
-    as much), and a training run's overhead holds no feature pass: both price better than the pass or the prior.
-    A partial epoch prices nothing else."""
-    s = study(backbones=("a",), strategies=("probe", "finetune", "lora", "partial"))
-    row = dict(backbone="a", seed=0, status="finished", select_acc=0.6)
-    probes = [row | dict(strategy="probe", lr=lr, epochs=9, job_seconds=50.0 if i == 0 else 10.0,
-                         epoch_seconds=1.0, feature_seconds=40.0 if i == 0 else math.nan)
-              for i, lr in enumerate(LRS["probe"])]  # the first probe computed the features: 41 s of overhead
-    costs = budget.CostModel(pd.DataFrame(probes), s)
-    assert costs.estimate("a", "lora", 3) == (3 * 2 * 40.0 + 41.0, "feature pass")
-    tuned = probes + [row | dict(strategy="finetune", lr=1e-4, epochs=3, job_seconds=17.0, epoch_seconds=5.0)]
-    costs = budget.CostModel(pd.DataFrame(tuned), s)
-    assert costs.estimate("a", "lora", 3) == (3 * 5.0 + 2.0, "backbone")
-    assert costs.estimate("a", "partial", 9) == (9 * 5.0 + 2.0, "backbone")
-    assert costs.estimate("a", "probe", 9) == (9 * 1.0 + 41.0, "measured")  # a probe may pay the pass again
-    shallow = probes + [row | dict(strategy="partial", lr=1e-3, epochs=3, job_seconds=5.0, epoch_seconds=1.5)]
-    assert budget.CostModel(pd.DataFrame(shallow), s).estimate("a", "finetune", 3)[1] == "feature pass"
 
 
 def test_the_wall_clock_limit_ends_the_study():

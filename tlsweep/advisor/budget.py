@@ -25,11 +25,6 @@ PASS_FACTOR = 2.0
 # A probe's epoch trains a linear head on cached features: about 0.01 s on either task above. With nothing
 # measured, the first probe is the study's measurement of the backbone; the overhead's prior covers its pass.
 PROBE_PRIOR_EPOCH_SECONDS = 1.0
-# Strategies whose epoch does not run backward through the whole backbone: a probe trains a head on cached
-# features, partial only the last stages. Every other strategy runs the same forward and backward through every
-# layer (a fine-tune, an LP-FT's fine-tuning phase, adapters and norms, whose gradients flow through the frozen
-# layers too), so an epoch measured under one of them prices the others on that backbone far better than the pass.
-SHALLOW = (PROBE, "partial")
 _DURATION = re.compile("".join(rf"(?:{_NUMBER}\s*{u}\s*)?" for u in _UNITS))
 
 
@@ -58,17 +53,15 @@ class CostModel:
     """Estimated job-seconds of a job: epochs x seconds per epoch + the job's fixed overhead.
 
     Seconds per epoch: the largest measured for the same backbone and strategy (the largest, so that noise
-    does not tip a job over the budget). A training strategy not yet measured on a backbone: the largest epoch
-    measured there under a strategy that runs backward through the whole backbone (not SHALLOW), which bounds
-    partial's too. With none: PASS_FACTOR x the backbone's frozen feature pass, where a probe computed one
-    (`feature_seconds`); the pass runs the backbone forward over train, selection and scored split once, and an
-    epoch runs forward and backward over train and forward over the other two. Else the prior. Either way no
-    less than the largest epoch measured for the backbone under any strategy. The overhead (job minus epochs,
-    from finished runs): the pair's largest; for a training strategy not yet measured, the largest of the
-    backbone's training runs; else the backbone's largest (a probe's includes its feature pass: an upper bound);
-    else the prior. The budget is kept on these estimates: it holds on real seconds as long as no run is slower
-    than those measured before it, and apart from the job that measures a backbone the priors would never start
-    (tlsweep.advisor.policy).
+    does not tip a job over the budget). A strategy not yet measured on a backbone: PASS_FACTOR x the
+    backbone's frozen feature pass, where a probe computed one (`feature_seconds`); the pass runs the
+    backbone forward over train, selection and scored split once, and an epoch runs forward and backward
+    over train and forward over the other two. Else the prior. Either way no less than the largest epoch
+    measured for the backbone under any strategy. The overhead (job minus epochs, from finished runs):
+    the pair's, else the backbone's largest (a probe's includes its feature pass: an upper bound), else
+    the prior. The budget is kept on these estimates: it holds on real seconds as long as no run is slower than
+    those measured before it (docs/advisor.md shows one that was), and apart from the job that measures a backbone
+    the priors would never start (tlsweep.advisor.policy).
     """
 
     def __init__(self, runs: pd.DataFrame, study: StudyConfig):
@@ -76,14 +69,10 @@ class CostModel:
         timed = runs[runs["status"].isin(("finished", "diverged")) & np.isfinite(runs["epoch_seconds"])]
         self._pair_epoch = timed.groupby(["backbone", "strategy"])["epoch_seconds"].max().to_dict()
         self._backbone_epoch = timed.groupby("backbone")["epoch_seconds"].max().to_dict()
-        deep = timed[~timed["strategy"].isin(SHALLOW)]
-        self._backbone_deep = deep.groupby("backbone")["epoch_seconds"].max().to_dict()
         done = timed[(timed["status"] == "finished") & np.isfinite(timed["job_seconds"])]
         overhead = (done["job_seconds"] - done["epochs"] * done["epoch_seconds"]).clip(lower=0.0)
         self._pair_over = overhead.groupby([done["backbone"], done["strategy"]]).max().to_dict()
         self._backbone_over = overhead.groupby(done["backbone"]).max().to_dict()
-        trained = done["strategy"] != PROBE  # a probe's overhead holds the feature pass, which training jobs skip
-        self._trained_over = overhead[trained].groupby(done["backbone"][trained]).max().to_dict()
         passes = runs[FEATURE_SECONDS] if FEATURE_SECONDS in runs.columns else pd.Series(dtype=float)
         passes = pd.to_numeric(passes, errors="coerce")
         self._backbone_pass = passes[np.isfinite(passes)].groupby(runs["backbone"]).max().to_dict()
@@ -94,15 +83,11 @@ class CostModel:
 
     def estimate(self, backbone: str, strategy: str, epochs: int) -> tuple[float, str]:
         """(job-seconds, source of the epoch time: "measured", "feature pass", "backbone" or "prior")."""
-        over = self._pair_over.get((backbone, strategy))
-        if over is None:
-            over = self._trained_over.get(backbone) if strategy != PROBE else None
-            over = self._backbone_over.get(backbone, self.study.prior_overhead_seconds) if over is None else over
+        over = self._pair_over.get((backbone, strategy),
+                                   self._backbone_over.get(backbone, self.study.prior_overhead_seconds))
         if (backbone, strategy) in self._pair_epoch:
             return epochs * self._pair_epoch[backbone, strategy] + over, "measured"
         measured = self._backbone_epoch.get(backbone, -math.inf)
-        if strategy != PROBE and backbone in self._backbone_deep:  # an upper bound for partial too
-            return epochs * self._backbone_deep[backbone] + over, "backbone"
         if backbone in self._backbone_pass:
             guess, source = PASS_FACTOR * self._backbone_pass[backbone], "feature pass"
         elif strategy == PROBE:  # a head on cached features: its cost is the pass, which the overhead bounds
